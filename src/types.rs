@@ -1,0 +1,144 @@
+//! The records that flow through a tidewatch dataflow.
+//!
+//! Logical time is the frame's sequence number ([`Seq`]). A frame is split once into one
+//! [`Slice`] per feature partition; each worker windows, batches and scores its own slices
+//! and sends only what it found ([`PartHits`]) on to the merge.
+
+use serde::{Deserialize, Serialize};
+
+/// A frame's sequence number: its timely logical time.
+pub type Seq = u64;
+
+/// What identifies a frame to the outside world; carried to its alert.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrameMeta {
+    /// When tidewatch received (or read) the frame, in Unix milliseconds.
+    pub received_ms: i64,
+    /// The event time the client gave (`"timestamp"`: ISO 8601 or epoch ms), in Unix ms.
+    pub event_ms: Option<i64>,
+    /// The client's own frame id (`"id"`), if it sent one.
+    pub id: Option<String>,
+    /// Which source produced the frame (an HTTP server, a file, a Kafka partition).
+    pub source: u32,
+    /// Monotonic receive instant in microseconds since the process's clock origin
+    /// ([`crate::clock::now_us`]); only comparable within one process.
+    pub received_us: u64,
+}
+
+/// One observation of every feature, in model feature order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Sequence number, assigned once the frame was accepted.
+    pub seq: Seq,
+    /// Identity and timing facts for alerts and latency.
+    pub meta: FrameMeta,
+    /// One value per model feature, index i = model feature i.
+    pub values: Vec<f32>,
+}
+
+/// The features of one frame owned by one partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slice {
+    /// The frame's sequence number.
+    pub seq: Seq,
+    /// The partition (and so the worker) that owns these features.
+    pub part: u32,
+    /// The frame's metadata, carried by partition 0 only: partition 0 always reports,
+    /// so the merge learns of every frame without every partition repeating it.
+    pub meta: Option<FrameMeta>,
+    /// Values of features `lo..lo + values.len()` of the partition's range.
+    pub values: Vec<f32>,
+}
+
+/// W consecutive slices of one partition, ending at frame `seq`, time-major `[W][F_part]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Sequence number of the window's last frame: the frame the window scores.
+    pub seq: Seq,
+    /// Owning partition.
+    pub part: u32,
+    /// Metadata of the last frame (partition 0 only).
+    pub meta: Option<FrameMeta>,
+    /// `W * F_part` values, oldest frame first.
+    pub data: Vec<f32>,
+}
+
+/// Up to `INFERENCE_BATCH_SIZE` windows of one partition in one contiguous buffer
+/// `[B][W][F_part]`, scored in one call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Owning partition.
+    pub part: u32,
+    /// The last frame of each window, in batch order.
+    pub seqs: Vec<Seq>,
+    /// Metadata of each window's last frame (partition 0 only).
+    pub metas: Vec<Option<FrameMeta>>,
+    /// `B * W * F_part` values.
+    pub data: Vec<f32>,
+}
+
+impl Batch {
+    /// Number of windows in the batch.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether the batch holds no window.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// Scores of a batch: `[B][F_part]`, one per feature of the partition.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// Owning partition.
+    pub part: u32,
+    /// Global index of the partition's first feature.
+    pub lo: u32,
+    /// The last frame of each window.
+    pub seqs: Vec<Seq>,
+    /// Metadata of each window's last frame (partition 0 only).
+    pub metas: Vec<Option<FrameMeta>>,
+    /// `B * F_part` scores.
+    pub scores: Vec<f32>,
+}
+
+/// A feature over the threshold: global feature index and its score.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Global (model) feature index.
+    pub feature: u32,
+    /// The feature's (calibrated) anomaly score.
+    pub score: f32,
+}
+
+/// What one partition found in one frame. Partition 0 reports every frame (with its
+/// metadata); the others report only frames in which they found something.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartHits {
+    /// The frame.
+    pub seq: Seq,
+    /// Frame metadata, from partition 0.
+    pub meta: Option<FrameMeta>,
+    /// Features of this partition over the threshold.
+    pub hits: Vec<Hit>,
+}
+
+/// The verdict on one scored frame, merged over all partitions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameResult {
+    /// The frame.
+    pub seq: Seq,
+    /// Identity and timing of the frame.
+    pub meta: FrameMeta,
+    /// Every feature over the threshold, in ascending feature order.
+    pub hits: Vec<Hit>,
+}
+
+impl FrameResult {
+    /// Whether any feature of the frame is over the threshold.
+    pub fn is_anomalous(&self) -> bool {
+        !self.hits.is_empty()
+    }
+}
