@@ -1,0 +1,115 @@
+//! The alert body of seed 001's contract (see CONTRACT.md), built from a frame's verdict.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::types::FrameResult;
+
+/// The most features an alert lists by default: about 40 bytes each, so 2,000 stay well
+/// under the receiving client's 100 KiB body limit.
+pub const DEFAULT_MAX_FEATURES: usize = 2_000;
+
+/// One anomalous feature in an alert.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertFeature {
+    /// Model feature index.
+    pub feature_idx: u32,
+    /// Its anomaly score.
+    pub score: f32,
+}
+
+/// The JSON body posted to the alert endpoint (and written by the file sinks).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    /// The frame's time, ISO 8601 UTC with milliseconds: the client's timestamp if it sent
+    /// one, else when tidewatch received the frame.
+    pub timestamp: String,
+    /// Always true: alerts are sent for anomalous frames only.
+    pub anomaly_detected: bool,
+    /// How many features are over the threshold (all of them, even past the list cap).
+    pub num_anomalous_features: usize,
+    /// The anomalous features, highest score first, at most the cap.
+    pub anomalous_features: Vec<AlertFeature>,
+    /// The frame's sequence number in this run.
+    pub seq: u64,
+    /// The client's frame id, if it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When tidewatch received the frame, ISO 8601 UTC.
+    pub received_at: String,
+}
+
+impl Alert {
+    /// The alert for `result`, listing at most `max_features` features.
+    pub fn new(result: &FrameResult, max_features: usize) -> Alert {
+        let mut features: Vec<AlertFeature> = result
+            .hits
+            .iter()
+            .map(|h| AlertFeature {
+                feature_idx: h.feature,
+                score: h.score,
+            })
+            .collect();
+        // highest first; ties by index so the body is the same on every run
+        features.sort_unstable_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.feature_idx.cmp(&b.feature_idx))
+        });
+        features.truncate(max_features);
+        let meta = &result.meta;
+        Alert {
+            timestamp: iso_ms(meta.event_ms.unwrap_or(meta.received_ms)),
+            anomaly_detected: true,
+            num_anomalous_features: result.hits.len(),
+            anomalous_features: features,
+            seq: result.seq,
+            id: meta.id.clone(),
+            received_at: iso_ms(meta.received_ms),
+        }
+    }
+}
+
+/// Unix milliseconds as `2026-11-23T10:00:00.123Z`.
+pub fn iso_ms(ms: i64) -> String {
+    let t = if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    };
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{FrameMeta, Hit};
+
+    #[test]
+    fn alert_lists_highest_scores_first_and_keeps_the_true_count() {
+        let result = FrameResult {
+            seq: 7,
+            meta: FrameMeta {
+                received_ms: 1_795_428_000_123,
+                id: Some("f-1".into()),
+                ..FrameMeta::default()
+            },
+            hits: (0..10)
+                .map(|i| Hit {
+                    feature: i,
+                    score: i as f32,
+                })
+                .collect(),
+        };
+        let alert = Alert::new(&result, 3);
+        assert_eq!(alert.num_anomalous_features, 10);
+        let idx: Vec<u32> = alert.anomalous_features.iter().map(|f| f.feature_idx).collect();
+        assert_eq!(idx, vec![9, 8, 7]);
+        assert_eq!(alert.timestamp, "2026-11-23T10:00:00.123Z");
+        let json = serde_json::to_value(&alert).unwrap();
+        assert_eq!(json["anomaly_detected"], true);
+        assert_eq!(json["anomalous_features"][0]["feature_idx"], 9);
+        assert_eq!(json["id"], "f-1");
+    }
+}

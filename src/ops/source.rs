@@ -1,0 +1,86 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::Scope;
+
+use super::{Stream, Time};
+use crate::source::{FrameSource, Pull};
+use crate::stats::Stats;
+use crate::types::Frame;
+
+/// How fast a source is read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pacing {
+    /// As fast as the dataflow takes frames.
+    Unpaced,
+    /// At most this many frames per second, evenly spaced.
+    Rate(f64),
+}
+
+/// Frames pulled in one activation at most, so a fast source leaves the worker time to
+/// score what it already produced.
+const PULLS_PER_ACTIVATION: usize = 64;
+
+/// How soon to ask an idle push source again. Push sources also wake the worker
+/// themselves; this is the fallback.
+const IDLE_RECHECK: Duration = Duration::from_millis(1);
+
+/// A stream of frames read from `source` on this worker, each stamped with its sequence
+/// number (0, 1, 2, ... in the order the source gives them). A worker given no source
+/// releases its capability at once and contributes nothing, so frames can enter on one
+/// worker while every worker keeps the frontier moving.
+pub fn frame_source<'s>(
+    scope: Scope<'s, Time>,
+    source: Option<Box<dyn FrameSource>>,
+    pacing: Pacing,
+    stats: Arc<Stats>,
+) -> Stream<'s, Frame> {
+    let src = source;
+    timely::dataflow::operators::generic::operator::source(scope, "FrameSource", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut src = src;
+        let mut cap = src.as_ref().map(|_| cap);
+        let mut next: Time = 0;
+        let mut started: Option<Instant> = None;
+        move |output| {
+            let (Some(c), Some(s)) = (cap.as_mut(), src.as_mut()) else {
+                cap = None;
+                return;
+            };
+            let start = *started.get_or_insert_with(Instant::now);
+            for _ in 0..PULLS_PER_ACTIVATION {
+                if let Pacing::Rate(rate) = pacing {
+                    let due = start + Duration::from_secs_f64(next as f64 / rate);
+                    let now = Instant::now();
+                    if due > now {
+                        activator.activate_after(due - now);
+                        return;
+                    }
+                }
+                match s.pull() {
+                    Pull::Frame(mut frame) => {
+                        frame.seq = next;
+                        stats.frame_in();
+                        output.session(&*c).give(frame);
+                        next += 1;
+                        c.downgrade(&next);
+                    }
+                    Pull::Bad(err) => {
+                        stats.frame_rejected();
+                        tracing::warn!(error = %err, "skipped a record that does not decode");
+                    }
+                    Pull::Idle => {
+                        activator.activate_after(IDLE_RECHECK);
+                        return;
+                    }
+                    Pull::Done => {
+                        cap = None;
+                        src = None;
+                        return;
+                    }
+                }
+            }
+            activator.activate();
+        }
+    })
+}

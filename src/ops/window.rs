@@ -1,0 +1,106 @@
+use std::collections::{BTreeMap, VecDeque};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+use super::{Stream, Time};
+use crate::types::{Seq, Slice, Window};
+
+/// Sliding windows over consecutive frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Frames per window (W).
+    pub size: usize,
+    /// Frames between the ends of consecutive windows (S); 1 scores every frame.
+    pub stride: usize,
+}
+
+impl WindowConfig {
+    /// Whether a window ends at frame `seq`: the first ends at `size - 1`, then every
+    /// `stride` frames.
+    pub fn ends_at(&self, seq: Seq) -> bool {
+        let w = self.size as u64;
+        seq + 1 >= w && (seq + 1 - w) % self.stride.max(1) as u64 == 0
+    }
+}
+
+/// Sliding windows by logical time.
+pub trait WindowOps<'s> {
+    /// Emits, for every frame `seq` at which a window ends, the W slices `seq-W+1 ..= seq`
+    /// as one [`Window`], once the frontier has passed `seq`. Slices may arrive in any order
+    /// the frontier allows; a window with a frame missing from its span is not emitted.
+    fn window(self, cfg: WindowConfig) -> Stream<'s, Window>;
+}
+
+impl<'s> WindowOps<'s> for Stream<'s, Slice> {
+    fn window(self, cfg: WindowConfig) -> Stream<'s, Window> {
+        assert!(cfg.size > 0, "window size must be at least 1");
+        self.unary_frontier(Pipeline, "Window", move |_cap, _info| {
+            // slices that arrived but whose time the frontier has not passed yet
+            let mut pending: BTreeMap<Seq, (Capability<Time>, Slice)> = BTreeMap::new();
+            // the last (up to W) consecutive slices already closed, oldest first
+            let mut history: VecDeque<Slice> = VecDeque::with_capacity(cfg.size);
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(cap) = cap.retain_least(output.output_index()) else {
+                        return;
+                    };
+                    for batch in data {
+                        for slice in batch.drain(..) {
+                            debug_assert!(cap.time() <= &slice.seq, "slice stamped after its seq");
+                            pending.insert(slice.seq, (cap.clone(), slice));
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let seq = *entry.key();
+                    if frontier.less_equal(&seq) {
+                        break;
+                    }
+                    let (cap, slice) = entry.remove();
+                    if history.back().is_some_and(|last| last.seq + 1 != seq) {
+                        history.clear(); // a gap: no window may span it
+                    }
+                    if history.len() == cfg.size {
+                        history.pop_front();
+                    }
+                    let width = slice.values.len();
+                    history.push_back(slice);
+                    if history.len() == cfg.size && cfg.ends_at(seq) {
+                        let mut data = Vec::with_capacity(cfg.size * width);
+                        for s in &history {
+                            assert_eq!(s.values.len(), width, "slices of one partition differ in width");
+                            data.extend_from_slice(&s.values);
+                        }
+                        let last = history.back_mut().expect("window is not empty");
+                        output.session(&cap).give(Window {
+                            seq,
+                            part: last.part,
+                            meta: last.meta.take(),
+                            data,
+                        });
+                    } else if let Some(last) = history.back_mut() {
+                        // no window ends here: the frame's metadata is not needed later
+                        last.meta = None;
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WindowConfig;
+
+    #[test]
+    fn window_ends() {
+        let w5 = WindowConfig { size: 5, stride: 1 };
+        assert!(!w5.ends_at(3));
+        assert!(w5.ends_at(4) && w5.ends_at(5));
+        let w30 = WindowConfig { size: 30, stride: 10 };
+        let ends: Vec<u64> = (0..60).filter(|&s| w30.ends_at(s)).collect();
+        assert_eq!(ends, vec![29, 39, 49, 59]);
+    }
+}

@@ -1,0 +1,296 @@
+//! Running a dataflow variant on timely workers: cluster flags, the per-worker
+//! environment a variant builds from, and the loop that drives it to completion.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::Scope;
+
+use crate::layout::Layout;
+use crate::model::{Model, Scorer};
+use crate::ops::{frame_source, Pacing, SinkOps, StatsOps, Stream, Time, WindowConfig};
+use crate::source::FrameSource;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::types::{Frame, FrameResult};
+
+/// timely's cluster flags, spelled as in timely's own examples.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    pub threads: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, 0 ..= processes-1.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` per line, in process order (default: localhost:2101+i).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Report connection progress while the cluster forms.
+    #[arg(short = 'r', long = "report")]
+    pub report: bool,
+    /// Use zero-copy serialised channels between threads of a process.
+    #[arg(short = 'z', long = "zerocopy")]
+    pub zerocopy: bool,
+}
+
+impl ClusterArgs {
+    /// Total number of workers, and so of feature partitions.
+    pub fn peers(&self) -> usize {
+        self.threads.max(1) * self.processes.max(1)
+    }
+
+    /// Whether this process hosts worker 0 (the source and the sinks).
+    pub fn is_leader(&self) -> bool {
+        self.process == 0
+    }
+
+    /// The timely configuration these flags describe.
+    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        use timely::CommunicationConfig as Comm;
+        let threads = self.threads.max(1);
+        if self.process >= self.processes.max(1) {
+            bail!(
+                "process index {} is outside 0..{} (-p must be less than -n)",
+                self.process,
+                self.processes
+            );
+        }
+        let communication = if self.processes > 1 {
+            let addresses = match &self.hostfile {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading hostfile {}", path.display()))?;
+                    let lines: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .take(self.processes)
+                        .map(String::from)
+                        .collect();
+                    if lines.len() < self.processes {
+                        bail!(
+                            "hostfile {} has {} addresses but -n is {}",
+                            path.display(),
+                            lines.len(),
+                            self.processes
+                        );
+                    }
+                    lines
+                }
+                None => (0..self.processes)
+                    .map(|i| format!("localhost:{}", 2101 + i))
+                    .collect(),
+            };
+            Comm::Cluster {
+                threads,
+                process: self.process,
+                addresses,
+                report: self.report,
+                zerocopy: self.zerocopy,
+            }
+        } else if threads > 1 {
+            if self.zerocopy {
+                Comm::ProcessBinary(threads)
+            } else {
+                Comm::Process(threads)
+            }
+        } else {
+            Comm::Thread
+        };
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// Pipeline settings shared by every variant.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Name of the dataflow variant to run.
+    pub dataflow: String,
+    /// Windows per scoring call at most (`INFERENCE_BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Threshold override; `None` uses the model's.
+    pub threshold: Option<f32>,
+    /// Window stride override; `None` lets the variant choose.
+    pub stride: Option<usize>,
+    /// How many features an alert lists at most.
+    pub max_alert_features: usize,
+    /// How fast the source is read.
+    pub pacing: Pacing,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dataflow: crate::dataflows::DEFAULT.to_string(),
+            batch_size: 64,
+            threshold: None,
+            stride: None,
+            max_alert_features: crate::alert::DEFAULT_MAX_FEATURES,
+            pacing: Pacing::Unpaced,
+        }
+    }
+}
+
+/// What a dataflow variant builds from, on one worker.
+pub struct Env {
+    /// The model, shared by the workers of a process.
+    pub model: Arc<Model>,
+    /// Pipeline settings.
+    pub settings: Arc<Settings>,
+    /// Run counters of this process.
+    pub stats: Arc<Stats>,
+    source: Option<Box<dyn FrameSource>>,
+}
+
+impl Env {
+    /// An environment for one worker; `source` is `Some` on the worker that reads input.
+    pub fn new(
+        model: Arc<Model>,
+        settings: Arc<Settings>,
+        stats: Arc<Stats>,
+        source: Option<Box<dyn FrameSource>>,
+    ) -> Env {
+        Env {
+            model,
+            settings,
+            stats,
+            source,
+        }
+    }
+
+    /// The input frames (on this worker, if it reads input; empty otherwise).
+    pub fn frames<'s>(&mut self, scope: Scope<'s, Time>) -> Stream<'s, Frame> {
+        frame_source(
+            scope,
+            self.source.take(),
+            self.settings.pacing,
+            Arc::clone(&self.stats),
+        )
+    }
+
+    /// The model's features split over all workers.
+    pub fn layout(&self, scope: Scope<'_, Time>) -> Layout {
+        Layout::new(self.model.n_features(), scope.peers())
+    }
+
+    /// Windows of the model's length with the given default stride (unless overridden).
+    pub fn window(&self, default_stride: usize) -> WindowConfig {
+        WindowConfig {
+            size: self.model.window(),
+            stride: self.settings.stride.unwrap_or(default_stride),
+        }
+    }
+
+    /// A scorer for this worker's partition.
+    pub fn scorer(&self, scope: Scope<'_, Time>) -> Scorer {
+        Scorer::new(&self.model, self.layout(scope).range(scope.index()))
+    }
+
+    /// The threshold in force: the override, else the model's.
+    pub fn threshold(&self) -> f32 {
+        self.settings.threshold.unwrap_or(self.model.meta.threshold)
+    }
+
+    /// Windows per scoring call at most.
+    pub fn batch_size(&self) -> usize {
+        self.settings.batch_size
+    }
+}
+
+/// Makes the source on the worker that reads input.
+pub type SourceFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync>;
+
+/// Where verdicts go: alert lines to a file and/or stdout.
+#[derive(Clone, Debug, Default)]
+pub struct SinkSpec {
+    /// JSONL file of alert bodies, one per anomalous frame.
+    pub alerts_path: Option<PathBuf>,
+    /// Also print alert lines on stdout.
+    pub stdout: bool,
+}
+
+/// How a run went, as seen from this process.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunReport {
+    /// Counters (verdict counts only in the process hosting worker 0).
+    pub stats: StatsSnapshot,
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+}
+
+impl RunReport {
+    /// Frames per second that entered and were fully processed.
+    pub fn frames_per_second(&self) -> f64 {
+        self.stats.frames_in as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Runs the configured variant over the source until it is exhausted and every frame has
+/// its verdict. The source is made on worker 0 only (in process 0); sinks write there.
+pub fn run(
+    cluster: &ClusterArgs,
+    model: Arc<Model>,
+    settings: Settings,
+    make_source: SourceFactory,
+    sinks: SinkSpec,
+) -> anyhow::Result<RunReport> {
+    let build = crate::dataflows::lookup(&settings.dataflow)?;
+    let config = cluster.timely_config()?;
+    let stats = Arc::new(Stats::default());
+    let settings = Arc::new(settings);
+    let started = Instant::now();
+    let worker_stats = Arc::clone(&stats);
+    let guards = timely::execute(config, move |worker| -> anyhow::Result<()> {
+        let index = worker.index();
+        let source = if index == 0 { Some(make_source()?) } else { None };
+        let out: Option<Box<dyn Write>> = match (index, &sinks.alerts_path, sinks.stdout) {
+            (0, Some(path), _) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating alert file {}", path.display()))?,
+            ))),
+            (0, None, true) => Some(Box::new(std::io::stdout())),
+            _ => None,
+        };
+        let mut env = Env::new(
+            Arc::clone(&model),
+            Arc::clone(&settings),
+            Arc::clone(&worker_stats),
+            source,
+        );
+        let probe = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<_> {
+            let results = build(scope, &mut env)?.count_into(Arc::clone(&env.stats));
+            let (probe, results) = results.probe();
+            results.sink_alert_lines(out, env.settings.max_alert_features);
+            Ok(probe)
+        })?;
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow!("starting timely workers: {e}"))?;
+    for (i, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.context(format!("worker {i}"))),
+            Err(panic) => bail!("worker {i} panicked: {panic}"),
+        }
+    }
+    Ok(RunReport {
+        stats: stats.snapshot(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The results stream type variants return.
+pub type Results<'s> = Stream<'s, FrameResult>;

@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use tidewatch::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta};
+use tidewatch::source::{FrameSource, Pull};
+use tidewatch::types::{Frame, FrameMeta};
+
+/// A deterministic pseudo-random stream in [-1, 1) (no dependency on rand's versions).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A random RFF model of `f` features over windows of `w` (D = 8), threshold 0.5.
+pub fn random_rff_model(f: usize, w: usize, seed: u64) -> Model {
+    let d = 8;
+    let mut r = Lcg(seed);
+    let mut v = |n: usize, scale: f32| (0..n).map(|_| r.next() * scale).collect::<Vec<f32>>();
+    Model {
+        meta: ModelMeta {
+            format: 1,
+            kind: ModelKind::Rff,
+            window: w,
+            n_features: f,
+            features: FeatureNames::default(),
+            nu: 0.1,
+            score: "test".into(),
+            threshold: 0.5,
+            rff: Some(RffMeta {
+                components: d,
+                gamma: 0.1,
+                seed,
+            }),
+            calibration: None,
+            training: serde_json::Value::Null,
+            provenance: Provenance::default(),
+        },
+        params: Params::Rff {
+            mean: v(f, 0.1),
+            inv_std: v(f, 0.5).into_iter().map(|x| 1.0 + x.abs()).collect(),
+            omega: v(d * w, 1.0),
+            phase: v(d, 3.0),
+            weight: v(f * d, 1.0),
+            bias: v(f, 0.5),
+        },
+        calibration: None,
+    }
+}
+
+/// `n` frames of `f` random values each.
+pub fn random_frames(n: usize, f: usize, seed: u64) -> Vec<Frame> {
+    let mut r = Lcg(seed);
+    (0..n)
+        .map(|i| Frame {
+            seq: 0,
+            meta: FrameMeta {
+                received_ms: 1_795_428_000_000 + i as i64,
+                id: Some(format!("frame-{i}")),
+                ..FrameMeta::default()
+            },
+            values: (0..f).map(|_| r.next() * 2.0).collect(),
+        })
+        .collect()
+}
+
+/// A source that replays frames from memory.
+pub struct VecSource(pub std::vec::IntoIter<Frame>);
+
+impl FrameSource for VecSource {
+    fn pull(&mut self) -> Pull {
+        match self.0.next() {
+            Some(f) => Pull::Frame(f),
+            None => Pull::Done,
+        }
+    }
+}
+
+/// A shared collector for captured records.
+pub type Sink<T> = Arc<Mutex<Vec<T>>>;

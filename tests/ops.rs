@@ -1,0 +1,155 @@
+//! Each dataflow operator on its own, over real timely workers.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::operators::core::UnorderedInput;
+use timely::dataflow::operators::{Input, Inspect, Probe};
+use timely::dataflow::InputHandle;
+
+use tidewatch::ops::{BatchOps, WindowConfig, WindowOps};
+use tidewatch::types::{FrameMeta, Slice, Window};
+
+fn slice(seq: u64) -> Slice {
+    Slice {
+        seq,
+        part: 0,
+        meta: Some(FrameMeta {
+            received_ms: seq as i64,
+            ..FrameMeta::default()
+        }),
+        values: vec![seq as f32, seq as f32 + 0.5],
+    }
+}
+
+/// Feeds slices in the given order, each at its own time, holding every time open until
+/// all are sent; returns the windows in emission order.
+fn windows_for(order: &[u64], cfg: WindowConfig) -> Vec<Window> {
+    let order = order.to_vec();
+    timely::execute_directly(move |worker| {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        let ((mut input, cap), probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_unordered_input();
+            let probe = stream
+                .container::<Vec<Slice>>()
+                .window(cfg)
+                .inspect(move |w| sink.lock().unwrap().push(w.clone()))
+                .probe()
+                .0;
+            (input, probe)
+        });
+        let mut caps: Vec<_> = order.iter().map(|&t| cap.delayed(&t)).collect();
+        drop(cap);
+        for (&seq, cap) in order.iter().zip(&caps) {
+            input.activate().session(cap).give(slice(seq));
+            worker.step();
+        }
+        caps.clear();
+        while !probe.done() {
+            worker.step();
+        }
+        let v = out.lock().unwrap().clone();
+        v
+    })
+}
+
+fn expected_window(end: u64, size: u64) -> Vec<f32> {
+    (end + 1 - size..=end)
+        .flat_map(|s| [s as f32, s as f32 + 0.5])
+        .collect()
+}
+
+/// The first W-1 frames make no window; every later frame ends one holding the last W
+/// frames oldest first, with the last frame's metadata.
+#[test]
+fn window_slides_by_one_frame() {
+    let cfg = WindowConfig { size: 3, stride: 1 };
+    let windows = windows_for(&[0, 1, 2, 3, 4, 5], cfg);
+    let ends: Vec<u64> = windows.iter().map(|w| w.seq).collect();
+    assert_eq!(ends, vec![2, 3, 4, 5]);
+    for w in &windows {
+        assert_eq!(w.data, expected_window(w.seq, 3));
+        assert_eq!(w.meta.as_ref().unwrap().received_ms, w.seq as i64);
+    }
+}
+
+/// With stride S only every S-th frame after the first window ends a window.
+#[test]
+fn window_with_stride() {
+    let cfg = WindowConfig { size: 3, stride: 2 };
+    let windows = windows_for(&(0..9).collect::<Vec<_>>(), cfg);
+    let ends: Vec<u64> = windows.iter().map(|w| w.seq).collect();
+    assert_eq!(ends, vec![2, 4, 6, 8]);
+    assert_eq!(windows[1].data, expected_window(4, 3));
+}
+
+/// Frames that arrive out of order while the frontier still allows land in the right
+/// windows: the result equals in-order delivery.
+#[test]
+fn window_out_of_order_arrival() {
+    let cfg = WindowConfig { size: 3, stride: 1 };
+    let in_order = windows_for(&[0, 1, 2, 3, 4, 5, 6], cfg);
+    let shuffled = windows_for(&[4, 0, 6, 2, 1, 5, 3], cfg);
+    assert_eq!(in_order, shuffled);
+}
+
+/// A window size of one scores every frame alone, and a gap in the sequence suppresses
+/// only the windows that would span it.
+#[test]
+fn window_edge_cases() {
+    let single = windows_for(&[0, 1, 2], WindowConfig { size: 1, stride: 1 });
+    assert_eq!(single.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let gapped = windows_for(&[0, 1, 2, 4, 5, 6, 7], WindowConfig { size: 3, stride: 1 });
+    assert_eq!(gapped.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![2, 6, 7]);
+    assert_eq!(gapped[1].data, expected_window(6, 3));
+    let too_few = windows_for(&[0, 1], WindowConfig { size: 3, stride: 1 });
+    assert!(too_few.is_empty());
+}
+
+/// A single window is batched and passed on at once, without waiting for a full batch;
+/// windows that are available together share batches of at most the maximum size.
+#[test]
+fn batch_flushes_when_input_is_idle() {
+    timely::execute_directly(|worker| {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        let mut input = InputHandle::new();
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            scope
+                .input_from(&mut input)
+                .container::<Vec<Window>>()
+                .batch(4)
+                .inspect(move |b| sink.lock().unwrap().push(b.seqs.clone()))
+                .probe()
+                .0
+        });
+        let window = |seq: u64| Window {
+            seq,
+            part: 0,
+            meta: None,
+            data: vec![seq as f32; 6],
+        };
+        // one lone window: it must come out before time moves on
+        input.send(window(0));
+        input.flush();
+        for _ in 0..5 {
+            worker.step();
+        }
+        assert_eq!(*out.lock().unwrap(), vec![vec![0]]);
+        // ten windows at once: batches of 4, 4 and 2, in order
+        input.advance_to(1);
+        for s in 1..11 {
+            input.send(window(s));
+        }
+        input.close();
+        while !probe.done() {
+            worker.step();
+        }
+        let batches = out.lock().unwrap().clone();
+        assert_eq!(batches.len(), 4);
+        assert_eq!(batches[1], vec![1, 2, 3, 4]);
+        assert_eq!(batches[3], vec![9, 10]);
+    });
+}
