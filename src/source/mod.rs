@@ -4,6 +4,16 @@
 
 use crate::types::Frame;
 
+pub mod decode;
+pub mod file;
+pub mod generator;
+
+pub use decode::{
+    decode_frame, inflate_if_gzip, DecodeError, Decoded, KeyPolicy, MissingKeys, UnknownKeys,
+};
+pub use file::{read_matrix, FrameWriter, Matrix};
+pub use generator::{AnomalyKind, Generator, GeneratorConfig, GeneratorSource, Injection};
+
 /// One step of a source.
 #[derive(Debug)]
 pub enum Pull {

@@ -1,0 +1,167 @@
+//! `tidewatch replay`: a file or the generator through a dataflow variant into sinks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::model::Model;
+use crate::ops::Pacing;
+use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
+use crate::source::{
+    self, AnomalyKind, FrameSource, Generator, GeneratorConfig, GeneratorSource, KeyPolicy,
+    MissingKeys, UnknownKeys,
+};
+
+/// Flags of `tidewatch replay`.
+#[derive(clap::Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct ReplayArgs {
+    /// Model directory, or the name of one under models/.
+    #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
+    pub model: String,
+    /// Frames to replay: .jsonl, .jsonl.gz, .csv, .npy or .npy.gz (format by extension).
+    #[arg(long, conflicts_with = "generate")]
+    pub input: Option<PathBuf>,
+    /// Replay this many frames from the synthetic generator instead of a file.
+    #[arg(long, required_unless_present = "input")]
+    pub generate: Option<u64>,
+    /// Generator: seed of the plant (feature means and spreads); must be the plant the
+    /// model was trained on (the shipped models: 0).
+    #[arg(long, default_value_t = 0)]
+    pub plant_seed: u64,
+    /// Generator: seed of the noise and the anomalies.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Generator: probability per (frame, feature) that an anomaly starts.
+    #[arg(long, default_value_t = 0.0)]
+    pub anomaly_rate: f64,
+    /// Generator: spike height in standard deviations.
+    #[arg(long, default_value_t = 8.0)]
+    pub spike_sigma: f32,
+    /// Generator: anomaly kinds to inject, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "spike_up,spike_down,level_shift,stuck"
+    )]
+    pub kinds: Vec<AnomalyKind>,
+    /// Generator: write the ground truth (one injected anomaly per line) here.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Frames per second to replay at (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Dataflow variant (see `dataflows/`).
+    #[arg(long, default_value = crate::dataflows::DEFAULT)]
+    pub dataflow: String,
+    /// Windows per scoring call at most.
+    #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
+    pub batch_size: usize,
+    /// Anomaly threshold on (calibrated) scores; default: the model's.
+    #[arg(long, env = "THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Frames between windows; default: the variant's.
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Write one alert body per anomalous frame to this JSONL file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print alert lines on stdout.
+    #[arg(long)]
+    pub stdout: bool,
+    /// Most features listed in one alert (the count is always complete).
+    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    pub max_alert_features: usize,
+    /// What to do with keys that name no model feature.
+    #[arg(long, value_enum, default_value = "reject")]
+    pub unknown_features: UnknownKeys,
+    /// What to do with model features missing from a frame.
+    #[arg(long, value_enum, default_value = "reject")]
+    pub missing_features: MissingKeys,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Replays the input and prints a summary (from the process hosting worker 0).
+pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    let path = Model::resolve(&args.model);
+    let model =
+        Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);
+    let settings = Settings {
+        dataflow: args.dataflow.clone(),
+        batch_size: args.batch_size,
+        threshold: args.threshold,
+        stride: args.stride,
+        max_alert_features: args.max_alert_features,
+        pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+    };
+    let make_source = source_factory(args, &model);
+    let sinks = SinkSpec {
+        alerts_path: args.output.clone(),
+        stdout: args.stdout,
+    };
+    let report = runtime::run(&args.cluster, model, settings, make_source, sinks)?;
+    if !args.cluster.is_leader() {
+        return Ok(());
+    }
+    let s = &report.stats;
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["frames_per_second"] = report.frames_per_second().into();
+        eprintln!("{v}");
+    } else {
+        eprintln!(
+            "replayed {} frames ({} rejected) in {:.2} s: {:.1} frames/s; {} scored, {} anomalous frames, {} anomalous (frame, feature) pairs",
+            s.frames_in,
+            s.frames_rejected,
+            report.seconds,
+            report.frames_per_second(),
+            s.frames_scored,
+            s.anomalous_frames,
+            s.anomalous_pairs
+        );
+    }
+    Ok(())
+}
+
+fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
+    let index = model.feature_index();
+    let policy = KeyPolicy {
+        unknown: args.unknown_features,
+        missing: args.missing_features,
+    };
+    match (&args.input, args.generate) {
+        (Some(path), _) => {
+            let path = path.clone();
+            Arc::new(move || source::file::open(&path, &index, policy))
+        }
+        (None, frames) => {
+            let config = GeneratorConfig {
+                n_features: model.n_features(),
+                plant_seed: args.plant_seed,
+                seed: args.seed,
+                anomaly_rate: args.anomaly_rate,
+                spike_sigma: args.spike_sigma,
+                kinds: args.kinds.clone(),
+                ..GeneratorConfig::default()
+            };
+            let truth = args.truth.clone();
+            Arc::new(move || {
+                let mut s = GeneratorSource::new(Generator::new(config.clone())?, frames);
+                if let Some(t) = &truth {
+                    s = s.with_truth(t)?;
+                }
+                Ok(Box::new(s) as Box<dyn FrameSource>)
+            })
+        }
+    }
+}

@@ -1,0 +1,950 @@
+//! Decoding one frame of the seed's JSON (`{"data": {"feature_0": 0.82, ...}}`, optionally
+//! gzip-compressed) into model feature order.
+//!
+//! Values are placed by feature NAME, never by their position in the object: the seed
+//! re-ordered features by dictionary iteration order, which silently scored feature i with
+//! feature j's model. The decoder streams the object with serde and writes each value
+//! straight into the output vector, so a 25,000-key frame builds no map of strings.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::model::FeatureIndex;
+
+/// At most this many feature names are quoted in an unknown/missing-features error;
+/// the count says how many there were in all.
+const NAMES_SHOWN: usize = 10;
+
+/// Why a frame could not be decoded. Every message names the problem (and the key, where
+/// there is one) so that a client can fix its request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body starts like gzip (`1f 8b`) but does not inflate.
+    #[error("body looks like gzip but does not inflate: {0}")]
+    BadGzip(String),
+    /// The gzip body inflates past the decompressed size limit.
+    #[error("gzip body inflates to more than {limit} bytes")]
+    TooLarge {
+        /// The decompressed size limit in bytes.
+        limit: usize,
+    },
+    /// The body is empty (or only whitespace).
+    #[error("empty body")]
+    Empty,
+    /// The body is not valid JSON.
+    #[error("invalid JSON: {0}")]
+    BadJson(String),
+    /// The body is JSON but not an object.
+    #[error("expected a JSON object, found {found}")]
+    NotAnObject {
+        /// What the body is instead ("an array", "a string", ...).
+        found: &'static str,
+    },
+    /// The object has no `"data"` key.
+    #[error("no \"data\" object")]
+    NoData,
+    /// `"data"` is not an object.
+    #[error("\"data\" must be an object, found {found}")]
+    DataNotObject {
+        /// What `"data"` is instead.
+        found: &'static str,
+    },
+    /// A feature's value is not a JSON number.
+    #[error("feature {key:?}: value is {found}, not a number")]
+    NotANumber {
+        /// The feature name.
+        key: String,
+        /// What the value is instead (for a string, the string itself).
+        found: String,
+    },
+    /// A feature's value is a number that does not fit a finite f32.
+    #[error("feature {key:?}: value {value} is not a finite 32-bit float")]
+    NotFinite {
+        /// The feature name.
+        key: String,
+        /// The value as parsed.
+        value: f64,
+    },
+    /// Keys under `"data"` that name no model feature (under [`UnknownKeys::Reject`]).
+    #[error("{count} unknown feature name(s): {}", quote_names(names, *count))]
+    UnknownFeatures {
+        /// The first few unknown names, in the order they appeared.
+        names: Vec<String>,
+        /// How many unknown names there were in all.
+        count: usize,
+    },
+    /// Model features absent from `"data"` (under [`MissingKeys::Reject`]).
+    #[error("{count} feature(s) missing: {}", quote_names(names, *count))]
+    MissingFeatures {
+        /// The first few missing names, in model order.
+        names: Vec<String>,
+        /// How many features were missing in all.
+        count: usize,
+    },
+    /// The same key appears twice.
+    #[error("key {key:?} appears more than once")]
+    DuplicateKey {
+        /// The repeated key (a feature name, or `data`/`id`/`timestamp`).
+        key: String,
+    },
+    /// `"timestamp"` is neither an ISO 8601 string nor epoch milliseconds.
+    #[error("timestamp {found}: {reason}")]
+    BadTimestamp {
+        /// The value as given.
+        found: String,
+        /// Why it was not understood.
+        reason: String,
+    },
+    /// `"id"` is neither a string nor a number.
+    #[error("\"id\" must be a string or a number, found {found}")]
+    BadId {
+        /// What the id is instead.
+        found: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable reason for metrics labels and status-code mapping.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::BadGzip(_) => "bad_gzip",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Empty => "empty",
+            DecodeError::BadJson(_) => "bad_json",
+            DecodeError::NotAnObject { .. } => "not_an_object",
+            DecodeError::NoData | DecodeError::DataNotObject { .. } => "no_data",
+            DecodeError::NotANumber { .. } => "not_a_number",
+            DecodeError::NotFinite { .. } => "not_finite",
+            DecodeError::UnknownFeatures { .. } => "unknown_features",
+            DecodeError::MissingFeatures { .. } => "missing_features",
+            DecodeError::DuplicateKey { .. } => "duplicate_key",
+            DecodeError::BadTimestamp { .. } => "bad_timestamp",
+            DecodeError::BadId { .. } => "bad_id",
+        }
+    }
+}
+
+fn quote_names(names: &[String], count: usize) -> String {
+    let mut s = names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if count > names.len() {
+        s.push_str(&format!(" and {} more", count - names.len()));
+    }
+    s
+}
+
+/// Inflates `bytes` if they start with the gzip magic (`1f 8b`), whatever the headers
+/// said (the seed's client sends gzip with no `Content-Encoding`); other bytes are
+/// returned as they are.
+///
+/// Reading stops at `max_inflated` bytes, so a small body that inflates to gigabytes
+/// costs at most the limit.
+pub fn inflate_if_gzip(bytes: &[u8], max_inflated: usize) -> Result<Cow<'_, [u8]>, DecodeError> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    // Frames compress about 3:1; guessing the size saves most reallocations.
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(3).min(max_inflated));
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(max_inflated as u64 + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::BadGzip(e.to_string()))?;
+    if out.len() > max_inflated {
+        return Err(DecodeError::TooLarge {
+            limit: max_inflated,
+        });
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// What to do with keys under `"data"` that name no model feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownKeys {
+    /// Reject the frame, naming the keys.
+    #[default]
+    Reject,
+    /// Skip them.
+    Ignore,
+}
+
+/// What to do when model features are absent from `"data"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MissingKeys {
+    /// Reject the frame, naming the features.
+    #[default]
+    Reject,
+    /// Score them as 0.
+    Zero,
+}
+
+/// How strictly frame keys must match the model's features. The default rejects both
+/// unknown and missing features: a frame that does not match the model is more likely a
+/// client bug than something to score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Keys that name no model feature.
+    pub unknown: UnknownKeys,
+    /// Model features absent from the frame.
+    pub missing: MissingKeys,
+}
+
+/// The fields of a frame other than its values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// The client's frame id (`"id"`); a numeric id becomes its decimal text.
+    pub id: Option<String>,
+    /// The event time (`"timestamp"`) in Unix milliseconds.
+    pub event_ms: Option<i64>,
+}
+
+/// Decodes one frame into `values` (resized to `index.len()`, model order).
+///
+/// Keys outside `"data"` other than `"id"` and `"timestamp"` are ignored, so clients may
+/// add fields. On error `values` holds garbage.
+pub fn decode_frame(
+    json: &[u8],
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    values: &mut Vec<f32>,
+) -> Result<Decoded, DecodeError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    // NaN marks "not seen yet": accepted values are finite, so this detects duplicates and
+    // missing features without a second buffer.
+    values.clear();
+    values.resize(index.len(), f32::NAN);
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let top = TopSeed {
+        index,
+        policy,
+        values,
+        failure: &mut failure,
+    };
+    let outcome = top.deserialize(&mut de).and_then(|d| de.end().map(|()| d));
+    let decoded = match outcome {
+        Ok(decoded) => decoded,
+        // Our visitors park the precise error in `failure` and hand serde a placeholder.
+        Err(e) => return Err(failure.unwrap_or_else(|| DecodeError::BadJson(e.to_string()))),
+    };
+    let missing = values.iter().filter(|v| v.is_nan()).count();
+    if missing > 0 {
+        match policy.missing {
+            MissingKeys::Zero => values
+                .iter_mut()
+                .filter(|v| v.is_nan())
+                .for_each(|v| *v = 0.0),
+            MissingKeys::Reject => {
+                let names = (0..values.len())
+                    .filter(|&i| values[i].is_nan())
+                    .take(NAMES_SHOWN)
+                    .map(|i| index.name(i))
+                    .collect();
+                return Err(DecodeError::MissingFeatures {
+                    names,
+                    count: missing,
+                });
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+/// Parses a timestamp given as text: ISO 8601 / RFC 3339 (`2026-11-23T10:00:00.123Z`,
+/// also with a `+09:00`-style offset or no zone, taken as UTC), or epoch milliseconds.
+pub fn parse_timestamp(s: &str) -> Result<i64, DecodeError> {
+    let bad = |reason: &str| DecodeError::BadTimestamp {
+        found: format!("{s:?}"),
+        reason: reason.to_string(),
+    };
+    let s_trim = s.trim();
+    if let Ok(ms) = s_trim.parse::<i64>() {
+        return Ok(ms);
+    }
+    // humantime understands UTC only; apply a numeric offset ourselves.
+    let (body, offset_s) = split_offset(s_trim);
+    let t = humantime::parse_rfc3339_weak(body)
+        .map_err(|e| bad(&format!("not ISO 8601 or epoch milliseconds ({e})")))?;
+    let ms = system_time_ms(t).ok_or_else(|| bad("out of range"))?;
+    Ok(ms - offset_s * 1000)
+}
+
+/// Splits a trailing `+HH:MM` / `-HH:MM` off an RFC 3339 timestamp; `+00:00` is left for
+/// humantime, which knows it.
+fn split_offset(s: &str) -> (&str, i64) {
+    let b = s.as_bytes();
+    let n = b.len();
+    // The date part has '-' too, so look only past `YYYY-MM-DDTHH:MM`.
+    if n < 22 || !(b[n - 6] == b'+' || b[n - 6] == b'-') || b[n - 3] != b':' {
+        return (s, 0);
+    }
+    let (Ok(h), Ok(m)) = (s[n - 5..n - 3].parse::<i64>(), s[n - 2..].parse::<i64>()) else {
+        return (s, 0);
+    };
+    let sign = if b[n - 6] == b'-' { -1 } else { 1 };
+    (&s[..n - 6], sign * (h * 3600 + m * 60))
+}
+
+fn system_time_ms(t: SystemTime) -> Option<i64> {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).ok(),
+        Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+    }
+}
+
+fn timestamp_from_number(n: &serde_json::Number) -> Result<i64, DecodeError> {
+    if let Some(ms) = n.as_i64() {
+        return Ok(ms);
+    }
+    match n.as_f64() {
+        // Fractional milliseconds are below anything we measure.
+        Some(f) if f.is_finite() && f.abs() < 9.0e15 => Ok(f.floor() as i64),
+        _ => Err(DecodeError::BadTimestamp {
+            found: n.to_string(),
+            reason: "epoch milliseconds out of range".into(),
+        }),
+    }
+}
+
+/// Stores the precise error and returns the placeholder serde needs to unwind.
+fn fail<E: de::Error>(slot: &mut Option<DecodeError>, e: DecodeError) -> E {
+    *slot = Some(e);
+    E::custom("decode failure")
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Implements the `visit_*` methods of every JSON type but the object, each reporting
+/// `$variant { found }` through `self.failure`.
+macro_rules! reject_non_objects {
+    ($variant:ident) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "a boolean" },
+            ))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "a number" },
+            ))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "a number" },
+            ))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "a number" },
+            ))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "a string" },
+            ))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(fail(self.failure, DecodeError::$variant { found: "null" }))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(fail(
+                self.failure,
+                DecodeError::$variant { found: "an array" },
+            ))
+        }
+    };
+}
+
+/// The top-level object: `data`, `id`, `timestamp`, anything else skipped.
+struct TopSeed<'a> {
+    index: &'a FeatureIndex,
+    policy: KeyPolicy,
+    values: &'a mut [f32],
+    failure: &'a mut Option<DecodeError>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Decoded;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Decoded, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Decoded;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object with a \"data\" object")
+    }
+
+    reject_non_objects!(NotAnObject);
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
+        let mut decoded = Decoded::default();
+        let (mut seen_data, mut seen_id, mut seen_ts) = (false, false, false);
+        while let Some(key) = map.next_key_seed(TopKeySeed)? {
+            let seen = match key {
+                TopKey::Data => &mut seen_data,
+                TopKey::Id => &mut seen_id,
+                TopKey::Timestamp => &mut seen_ts,
+                TopKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if std::mem::replace(seen, true) {
+                let key = key.name().to_string();
+                return Err(fail(self.failure, DecodeError::DuplicateKey { key }));
+            }
+            match key {
+                TopKey::Data => map.next_value_seed(DataSeed {
+                    index: self.index,
+                    policy: self.policy,
+                    values: &mut *self.values,
+                    failure: &mut *self.failure,
+                })?,
+                TopKey::Id => {
+                    decoded.id = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) => Some(s),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        other => {
+                            let found = json_type(&other);
+                            return Err(fail(self.failure, DecodeError::BadId { found }));
+                        }
+                    }
+                }
+                TopKey::Timestamp => {
+                    let parsed = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => Ok(None),
+                        serde_json::Value::String(s) => parse_timestamp(&s).map(Some),
+                        serde_json::Value::Number(n) => timestamp_from_number(&n).map(Some),
+                        other => Err(DecodeError::BadTimestamp {
+                            found: other.to_string(),
+                            reason: "expected an ISO 8601 string or epoch milliseconds".into(),
+                        }),
+                    };
+                    decoded.event_ms = parsed.map_err(|e| fail(self.failure, e))?;
+                }
+                TopKey::Other => unreachable!("skipped above"),
+            }
+        }
+        if !seen_data {
+            return Err(fail(self.failure, DecodeError::NoData));
+        }
+        Ok(decoded)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TopKey {
+    Data,
+    Id,
+    Timestamp,
+    Other,
+}
+
+impl TopKey {
+    fn name(self) -> &'static str {
+        match self {
+            TopKey::Data => "data",
+            TopKey::Id => "id",
+            TopKey::Timestamp => "timestamp",
+            TopKey::Other => "",
+        }
+    }
+}
+
+struct TopKeySeed;
+
+impl<'de> DeserializeSeed<'de> for TopKeySeed {
+    type Value = TopKey;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<TopKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopKeySeed {
+    type Value = TopKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<TopKey, E> {
+        Ok(match key {
+            "data" => TopKey::Data,
+            "id" => TopKey::Id,
+            "timestamp" => TopKey::Timestamp,
+            _ => TopKey::Other,
+        })
+    }
+}
+
+/// The `"data"` object: each value goes straight to its model index.
+struct DataSeed<'a> {
+    index: &'a FeatureIndex,
+    policy: KeyPolicy,
+    values: &'a mut [f32],
+    failure: &'a mut Option<DecodeError>,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of feature values")
+    }
+
+    reject_non_objects!(DataNotObject);
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut unknown_names = Vec::new();
+        let mut unknown = 0usize;
+        let mut position = 0usize;
+        while let Some(key) = map.next_key_seed(FeatureKeySeed {
+            index: self.index,
+            position,
+        })? {
+            position += 1;
+            let i = match key {
+                FeatureKey::Known(i) => i,
+                FeatureKey::Unknown(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    if self.policy.unknown == UnknownKeys::Reject {
+                        unknown += 1;
+                        if unknown_names.len() < NAMES_SHOWN {
+                            unknown_names.push(name);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if !self.values[i].is_nan() {
+                let key = self.index.name(i);
+                return Err(fail(self.failure, DecodeError::DuplicateKey { key }));
+            }
+            let number = map.next_value_seed(NumberSeed)?;
+            self.values[i] = match number {
+                Number::Finite(v) => v,
+                Number::Infinite(value) => {
+                    let key = self.index.name(i);
+                    return Err(fail(self.failure, DecodeError::NotFinite { key, value }));
+                }
+                Number::Not(found) => {
+                    let key = self.index.name(i);
+                    return Err(fail(self.failure, DecodeError::NotANumber { key, found }));
+                }
+            };
+        }
+        if unknown > 0 {
+            let e = DecodeError::UnknownFeatures {
+                names: unknown_names,
+                count: unknown,
+            };
+            return Err(fail(self.failure, e));
+        }
+        Ok(())
+    }
+}
+
+enum FeatureKey {
+    Known(usize),
+    /// The name is kept only for the error message.
+    Unknown(String),
+}
+
+/// Resolves a key to its model index; `position` is the key's place in the object, which
+/// is the model index whenever the client sends keys in order (the seed's client does).
+struct FeatureKeySeed<'a> {
+    index: &'a FeatureIndex,
+    position: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for FeatureKeySeed<'_> {
+    type Value = FeatureKey;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<FeatureKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FeatureKeySeed<'_> {
+    type Value = FeatureKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a feature name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<FeatureKey, E> {
+        if self.position < self.index.len() && self.index.is_name_of(key, self.position) {
+            return Ok(FeatureKey::Known(self.position));
+        }
+        Ok(match self.index.index_of(key) {
+            Some(i) => FeatureKey::Known(i),
+            None => FeatureKey::Unknown(key.to_string()),
+        })
+    }
+}
+
+enum Number {
+    Finite(f32),
+    /// A JSON number too large for f32.
+    Infinite(f64),
+    /// Not a number; describes what it is instead.
+    Not(String),
+}
+
+struct NumberSeed;
+
+impl<'de> DeserializeSeed<'de> for NumberSeed {
+    type Value = Number;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Number, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl NumberSeed {
+    fn of(v: f64) -> Number {
+        let f = v as f32;
+        if f.is_finite() {
+            Number::Finite(f)
+        } else {
+            Number::Infinite(v)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NumberSeed {
+    type Value = Number;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+        Ok(NumberSeed::of(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+        Ok(NumberSeed::of(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+        Ok(NumberSeed::of(v as f64))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Number, E> {
+        // Quoting the string makes `"NaN"` (a common client bug) obvious in the message.
+        let shown: String = v.chars().take(40).collect();
+        Ok(Number::Not(format!("the string {shown:?}")))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Number, E> {
+        Ok(Number::Not(format!("the boolean {v}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Number, E> {
+        Ok(Number::Not("null".into()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Number::Not("an array".into()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Number::Not("an object".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FeatureNames;
+    use std::io::Write;
+
+    fn frame_json(keys: &[usize], value: impl Fn(usize) -> String) -> String {
+        let body: Vec<String> = keys
+            .iter()
+            .map(|&i| format!("\"feature_{i}\":{}", value(i)))
+            .collect();
+        format!("{{\"data\":{{{}}}}}", body.join(","))
+    }
+
+    fn decode(json: &str, n: usize, policy: KeyPolicy) -> Result<(Decoded, Vec<f32>), DecodeError> {
+        let mut values = Vec::new();
+        let d = decode_frame(
+            json.as_bytes(),
+            &FeatureIndex::numbered(n),
+            policy,
+            &mut values,
+        )?;
+        Ok((d, values))
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn keys_are_placed_by_name_not_position() {
+        let n = 50;
+        let value = |i: usize| format!("{}", i as f32 / 100.0 + 0.001);
+        let in_order: Vec<usize> = (0..n).collect();
+        // A fixed permutation (i * 7 mod 50 covers 0..50 because gcd(7, 50) = 1).
+        let shuffled: Vec<usize> = (0..n).map(|i| i * 7 % n).collect();
+        let (_, a) = decode(&frame_json(&in_order, value), n, KeyPolicy::default()).unwrap();
+        let (_, b) = decode(&frame_json(&shuffled, value), n, KeyPolicy::default()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[7], 0.071);
+        assert_eq!(a.len(), n);
+    }
+
+    #[test]
+    fn list_names_resolve_out_of_order() {
+        let names = FeatureNames::List(vec!["temp".into(), "rpm".into(), "load".into()]);
+        let index = FeatureIndex::new(&names, 3).unwrap();
+        let mut values = Vec::new();
+        let json = br#"{"data":{"load":3,"temp":1,"rpm":2}}"#;
+        decode_frame(json, &index, KeyPolicy::default(), &mut values).unwrap();
+        assert_eq!(values, [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn id_and_timestamp_are_read_and_other_keys_ignored() {
+        let json = r#"{"id":"f-9","timestamp":"2026-11-23T10:00:00.123Z","extra":[1,{}],
+                       "data":{"feature_0":1,"feature_1":2}}"#;
+        let (d, v) = decode(json, 2, KeyPolicy::default()).unwrap();
+        assert_eq!(d.id.as_deref(), Some("f-9"));
+        assert_eq!(d.event_ms, Some(1_795_428_000_123));
+        assert_eq!(v, [1.0, 2.0]);
+
+        let json = r#"{"id":42,"timestamp":1795428000123,"data":{"feature_0":1}}"#;
+        let (d, _) = decode(json, 1, KeyPolicy::default()).unwrap();
+        assert_eq!(d.id.as_deref(), Some("42"));
+        assert_eq!(d.event_ms, Some(1_795_428_000_123));
+    }
+
+    #[test]
+    fn timestamps_with_offsets_and_bad_ones() {
+        assert_eq!(
+            parse_timestamp("2026-11-23T19:00:00.123+09:00").unwrap(),
+            parse_timestamp("2026-11-23T10:00:00.123Z").unwrap()
+        );
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01").unwrap(), 1000);
+        let json = r#"{"timestamp":"yesterday","data":{"feature_0":1}}"#;
+        let e = decode(json, 1, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "bad_timestamp");
+        assert!(e.to_string().contains("yesterday"), "{e}");
+        let json = r#"{"timestamp":true,"data":{"feature_0":1}}"#;
+        assert_eq!(
+            decode(json, 1, KeyPolicy::default()).unwrap_err().kind(),
+            "bad_timestamp"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_or_ignored() {
+        let keys = (0..15).map(|i| format!("\"junk_{i}\":1"));
+        let json = format!(
+            "{{\"data\":{{\"feature_0\":1,{}}}}}",
+            keys.collect::<Vec<_>>().join(",")
+        );
+        let e = decode(&json, 1, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "unknown_features");
+        let DecodeError::UnknownFeatures { names, count } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*count, 15);
+        assert_eq!(names.len(), 10);
+        assert_eq!(names[0], "junk_0");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\"junk_9\"") && msg.contains("and 5 more"),
+            "{msg}"
+        );
+        // An index past the model's features is unknown too.
+        let e = decode(
+            r#"{"data":{"feature_0":1,"feature_1":2}}"#,
+            1,
+            KeyPolicy::default(),
+        );
+        assert_eq!(e.unwrap_err().kind(), "unknown_features");
+
+        let policy = KeyPolicy {
+            unknown: UnknownKeys::Ignore,
+            ..KeyPolicy::default()
+        };
+        let (_, v) = decode(&json, 1, policy).unwrap();
+        assert_eq!(v, [1.0]);
+    }
+
+    #[test]
+    fn missing_keys_are_named_or_zeroed() {
+        let json = frame_json(&[0, 2], |_| "0.5".into());
+        let e = decode(&json, 4, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "missing_features");
+        assert_eq!(
+            e.to_string(),
+            "2 feature(s) missing: \"feature_1\", \"feature_3\""
+        );
+        let policy = KeyPolicy {
+            missing: MissingKeys::Zero,
+            ..KeyPolicy::default()
+        };
+        let (_, v) = decode(&json, 4, policy).unwrap();
+        assert_eq!(v, [0.5, 0.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn non_numbers_are_rejected_with_their_key() {
+        let e = decode(
+            r#"{"data":{"feature_0":1,"feature_1":"NaN"}}"#,
+            2,
+            KeyPolicy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "not_a_number");
+        assert_eq!(
+            e.to_string(),
+            "feature \"feature_1\": value is the string \"NaN\", not a number"
+        );
+        for bad in ["null", "true", "[1]", "{\"a\":1}"] {
+            let json = format!("{{\"data\":{{\"feature_0\":{bad}}}}}");
+            let e = decode(&json, 1, KeyPolicy::default()).unwrap_err();
+            assert_eq!(e.kind(), "not_a_number", "{bad}");
+            assert!(e.to_string().contains("feature_0"), "{e}");
+        }
+        let e = decode(r#"{"data":{"feature_0":1e39}}"#, 1, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "not_finite");
+        assert!(e.to_string().contains("feature_0"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let json = r#"{"data":{"feature_0":1,"feature_1":2,"feature_0":3}}"#;
+        let e = decode(json, 2, KeyPolicy::default()).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::DuplicateKey {
+                key: "feature_0".into()
+            }
+        );
+        let json = r#"{"data":{"feature_0":1},"data":{"feature_0":1}}"#;
+        assert_eq!(
+            decode(json, 1, KeyPolicy::default()).unwrap_err().kind(),
+            "duplicate_key"
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let kind = |json: &str| decode(json, 1, KeyPolicy::default()).unwrap_err().kind();
+        assert_eq!(kind(""), "empty");
+        assert_eq!(kind("  \n"), "empty");
+        assert_eq!(kind("{\"data\":"), "bad_json");
+        assert_eq!(kind("not json"), "bad_json");
+        assert_eq!(kind(r#"{"data":{"feature_0":1}} trailing"#), "bad_json");
+        assert_eq!(kind("[1,2]"), "not_an_object");
+        assert_eq!(kind("\"data\""), "not_an_object");
+        assert_eq!(kind(r#"{"values":{}}"#), "no_data");
+        let e = decode(r#"{"data":[0.1,0.2]}"#, 1, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.to_string(), "\"data\" must be an object, found an array");
+        assert_eq!(kind(r#"{"id":[1],"data":{"feature_0":1}}"#), "bad_id");
+    }
+
+    #[test]
+    fn number_forms_parse() {
+        let json = r#"{"data":{"feature_0":1.5e-7,"feature_1":0.8236497651340235,
+                       "feature_2":0,"feature_3":-2,"feature_4":1E2}}"#;
+        let (_, v) = decode(json, 5, KeyPolicy::default()).unwrap();
+        assert_eq!(
+            v,
+            [1.5e-7, 0.823_649_765_134_023_5_f64 as f32, 0.0, -2.0, 100.0]
+        );
+    }
+
+    #[test]
+    fn escaped_keys_resolve() {
+        let (_, v) = decode(r#"{"data":{"feature\u005f0":4}}"#, 1, KeyPolicy::default()).unwrap();
+        assert_eq!(v, [4.0]);
+    }
+
+    #[test]
+    fn gzip_round_trip_and_plain_passthrough() {
+        let json = frame_json(&[0, 1, 2], |i| format!("0.{i}5"));
+        let packed = gzip(json.as_bytes());
+        let inflated = inflate_if_gzip(&packed, 1 << 20).unwrap();
+        assert_eq!(&*inflated, json.as_bytes());
+        let (_, v) = decode(
+            std::str::from_utf8(&inflated).unwrap(),
+            3,
+            KeyPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(v, [0.05, 0.15, 0.25]);
+        assert!(matches!(
+            inflate_if_gzip(json.as_bytes(), 1),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let zeros = vec![0u8; 10 << 20];
+        let packed = gzip(&zeros);
+        assert!(packed.len() < 100_000);
+        let e = inflate_if_gzip(&packed, 1 << 20).unwrap_err();
+        assert_eq!(e, DecodeError::TooLarge { limit: 1 << 20 });
+        assert_eq!(e.kind(), "too_large");
+        assert_eq!(inflate_if_gzip(&packed, 10 << 20).unwrap().len(), 10 << 20);
+    }
+
+    #[test]
+    fn corrupt_gzip_is_reported() {
+        let mut packed = gzip(b"{\"data\":{\"feature_0\":1}}");
+        let n = packed.len();
+        packed[n / 2] ^= 0xff;
+        packed[n - 5] ^= 0xff;
+        assert_eq!(
+            inflate_if_gzip(&packed, 1 << 20).unwrap_err().kind(),
+            "bad_gzip"
+        );
+        let truncated = &gzip(b"{\"data\":{}}")[..12];
+        assert_eq!(
+            inflate_if_gzip(truncated, 1 << 20).unwrap_err().kind(),
+            "bad_gzip"
+        );
+    }
+}

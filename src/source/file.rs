@@ -1,0 +1,932 @@
+//! File replay: frames from JSONL, CSV and NPY files (each optionally gzip-compressed,
+//! `name.jsonl.gz`), read as a stream; whole-file matrices for training; and the
+//! [`FrameWriter`] the generator writes with.
+//!
+//! | extension | content |
+//! |-----------|---------|
+//! | `.jsonl`, `.json` | one seed-format object per line: `{"data":{"feature_0":0.82,...}}`, optional `"id"`, `"timestamp"` |
+//! | `.csv` | a header row of feature names (optional `id`, `timestamp` columns), one frame per row |
+//! | `.npy` | a `[T, F]` array of f32 or f64, C order, columns in model feature order |
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+
+use super::decode::{decode_frame, parse_timestamp, KeyPolicy, MissingKeys, UnknownKeys};
+use super::{FrameSource, Pull, SourceError};
+use crate::clock;
+use crate::model::{FeatureIndex, FeatureNames};
+use crate::types::{Frame, FrameMeta};
+
+/// At most this many names are listed when a CSV header does not match the model.
+const NAMES_SHOWN: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Jsonl,
+    Csv,
+    Npy,
+}
+
+/// The format from the file name, and whether it is gzip-compressed (`.gz` suffix).
+fn format_of(path: &Path) -> anyhow::Result<(Format, bool)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let (stem, gz) = match name.strip_suffix(".gz") {
+        Some(stem) => (stem, true),
+        None => (name.as_str(), false),
+    };
+    let format = match stem.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("jsonl" | "json") => Format::Jsonl,
+        Some("csv") => Format::Csv,
+        Some("npy") => Format::Npy,
+        _ => bail!(
+            "{}: unknown file format (expected .jsonl, .json, .csv or .npy, optionally .gz)",
+            path.display()
+        ),
+    };
+    Ok((format, gz))
+}
+
+fn open_reader(path: &Path, gz: bool) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = BufReader::with_capacity(1 << 16, file);
+    Ok(if gz {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(file),
+        ))
+    } else {
+        Box::new(file)
+    })
+}
+
+fn new_frame(values: Vec<f32>, id: Option<String>, event_ms: Option<i64>) -> Frame {
+    Frame {
+        seq: 0,
+        meta: FrameMeta {
+            received_ms: clock::unix_ms(),
+            event_ms,
+            id,
+            source: 0,
+            received_us: clock::now_us(),
+        },
+        values,
+    }
+}
+
+/// Opens `path` as a frame source, choosing the format by extension (see the module
+/// docs). Values are mapped to `index` by name (JSONL per record, CSV once at the header)
+/// or by column position (NPY, whose columns must be exactly the model's features).
+///
+/// Fails when the file cannot be opened or its header does not fit the model; a record
+/// that does not decode later is reported as [`Pull::Bad`] and the stream goes on.
+pub fn open(
+    path: &Path,
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+) -> anyhow::Result<Box<dyn FrameSource>> {
+    let (format, gz) = format_of(path)?;
+    let reader = open_reader(path, gz)?;
+    let name = path.display().to_string();
+    Ok(match format {
+        Format::Jsonl => Box::new(JsonlSource {
+            reader,
+            name,
+            line: 0,
+            buf: Vec::new(),
+            index: index.clone(),
+            policy,
+            done: false,
+        }),
+        Format::Csv => Box::new(CsvSource::new(reader, name, index, policy)?),
+        Format::Npy => npy_source(reader, name, index.len())?,
+    })
+}
+
+/// Reads the next line into `buf`, returning its 1-based number, or `None` at the end.
+fn next_line(
+    reader: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    line: &mut usize,
+) -> io::Result<Option<usize>> {
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', buf)? == 0 {
+            return Ok(None);
+        }
+        *line += 1;
+        // Blank lines (a trailing newline, an editor's padding) are not records.
+        if !buf.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Some(*line));
+        }
+    }
+}
+
+struct JsonlSource {
+    reader: Box<dyn BufRead + Send>,
+    name: String,
+    line: usize,
+    buf: Vec<u8>,
+    index: FeatureIndex,
+    policy: KeyPolicy,
+    done: bool,
+}
+
+impl FrameSource for JsonlSource {
+    fn pull(&mut self) -> Pull {
+        if self.done {
+            return Pull::Done;
+        }
+        let bad = |line: usize, problem: String, name: &str| {
+            Pull::Bad(SourceError {
+                origin: format!("{name}:{line}"),
+                problem,
+            })
+        };
+        match next_line(&mut self.reader, &mut self.buf, &mut self.line) {
+            Ok(Some(line)) => {
+                let mut values = Vec::with_capacity(self.index.len());
+                match decode_frame(&self.buf, &self.index, self.policy, &mut values) {
+                    Ok(d) => Pull::Frame(new_frame(values, d.id, d.event_ms)),
+                    Err(e) => bad(line, e.to_string(), &self.name),
+                }
+            }
+            Ok(None) => {
+                self.done = true;
+                Pull::Done
+            }
+            Err(e) => {
+                // A read error (a truncated gzip stream) ends the file: nothing after it
+                // can be trusted.
+                self.done = true;
+                bad(self.line + 1, format!("read error: {e}"), &self.name)
+            }
+        }
+    }
+}
+
+/// Splits one CSV line (RFC 4180 quoting, no newlines inside fields).
+fn csv_fields(line: &str) -> Result<Vec<Cow<'_, str>>, String> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let mut fields = Vec::new();
+    let mut rest = line;
+    loop {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut field = String::new();
+            let mut chars = quoted.char_indices();
+            let after = loop {
+                match chars.next() {
+                    Some((i, '"')) if quoted[i + 1..].starts_with('"') => {
+                        field.push('"');
+                        chars.next();
+                    }
+                    Some((i, '"')) => break &quoted[i + 1..],
+                    Some((_, c)) => field.push(c),
+                    None => return Err("unterminated quoted field".into()),
+                }
+            };
+            fields.push(Cow::Owned(field));
+            match after.strip_prefix(',') {
+                Some(r) => rest = r,
+                None if after.is_empty() => return Ok(fields),
+                None => return Err(format!("text after a closing quote: {after:?}")),
+            }
+        } else {
+            match rest.split_once(',') {
+                Some((field, r)) => {
+                    fields.push(Cow::Borrowed(field));
+                    rest = r;
+                }
+                None => {
+                    fields.push(Cow::Borrowed(rest));
+                    return Ok(fields);
+                }
+            }
+        }
+    }
+}
+
+fn csv_quote(name: &str) -> Cow<'_, str> {
+    if name.contains([',', '"', '\n', '\r']) {
+        Cow::Owned(format!("\"{}\"", name.replace('"', "\"\"")))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+fn parse_value(field: &str) -> Result<f32, String> {
+    let v: f64 = field
+        .trim()
+        .parse()
+        .map_err(|_| format!("{field:?} is not a number"))?;
+    let f = v as f32;
+    if f.is_finite() {
+        Ok(f)
+    } else {
+        Err(format!("{field:?} is not a finite 32-bit float"))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Column {
+    Feature(usize),
+    Id,
+    Timestamp,
+    Skip,
+}
+
+struct CsvSource {
+    reader: Box<dyn BufRead + Send>,
+    name: String,
+    line: usize,
+    buf: Vec<u8>,
+    columns: Vec<Column>,
+    header: Vec<String>,
+    n: usize,
+    done: bool,
+}
+
+impl CsvSource {
+    /// Reads the header and applies the key policy to it once, for the whole file.
+    fn new(
+        mut reader: Box<dyn BufRead + Send>,
+        name: String,
+        index: &FeatureIndex,
+        policy: KeyPolicy,
+    ) -> anyhow::Result<Self> {
+        let mut buf = Vec::new();
+        let mut line = 0;
+        next_line(&mut reader, &mut buf, &mut line)
+            .with_context(|| format!("{name}: cannot read the header"))?
+            .ok_or_else(|| anyhow!("{name}: empty file, expected a header row"))?;
+        let text = std::str::from_utf8(&buf).with_context(|| format!("{name}:{line}"))?;
+        let header: Vec<String> = csv_fields(text)
+            .map_err(|e| anyhow!("{name}:{line}: {e}"))?
+            .into_iter()
+            .map(|f| f.trim().to_string())
+            .collect();
+        let mut seen = vec![false; index.len()];
+        let mut columns = Vec::with_capacity(header.len());
+        let mut unknown = Vec::new();
+        for col in &header {
+            let c = match (index.index_of(col), col.as_str()) {
+                (Some(i), _) => {
+                    if std::mem::replace(&mut seen[i], true) {
+                        bail!("{name}:{line}: column {col:?} appears more than once");
+                    }
+                    Column::Feature(i)
+                }
+                (None, "id") => Column::Id,
+                (None, "timestamp") => Column::Timestamp,
+                (None, _) => {
+                    unknown.push(col.as_str());
+                    Column::Skip
+                }
+            };
+            columns.push(c);
+        }
+        if !unknown.is_empty() && policy.unknown == UnknownKeys::Reject {
+            bail!(
+                "{name}:{line}: {} column(s) name no model feature: {}",
+                unknown.len(),
+                list_names(unknown.iter().copied(), unknown.len())
+            );
+        }
+        let missing: Vec<usize> = (0..index.len()).filter(|&i| !seen[i]).collect();
+        if !missing.is_empty() && policy.missing == MissingKeys::Reject {
+            bail!(
+                "{name}:{line}: {} model feature(s) have no column: {}",
+                missing.len(),
+                list_names(missing.iter().map(|&i| index.name(i)), missing.len())
+            );
+        }
+        Ok(CsvSource {
+            reader,
+            name,
+            line,
+            buf,
+            columns,
+            header,
+            n: index.len(),
+            done: false,
+        })
+    }
+
+    fn parse_row(&self) -> Result<Frame, String> {
+        let text = std::str::from_utf8(&self.buf).map_err(|e| format!("not UTF-8: {e}"))?;
+        let fields = csv_fields(text)?;
+        if fields.len() != self.columns.len() {
+            return Err(format!(
+                "{} fields, the header has {}",
+                fields.len(),
+                self.columns.len()
+            ));
+        }
+        // Features without a column (MissingKeys::Zero) stay 0.
+        let mut values = vec![0.0f32; self.n];
+        let (mut id, mut event_ms) = (None, None);
+        for ((field, column), col_name) in fields.iter().zip(&self.columns).zip(&self.header) {
+            match column {
+                Column::Feature(i) => {
+                    values[*i] = parse_value(field).map_err(|e| format!("{col_name}: {e}"))?
+                }
+                Column::Id if !field.is_empty() => id = Some(field.to_string()),
+                Column::Timestamp if !field.trim().is_empty() => {
+                    event_ms = Some(parse_timestamp(field).map_err(|e| e.to_string())?)
+                }
+                _ => {}
+            }
+        }
+        Ok(new_frame(values, id, event_ms))
+    }
+}
+
+fn list_names<S: AsRef<str>>(names: impl Iterator<Item = S>, count: usize) -> String {
+    let shown: Vec<String> = names
+        .take(NAMES_SHOWN)
+        .map(|n| format!("{:?}", n.as_ref()))
+        .collect();
+    let more = count.saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+impl FrameSource for CsvSource {
+    fn pull(&mut self) -> Pull {
+        if self.done {
+            return Pull::Done;
+        }
+        let (line, result) = match next_line(&mut self.reader, &mut self.buf, &mut self.line) {
+            Ok(Some(line)) => (line, self.parse_row()),
+            Ok(None) => {
+                self.done = true;
+                return Pull::Done;
+            }
+            Err(e) => {
+                self.done = true;
+                (self.line + 1, Err(format!("read error: {e}")))
+            }
+        };
+        match result {
+            Ok(frame) => Pull::Frame(frame),
+            Err(problem) => Pull::Bad(SourceError {
+                origin: format!("{}:{line}", self.name),
+                problem,
+            }),
+        }
+    }
+}
+
+/// An NPY file's header, checked for what tidewatch reads: a 1-D or 2-D array of f32 or
+/// f64. A 1-D array is one feature per row.
+struct NpyShape {
+    rows: usize,
+    cols: usize,
+    fortran: bool,
+}
+
+fn npy_shape(npy: &npyz::NpyFile<impl Read>, name: &str) -> anyhow::Result<NpyShape> {
+    let (rows, cols) = match *npy.shape() {
+        [rows] => (rows, 1),
+        [rows, cols] => (rows, cols),
+        ref other => bail!("{name}: array of shape {other:?}, expected [rows, features]"),
+    };
+    Ok(NpyShape {
+        rows: rows as usize,
+        cols: cols as usize,
+        fortran: npy.order() == npyz::Order::Fortran,
+    })
+}
+
+fn npy_source(
+    reader: Box<dyn BufRead + Send>,
+    name: String,
+    n: usize,
+) -> anyhow::Result<Box<dyn FrameSource>> {
+    let npy = npyz::NpyFile::new(Box::new(reader) as Box<dyn Read + Send>)
+        .with_context(|| format!("{name}: not an NPY file"))?;
+    let shape = npy_shape(&npy, &name)?;
+    if shape.cols != n {
+        bail!("{name}: {} columns, the model has {n} features", shape.cols);
+    }
+    if shape.fortran && shape.rows > 1 && shape.cols > 1 {
+        // Streaming row by row needs rows to be contiguous.
+        bail!("{name}: Fortran-order array; save it in C order to replay it");
+    }
+    let dtype = npy.dtype().descr();
+    let npy = match npy.try_data::<f32>() {
+        Ok(data) => return Ok(Box::new(NpySource::new(data, name, shape))),
+        Err(npy) => npy,
+    };
+    match npy.try_data::<f64>() {
+        Ok(data) => Ok(Box::new(NpySource::new(data, name, shape))),
+        Err(_) => bail!("{name}: dtype {dtype} is not supported (f32 or f64)"),
+    }
+}
+
+struct NpySource<T: npyz::Deserialize> {
+    data: npyz::NpyReader<T, Box<dyn Read + Send>>,
+    name: String,
+    rows: usize,
+    cols: usize,
+    row: usize,
+}
+
+impl<T: npyz::Deserialize> NpySource<T> {
+    fn new(data: npyz::NpyReader<T, Box<dyn Read + Send>>, name: String, s: NpyShape) -> Self {
+        NpySource {
+            data,
+            name,
+            rows: s.rows,
+            cols: s.cols,
+            row: 0,
+        }
+    }
+}
+
+impl<T> FrameSource for NpySource<T>
+where
+    T: npyz::Deserialize + Into<f64>,
+    T::TypeReader: Send,
+{
+    fn pull(&mut self) -> Pull {
+        if self.row >= self.rows {
+            return Pull::Done;
+        }
+        self.row += 1;
+        let mut values = Vec::with_capacity(self.cols);
+        let mut problem = None;
+        for col in 0..self.cols {
+            let v: f64 = match self.data.next() {
+                Some(Ok(v)) => v.into(),
+                Some(Err(e)) => {
+                    // The rest of the file is unreadable: end after reporting.
+                    self.rows = self.row;
+                    problem = Some(format!("read error: {e}"));
+                    break;
+                }
+                None => {
+                    self.rows = self.row;
+                    problem = Some("file ends before the shape in its header".into());
+                    break;
+                }
+            };
+            let f = v as f32;
+            if !f.is_finite() && problem.is_none() {
+                problem = Some(format!("column {col}: {v} is not a finite 32-bit float"));
+            }
+            values.push(f);
+        }
+        match problem {
+            None => Pull::Frame(new_frame(values, None, None)),
+            Some(problem) => Pull::Bad(SourceError {
+                origin: format!("{}:row {}", self.name, self.row),
+                problem,
+            }),
+        }
+    }
+}
+
+/// A whole data set in memory, row-major `[rows][cols]`: one row per frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    /// Number of rows (frames).
+    pub rows: usize,
+    /// Number of columns (features).
+    pub cols: usize,
+    /// `rows * cols` values.
+    pub values: Vec<f32>,
+    /// Column names where the file has them (CSV header, JSONL keys); `None` for NPY.
+    pub names: Option<Vec<String>>,
+}
+
+impl Matrix {
+    /// Row `r`.
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.values[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Reads a whole NPY, CSV or JSONL file (optionally `.gz`) for training.
+///
+/// Every row must have every column and every value must be a finite f32; the first
+/// problem fails the read with file and line. CSV `id`/`timestamp` columns are left out.
+/// JSONL columns are the first record's `"data"` keys in their order; later records are
+/// matched to them by name.
+pub fn read_matrix(path: &Path) -> anyhow::Result<Matrix> {
+    let (format, gz) = format_of(path)?;
+    let reader = open_reader(path, gz)?;
+    let name = path.display().to_string();
+    let m = match format {
+        Format::Npy => read_npy_matrix(reader, &name)?,
+        Format::Csv => read_csv_matrix(reader, &name)?,
+        Format::Jsonl => read_jsonl_matrix(reader, &name)?,
+    };
+    if m.rows == 0 || m.cols == 0 {
+        bail!("{name}: no data ({} rows, {} columns)", m.rows, m.cols);
+    }
+    Ok(m)
+}
+
+fn read_npy_matrix(reader: Box<dyn BufRead + Send>, name: &str) -> anyhow::Result<Matrix> {
+    let npy = npyz::NpyFile::new(reader).with_context(|| format!("{name}: not an NPY file"))?;
+    let shape = npy_shape(&npy, name)?;
+    let dtype = npy.dtype().descr();
+    let values: Vec<f32> = match npy.try_data::<f32>() {
+        Ok(data) => data.collect::<io::Result<_>>(),
+        Err(npy) => match npy.try_data::<f64>() {
+            Ok(data) => data.map(|v| v.map(|v| v as f32)).collect(),
+            Err(_) => bail!("{name}: dtype {dtype} is not supported (f32 or f64)"),
+        },
+    }
+    .with_context(|| format!("{name}: cannot read the data"))?;
+    let (rows, cols) = (shape.rows, shape.cols);
+    let values = if shape.fortran {
+        // Column-major on disk: transpose to row-major.
+        let mut t = vec![0.0; values.len()];
+        for c in 0..cols {
+            for r in 0..rows {
+                t[r * cols + c] = values[c * rows + r];
+            }
+        }
+        t
+    } else {
+        values
+    };
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{name}: row {} column {}: value {} is not a finite 32-bit float",
+            i / cols,
+            i % cols,
+            values[i]
+        );
+    }
+    Ok(Matrix {
+        rows,
+        cols,
+        values,
+        names: None,
+    })
+}
+
+fn read_csv_matrix(mut reader: Box<dyn BufRead + Send>, name: &str) -> anyhow::Result<Matrix> {
+    let (mut buf, mut line) = (Vec::new(), 0);
+    let read_err = |line: usize| format!("{name}:{line}");
+    next_line(&mut reader, &mut buf, &mut line)
+        .with_context(|| read_err(line + 1))?
+        .ok_or_else(|| anyhow!("{name}: empty file, expected a header row"))?;
+    let text = std::str::from_utf8(&buf).with_context(|| read_err(line))?;
+    let header: Vec<String> = csv_fields(text)
+        .map_err(|e| anyhow!("{name}:{line}: {e}"))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    let keep: Vec<bool> = header
+        .iter()
+        .map(|h| !matches!(h.as_str(), "id" | "timestamp"))
+        .collect();
+    let names: Vec<String> = header
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(h, _)| h.clone())
+        .collect();
+    let mut values = Vec::new();
+    let mut rows = 0;
+    while let Some(line) =
+        next_line(&mut reader, &mut buf, &mut line).with_context(|| read_err(line + 1))?
+    {
+        let text = std::str::from_utf8(&buf).with_context(|| read_err(line))?;
+        let fields = csv_fields(text).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
+        if fields.len() != header.len() {
+            bail!(
+                "{name}:{line}: {} fields, the header has {}",
+                fields.len(),
+                header.len()
+            );
+        }
+        for ((field, keep), col) in fields.iter().zip(&keep).zip(&header) {
+            if *keep {
+                let v = parse_value(field).map_err(|e| anyhow!("{name}:{line}: {col}: {e}"))?;
+                values.push(v);
+            }
+        }
+        rows += 1;
+    }
+    Ok(Matrix {
+        rows,
+        cols: names.len(),
+        values,
+        names: Some(names),
+    })
+}
+
+/// The keys of the `"data"` object, in the order they appear.
+struct DataKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for DataKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DataKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of feature values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DataKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(DataKeys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn read_jsonl_matrix(mut reader: Box<dyn BufRead + Send>, name: &str) -> anyhow::Result<Matrix> {
+    #[derive(serde::Deserialize)]
+    struct First {
+        data: DataKeys,
+    }
+    let (mut buf, mut line) = (Vec::new(), 0);
+    let first = next_line(&mut reader, &mut buf, &mut line)
+        .with_context(|| format!("{name}:{}", line + 1))?
+        .ok_or_else(|| anyhow!("{name}: empty file"))?;
+    let names = serde_json::from_slice::<First>(&buf)
+        .map_err(|e| anyhow!("{name}:{first}: {e}"))?
+        .data
+        .0;
+    let index = FeatureIndex::new(&FeatureNames::List(names.clone()), names.len())
+        .map_err(|e| anyhow!("{name}:{first}: {e}"))?;
+    let mut values = Vec::new();
+    let mut row = Vec::new();
+    let mut rows = 0;
+    let mut current = Some(first);
+    while let Some(line_no) = current {
+        decode_frame(&buf, &index, KeyPolicy::default(), &mut row)
+            .map_err(|e| anyhow!("{name}:{line_no}: {e}"))?;
+        values.extend_from_slice(&row);
+        rows += 1;
+        current = next_line(&mut reader, &mut buf, &mut line)
+            .with_context(|| format!("{name}:{}", line + 1))?;
+    }
+    Ok(Matrix {
+        rows,
+        cols: names.len(),
+        values,
+        names: Some(names),
+    })
+}
+
+/// The NPY header is written with room for any row count and rewritten with the real one
+/// by [`FrameWriter::finish`], so frames can be streamed without knowing their number.
+const NPY_HEADER_LEN: usize = 128;
+
+fn npy_header(rows: u64, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut h = b"\x93NUMPY\x01\x00".to_vec();
+    // Version 1.0: 10 bytes of preamble, then the dict padded with spaces and ended by '\n'.
+    h.extend_from_slice(&((NPY_HEADER_LEN - 10) as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h.resize(NPY_HEADER_LEN - 1, b' ');
+    h.push(b'\n');
+    h
+}
+
+enum Sink {
+    Plain(BufWriter<File>),
+    Gz(flate2::write::GzEncoder<BufWriter<File>>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Gz(w) => w.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.write_all(buf),
+            Sink::Gz(w) => w.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Gz(w) => w.flush(),
+        }
+    }
+}
+
+/// Writes frames to a file in the format its extension names: `.jsonl` (also `.json`),
+/// `.csv` (each optionally `.gz`) or `.npy` (f32 `[T, F]`).
+///
+/// JSONL lines are the seed's compact format with keys in model order,
+/// `{"data":{"feature_0":0.8236497,...}}`, plus `"id"` and `"timestamp"` (epoch ms) when
+/// the frame has them. CSV and NPY keep the values only. Call [`FrameWriter::finish`]:
+/// it completes the gzip stream and the NPY header.
+pub struct FrameWriter {
+    path: PathBuf,
+    format: Format,
+    sink: Sink,
+    cols: usize,
+    rows: u64,
+    /// `"name":` for each feature, JSON-escaped once rather than per frame.
+    keys: Vec<Vec<u8>>,
+    line: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Creates (truncates) `path` for frames of the features in `names`.
+    pub fn create(path: &Path, names: &FeatureIndex) -> anyhow::Result<FrameWriter> {
+        let (format, gz) = format_of(path)?;
+        if format == Format::Npy && gz {
+            bail!(
+                "{}: cannot write compressed NPY; write .npy and compress it afterwards",
+                path.display()
+            );
+        }
+        let file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = BufWriter::with_capacity(1 << 16, file);
+        let mut sink = if gz {
+            Sink::Gz(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            ))
+        } else {
+            Sink::Plain(file)
+        };
+        let cols = names.len();
+        let mut keys = Vec::new();
+        match format {
+            Format::Jsonl => {
+                keys = (0..cols)
+                    .map(|i| {
+                        let mut k = serde_json::to_vec(&names.name(i)).expect("strings serialise");
+                        k.push(b':');
+                        k
+                    })
+                    .collect();
+            }
+            Format::Csv => {
+                let header: Vec<String> = (0..cols)
+                    .map(|i| csv_quote(&names.name(i)).into_owned())
+                    .collect();
+                writeln!(sink, "{}", header.join(","))?;
+            }
+            Format::Npy => sink.write_all(&npy_header(0, cols))?,
+        }
+        Ok(FrameWriter {
+            path: path.to_path_buf(),
+            format,
+            sink,
+            cols,
+            rows: 0,
+            keys,
+            line: Vec::new(),
+        })
+    }
+
+    /// Appends one frame. Its values must be one per feature and finite.
+    pub fn write(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let values = &frame.values;
+        if values.len() != self.cols {
+            bail!(
+                "{}: frame has {} values, the file has {} features",
+                self.path.display(),
+                values.len(),
+                self.cols
+            );
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: feature {i} is {}, which the file formats cannot carry",
+                self.path.display(),
+                values[i]
+            );
+        }
+        let line = &mut self.line;
+        line.clear();
+        match self.format {
+            Format::Jsonl => {
+                line.extend_from_slice(b"{\"data\":{");
+                for (i, (key, v)) in self.keys.iter().zip(values).enumerate() {
+                    if i > 0 {
+                        line.push(b',');
+                    }
+                    line.extend_from_slice(key);
+                    // Display prints the shortest text that reads back as the same f32.
+                    write!(line, "{v}")?;
+                }
+                line.push(b'}');
+                if let Some(id) = &frame.meta.id {
+                    line.extend_from_slice(b",\"id\":");
+                    serde_json::to_writer(&mut *line, id)?;
+                }
+                if let Some(ms) = frame.meta.event_ms {
+                    write!(line, ",\"timestamp\":{ms}")?;
+                }
+                line.extend_from_slice(b"}\n");
+            }
+            Format::Csv => {
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        line.push(b',');
+                    }
+                    write!(line, "{v}")?;
+                }
+                line.push(b'\n');
+            }
+            Format::Npy => {
+                line.reserve(values.len() * 4);
+                for v in values {
+                    line.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        self.sink
+            .write_all(line)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Number of frames written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Flushes everything and completes the file (gzip trailer, NPY row count).
+    pub fn finish(self) -> anyhow::Result<()> {
+        let path = self.path.display().to_string();
+        let finish = || -> io::Result<()> {
+            match self.sink {
+                Sink::Gz(gz) => gz.finish()?.flush(),
+                Sink::Plain(w) => {
+                    let mut file = w.into_inner().map_err(|e| e.into_error())?;
+                    if self.format == Format::Npy {
+                        file.seek(SeekFrom::Start(0))?;
+                        file.write_all(&npy_header(self.rows, self.cols))?;
+                    }
+                    file.flush()
+                }
+            }
+        };
+        finish().with_context(|| format!("cannot finish {path}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_come_from_the_extension() {
+        let f = |p: &str| format_of(Path::new(p)).ok();
+        assert_eq!(f("a.jsonl"), Some((Format::Jsonl, false)));
+        assert_eq!(f("dir.x/A.JSONL.GZ"), Some((Format::Jsonl, true)));
+        assert_eq!(f("a.json"), Some((Format::Jsonl, false)));
+        assert_eq!(f("a.csv"), Some((Format::Csv, false)));
+        assert_eq!(f("P-1.npy.gz"), Some((Format::Npy, true)));
+        assert_eq!(f("a.txt"), None);
+        assert_eq!(f("npy"), None);
+    }
+
+    #[test]
+    fn csv_fields_handle_quotes() {
+        let f = csv_fields(r#"a,"b,c","say ""hi""",,d"#).unwrap();
+        assert_eq!(f, ["a", "b,c", "say \"hi\"", "", "d"]);
+        assert_eq!(csv_fields("x\r\n").unwrap(), ["x"]);
+        assert!(csv_fields(r#""open"#).is_err());
+        assert!(csv_fields(r#""a"b"#).is_err());
+        assert_eq!(csv_quote("a,b"), "\"a,b\"");
+    }
+
+    #[test]
+    fn npy_header_is_aligned_and_fits_any_row_count() {
+        for rows in [0, u64::MAX] {
+            let h = npy_header(rows, 25_000);
+            assert_eq!(h.len(), NPY_HEADER_LEN);
+            assert_eq!(h.len() % 64, 0);
+            assert_eq!(h.last(), Some(&b'\n'));
+            assert!(std::str::from_utf8(&h[10..])
+                .unwrap()
+                .contains(&format!("({rows}, 25000)")));
+        }
+    }
+}
