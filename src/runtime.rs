@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::Scope;
 
 use crate::layout::Layout;
@@ -210,13 +210,19 @@ impl Env {
 /// Makes the source on the worker that reads input.
 pub type SourceFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync>;
 
-/// Where verdicts go: alert lines to a file and/or stdout.
-#[derive(Clone, Debug, Default)]
+/// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
+/// another thread (a bounded channel) if it does I/O.
+pub type ResultHook = Arc<dyn Fn(&FrameResult) + Send + Sync>;
+
+/// Where verdicts go: alert lines to a file and/or stdout, and any hook.
+#[derive(Clone, Default)]
 pub struct SinkSpec {
     /// JSONL file of alert bodies, one per anomalous frame.
     pub alerts_path: Option<PathBuf>,
     /// Also print alert lines on stdout.
     pub stdout: bool,
+    /// Also hand every verdict to this hook (webhook senders, Kafka producers, tests).
+    pub on_result: Option<ResultHook>,
 }
 
 /// How a run went, as seen from this process.
@@ -269,6 +275,13 @@ pub fn run(
         );
         let probe = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<_> {
             let results = build(scope, &mut env)?.count_into(Arc::clone(&env.stats));
+            let results = match (index, &sinks.on_result) {
+                (0, Some(hook)) => {
+                    let hook = Arc::clone(hook);
+                    results.inspect(move |r| hook(r))
+                }
+                _ => results,
+            };
             let (probe, results) = results.probe();
             results.sink_alert_lines(out, env.settings.max_alert_features);
             Ok(probe)

@@ -48,7 +48,7 @@ fn run_with_threads(threads: usize, batch: usize, dir: &std::path::Path) -> Vec<
         Arc::new(move || Ok(Box::new(VecSource(frames.clone().into_iter())) as Box<dyn FrameSource>)),
         SinkSpec {
             alerts_path: Some(out.clone()),
-            stdout: false,
+            ..SinkSpec::default()
         },
     )
     .unwrap();

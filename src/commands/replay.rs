@@ -108,6 +108,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let sinks = SinkSpec {
         alerts_path: args.output.clone(),
         stdout: args.stdout,
+        on_result: None,
     };
     let report = runtime::run(&args.cluster, model, settings, make_source, sinks)?;
     if !args.cluster.is_leader() {

@@ -26,7 +26,8 @@ const PULLS_PER_ACTIVATION: usize = 64;
 const IDLE_RECHECK: Duration = Duration::from_millis(1);
 
 /// A stream of frames read from `source` on this worker, each stamped with its sequence
-/// number (0, 1, 2, ... in the order the source gives them). A worker given no source
+/// number (0, 1, 2, ... in the order the source gives them, unless the source assigns
+/// them itself). A worker given no source
 /// releases its capability at once and contributes nothing, so frames can enter on one
 /// worker while every worker keeps the frontier moving.
 pub fn frame_source<'s>(
@@ -39,6 +40,7 @@ pub fn frame_source<'s>(
     timely::dataflow::operators::generic::operator::source(scope, "FrameSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut src = src;
+        let assigned = src.as_ref().is_some_and(|s| s.assigns_seq());
         let mut cap = src.as_ref().map(|_| cap);
         let mut next: Time = 0;
         let mut started: Option<Instant> = None;
@@ -59,7 +61,13 @@ pub fn frame_source<'s>(
                 }
                 match s.pull() {
                     Pull::Frame(mut frame) => {
-                        frame.seq = next;
+                        if assigned {
+                            assert!(frame.seq >= next, "source seqs must increase");
+                            next = frame.seq;
+                            c.downgrade(&next);
+                        } else {
+                            frame.seq = next;
+                        }
                         stats.frame_in();
                         output.session(&*c).give(frame);
                         next += 1;

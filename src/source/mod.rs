@@ -31,6 +31,13 @@ pub enum Pull {
 pub trait FrameSource: Send {
     /// The next step of the source.
     fn pull(&mut self) -> Pull;
+
+    /// Whether the frames this source yields already carry their sequence numbers
+    /// (strictly increasing), as when an HTTP handler must answer with the seq before
+    /// the dataflow sees the frame. Otherwise the dataflow numbers frames 0, 1, 2, ...
+    fn assigns_seq(&self) -> bool {
+        false
+    }
 }
 
 /// A record that could not be turned into a frame.
