@@ -2,7 +2,9 @@
 //! linear and the RFF (D = 32) models, on one core.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidewatch::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta, Scorer};
+use tidewatch::model::{
+    FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta, Scorer,
+};
 
 const F: usize = 25_000;
 const W: usize = 5;
@@ -12,7 +14,9 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()

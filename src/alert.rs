@@ -104,7 +104,11 @@ mod tests {
         };
         let alert = Alert::new(&result, 3);
         assert_eq!(alert.num_anomalous_features, 10);
-        let idx: Vec<u32> = alert.anomalous_features.iter().map(|f| f.feature_idx).collect();
+        let idx: Vec<u32> = alert
+            .anomalous_features
+            .iter()
+            .map(|f| f.feature_idx)
+            .collect();
         assert_eq!(idx, vec![9, 8, 7]);
         assert_eq!(alert.timestamp, "2026-11-23T10:00:00.123Z");
         let json = serde_json::to_value(&alert).unwrap();

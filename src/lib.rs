@@ -5,7 +5,20 @@
 //! feature-wise one-class SVMs and merged back into one verdict per frame.
 #![deny(missing_docs)]
 
+pub mod alert;
 pub mod clock;
+pub mod commands;
+#[path = "../dataflows/mod.rs"]
+pub mod dataflows;
 pub mod layout;
 pub mod model;
+pub mod ops;
+pub mod resources;
+pub mod runtime;
+pub mod server;
+pub mod settings;
+pub mod source;
+pub mod stats;
+pub mod train;
 pub mod types;
+pub mod webhook;

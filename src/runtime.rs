@@ -258,7 +258,11 @@ pub fn run(
     let worker_stats = Arc::clone(&stats);
     let guards = timely::execute(config, move |worker| -> anyhow::Result<()> {
         let index = worker.index();
-        let source = if index == 0 { Some(make_source()?) } else { None };
+        let source = if index == 0 {
+            Some(make_source()?)
+        } else {
+            None
+        };
         let out: Option<Box<dyn Write>> = match (index, &sinks.alerts_path, sinks.stdout) {
             (0, Some(path), _) => Some(Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path)

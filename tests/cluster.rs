@@ -80,9 +80,15 @@ fn same_anomalies_for_threads_and_processes() {
     let (model, input) = fixture(dir.path());
 
     let one = dir.path().join("w1.jsonl");
-    check(replay(&model, &input, &one, &["-w", "1"]).output().unwrap(), "-w 1");
+    check(
+        replay(&model, &input, &one, &["-w", "1"]).output().unwrap(),
+        "-w 1",
+    );
     let two = dir.path().join("w2.jsonl");
-    check(replay(&model, &input, &two, &["-w", "2"]).output().unwrap(), "-w 2");
+    check(
+        replay(&model, &input, &two, &["-w", "2"]).output().unwrap(),
+        "-w 2",
+    );
 
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(
@@ -93,12 +99,22 @@ fn same_anomalies_for_threads_and_processes() {
     let procs = dir.path().join("n2.jsonl");
     let unused = dir.path().join("unused.jsonl");
     let hostfile = hosts.to_str().unwrap();
-    let p1 = replay(&model, &input, &unused, &["-n", "2", "-p", "1", "-h", hostfile])
-        .spawn()
-        .unwrap();
-    let p0 = replay(&model, &input, &procs, &["-n", "2", "-p", "0", "-h", hostfile])
-        .output()
-        .unwrap();
+    let p1 = replay(
+        &model,
+        &input,
+        &unused,
+        &["-n", "2", "-p", "1", "-h", hostfile],
+    )
+    .spawn()
+    .unwrap();
+    let p0 = replay(
+        &model,
+        &input,
+        &procs,
+        &["-n", "2", "-p", "0", "-h", hostfile],
+    )
+    .output()
+    .unwrap();
     let p1 = p1.wait_with_output().unwrap();
     check(p0, "process 0 of 2");
     check(p1, "process 1 of 2");
@@ -107,7 +123,10 @@ fn same_anomalies_for_threads_and_processes() {
     assert!(reference.len() > 10, "the fixture model flags frames");
     assert_eq!(verdicts(&two), reference, "-w 2 differs from -w 1");
     assert_eq!(verdicts(&procs), reference, "two processes differ from one");
-    assert!(!unused.exists(), "only the process hosting worker 0 writes alerts");
+    assert!(
+        !unused.exists(),
+        "only the process hosting worker 0 writes alerts"
+    );
 }
 
 /// A frame with unknown or missing feature names is reported by name and skipped; the
@@ -129,14 +148,15 @@ fn bad_frame_is_reported_and_the_stream_continues() {
     let bad_input = dir.path().join("bad.jsonl");
     std::fs::write(&bad_input, lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("alerts.jsonl");
-    let run = replay(&model, &bad_input, &out, &["--json"]).output().unwrap();
+    let run = replay(&model, &bad_input, &out, &["--json"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).to_string();
     check(run, "replay with a bad line");
     assert!(stderr.contains("feature_x7"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_3_"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_42"), "missing key named: {stderr}");
-    let summary: serde_json::Value =
-        serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
     // sequence numbers go to accepted frames only, so windows span the rejected lines
     assert_eq!(summary["stats"]["frames_in"], 197);
     assert_eq!(summary["stats"]["frames_rejected"], 3);

@@ -45,7 +45,10 @@ fn window_mismatch_is_a_shape_error() {
     std::fs::write(dir.path().join("model.json"), meta).unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("model.safetensors"), "{err}");
-    assert!(err.contains("omega") && err.contains("[8, 4]") && err.contains("[8, 5]"), "{err}");
+    assert!(
+        err.contains("omega") && err.contains("[8, 4]") && err.contains("[8, 5]"),
+        "{err}"
+    );
 }
 
 /// A linear model with the wrong number of features is refused.
@@ -68,7 +71,10 @@ fn wrong_feature_count_is_refused() {
     )
     .unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("weight") && err.contains("[19, 5]") && err.contains("[20, 5]"), "{err}");
+    assert!(
+        err.contains("weight") && err.contains("[19, 5]") && err.contains("[20, 5]"),
+        "{err}"
+    );
 }
 
 /// NaN or infinite weights are refused with the tensor and position.
@@ -81,7 +87,10 @@ fn non_finite_weights_are_refused() {
     }
     model.save(dir.path()).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("weight") && err.contains("non-finite") && err.contains("13"), "{err}");
+    assert!(
+        err.contains("weight") && err.contains("non-finite") && err.contains("13"),
+        "{err}"
+    );
 }
 
 /// A description that is not valid JSON, or not a model description, is refused.

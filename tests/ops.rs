@@ -100,9 +100,15 @@ fn window_out_of_order_arrival() {
 #[test]
 fn window_edge_cases() {
     let single = windows_for(&[0, 1, 2], WindowConfig { size: 1, stride: 1 });
-    assert_eq!(single.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        single.iter().map(|w| w.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
     let gapped = windows_for(&[0, 1, 2, 4, 5, 6, 7], WindowConfig { size: 3, stride: 1 });
-    assert_eq!(gapped.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![2, 6, 7]);
+    assert_eq!(
+        gapped.iter().map(|w| w.seq).collect::<Vec<_>>(),
+        vec![2, 6, 7]
+    );
     assert_eq!(gapped[1].data, expected_window(6, 3));
     let too_few = windows_for(&[0, 1], WindowConfig { size: 3, stride: 1 });
     assert!(too_few.is_empty());

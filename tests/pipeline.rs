@@ -20,16 +20,28 @@ fn alerts(path: &std::path::Path) -> Vec<(u64, Vec<(u64, f32)>)> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|f| (f["feature_idx"].as_u64().unwrap(), f["score"].as_f64().unwrap() as f32))
+                .map(|f| {
+                    (
+                        f["feature_idx"].as_u64().unwrap(),
+                        f["score"].as_f64().unwrap() as f32,
+                    )
+                })
                 .collect();
             feats.sort_by_key(|f| f.0);
-            assert_eq!(v["num_anomalous_features"].as_u64().unwrap() as usize, feats.len());
+            assert_eq!(
+                v["num_anomalous_features"].as_u64().unwrap() as usize,
+                feats.len()
+            );
             (v["seq"].as_u64().unwrap(), feats)
         })
         .collect()
 }
 
-fn run_with_threads(threads: usize, batch: usize, dir: &std::path::Path) -> Vec<(u64, Vec<(u64, f32)>)> {
+fn run_with_threads(
+    threads: usize,
+    batch: usize,
+    dir: &std::path::Path,
+) -> Vec<(u64, Vec<(u64, f32)>)> {
     let (f, w, n) = (37, 4, 60);
     let model = Arc::new(random_rff_model(f, w, 3));
     let frames = random_frames(n, f, 9);
@@ -45,7 +57,9 @@ fn run_with_threads(threads: usize, batch: usize, dir: &std::path::Path) -> Vec<
             batch_size: batch,
             ..Settings::default()
         },
-        Arc::new(move || Ok(Box::new(VecSource(frames.clone().into_iter())) as Box<dyn FrameSource>)),
+        Arc::new(move || {
+            Ok(Box::new(VecSource(frames.clone().into_iter())) as Box<dyn FrameSource>)
+        }),
         SinkSpec {
             alerts_path: Some(out.clone()),
             ..SinkSpec::default()
@@ -65,7 +79,11 @@ fn results_identical_for_any_worker_count_and_batch_size() {
     let one = run_with_threads(1, 64, dir.path());
     assert!(!one.is_empty(), "the random model flags something");
     for (threads, batch) in [(2, 64), (3, 7), (1, 1)] {
-        assert_eq!(run_with_threads(threads, batch, dir.path()), one, "-w {threads}, batch {batch}");
+        assert_eq!(
+            run_with_threads(threads, batch, dir.path()),
+            one,
+            "-w {threads}, batch {batch}"
+        );
     }
 
     // reference: score every window of the whole frame directly

@@ -184,8 +184,7 @@ impl Model {
 
     /// The name index for decoding frames.
     pub fn feature_index(&self) -> FeatureIndex {
-        FeatureIndex::new(&self.meta.features, self.meta.n_features)
-            .expect("validated at load")
+        FeatureIndex::new(&self.meta.features, self.meta.n_features).expect("validated at load")
     }
 
     /// Resolves a model name or path: a directory that exists is used as is, otherwise
@@ -354,7 +353,10 @@ impl Model {
 impl ModelMeta {
     fn validate(&self) -> Result<(), String> {
         if self.format != 1 {
-            return Err(format!("format {} is not supported (expected 1)", self.format));
+            return Err(format!(
+                "format {} is not supported (expected 1)",
+                self.format
+            ));
         }
         if self.window == 0 {
             return Err("window must be at least 1".into());
@@ -389,7 +391,10 @@ impl TensorReader<'_, '_> {
             .tensor(name)
             .map_err(|_| format!("tensor {name} is missing"))?;
         if t.dtype() != Dtype::F32 {
-            return Err(format!("tensor {name} has dtype {:?}, expected F32", t.dtype()));
+            return Err(format!(
+                "tensor {name} has dtype {:?}, expected F32",
+                t.dtype()
+            ));
         }
         if t.shape() != shape {
             return Err(format!(

@@ -32,8 +32,14 @@ pub struct FeatureIndex {
 
 #[derive(Clone, Debug)]
 enum IndexKind {
-    Pattern { prefix: String, suffix: String },
-    List { names: Vec<String>, by_name: HashMap<String, usize> },
+    Pattern {
+        prefix: String,
+        suffix: String,
+    },
+    List {
+        names: Vec<String>,
+        by_name: HashMap<String, usize>,
+    },
 }
 
 impl FeatureIndex {
@@ -109,7 +115,9 @@ impl FeatureIndex {
     pub fn index_of(&self, name: &str) -> Option<usize> {
         match &self.kind {
             IndexKind::Pattern { prefix, suffix } => {
-                let digits = name.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                let digits = name
+                    .strip_prefix(prefix.as_str())?
+                    .strip_suffix(suffix.as_str())?;
                 parse_index(digits).filter(|&i| i < self.n)
             }
             IndexKind::List { by_name, .. } => by_name.get(name).copied(),
@@ -157,8 +165,7 @@ mod tests {
 
     #[test]
     fn list_resolves_and_rejects_duplicates() {
-        let idx =
-            FeatureIndex::new(&FeatureNames::List(vec!["a".into(), "b".into()]), 2).unwrap();
+        let idx = FeatureIndex::new(&FeatureNames::List(vec!["a".into(), "b".into()]), 2).unwrap();
         assert_eq!(idx.index_of("b"), Some(1));
         assert_eq!(idx.index_of("c"), None);
         assert!(FeatureIndex::new(&FeatureNames::List(vec!["a".into(), "a".into()]), 2).is_err());

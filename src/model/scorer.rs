@@ -49,7 +49,10 @@ impl Scorer {
         assert!(range.end <= f, "feature range {range:?} outside 0..{f}");
         let width = range.len();
         let (off, scale): (Vec<f32>, Vec<f32>) = match &model.calibration {
-            Some(c) => (c.offset[range.clone()].to_vec(), c.scale[range.clone()].to_vec()),
+            Some(c) => (
+                c.offset[range.clone()].to_vec(),
+                c.scale[range.clone()].to_vec(),
+            ),
             None => (vec![0.0; width], vec![1.0; width]),
         };
         let kind = match &model.params {
@@ -138,7 +141,9 @@ impl Scorer {
 
     fn score_window(&self, x: &[f32], out: &mut [f32]) {
         match &self.kind {
-            Kind::Linear { weight_t, bias } => linear(self.window, self.width, weight_t, bias, x, out),
+            Kind::Linear { weight_t, bias } => {
+                linear(self.window, self.width, weight_t, bias, x, out)
+            }
             Kind::Rff { .. } => {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
@@ -294,7 +299,9 @@ mod tests {
         let (w, f, d) = (3, 37, 5);
         let mut rng = 1u64;
         let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
         let mean: Vec<f32> = (0..f).map(|_| next()).collect();
@@ -336,8 +343,12 @@ mod tests {
         for split in [1, 16, 20] {
             let mut left = vec![0.0; split];
             let mut right = vec![0.0; f - split];
-            let xl: Vec<f32> = (0..w).flat_map(|k| x[k * f..k * f + split].to_vec()).collect();
-            let xr: Vec<f32> = (0..w).flat_map(|k| x[k * f + split..(k + 1) * f].to_vec()).collect();
+            let xl: Vec<f32> = (0..w)
+                .flat_map(|k| x[k * f..k * f + split].to_vec())
+                .collect();
+            let xr: Vec<f32> = (0..w)
+                .flat_map(|k| x[k * f + split..(k + 1) * f].to_vec())
+                .collect();
             Scorer::new(&model, 0..split).score(&xl, &mut left);
             Scorer::new(&model, split..f).score(&xr, &mut right);
             left.extend(right);

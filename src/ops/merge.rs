@@ -7,6 +7,10 @@ use timely::dataflow::operators::Capability;
 use super::{Stream, Time};
 use crate::types::{FrameMeta, FrameResult, Hit, PartHits, Seq};
 
+/// A frame waiting for every partition: the earliest capability among its reports, the
+/// metadata (from partition 0) and the hits so far.
+type Pending = (Capability<Time>, Option<FrameMeta>, Vec<Hit>);
+
 /// Merges what every partition found in a frame into one verdict.
 pub trait MergeOps<'s> {
     /// Gathers [`PartHits`] on worker 0 and emits one [`FrameResult`] per scored frame,
@@ -20,8 +24,7 @@ impl<'s> MergeOps<'s> for Stream<'s, PartHits> {
         // second merge; anomalies are few, so this is cheap traffic.
         let to_zero = Exchange::new(|_: &PartHits| 0);
         self.unary_frontier(to_zero, "MergeFrames", |_cap, _info| {
-            let mut open: BTreeMap<Seq, (Capability<Time>, Option<FrameMeta>, Vec<Hit>)> =
-                BTreeMap::new();
+            let mut open: BTreeMap<Seq, Pending> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = cap.least().copied() else {

@@ -53,6 +53,8 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                     for batch in data {
                         for s in batch.drain(..) {
                             let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
+                            let log = BatchLog::start(&s);
+                            let mut anomalous = 0usize;
                             for ((seq, meta), row) in s
                                 .seqs
                                 .into_iter()
@@ -68,14 +70,68 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                                         score,
                                     })
                                     .collect();
+                                anomalous += hits.len();
                                 if !hits.is_empty() || meta.is_some() {
                                     session.give(PartHits { seq, meta, hits });
                                 }
+                            }
+                            if let Some(log) = log {
+                                log.finish(anomalous);
                             }
                         }
                     }
                 });
             }
         })
+    }
+}
+
+/// The seed's per-batch log line (latency from receive to inference done, batch size,
+/// anomalous features, resource use), one per scored batch and never per frame.
+struct BatchLog {
+    part: u32,
+    size: usize,
+    /// Receive → now over the batch's frames, in ms (partition 0 only: it carries the
+    /// frames' metadata).
+    latency_ms: Option<(f64, f64)>,
+}
+
+impl BatchLog {
+    /// Taken right after scoring, before thresholding; `None` when info is not logged.
+    fn start(s: &Scored) -> Option<BatchLog> {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return None;
+        }
+        let now = crate::clock::now_us();
+        let latency_ms = s
+            .metas
+            .iter()
+            .flatten()
+            .map(|m| now.saturating_sub(m.received_us) as f64 / 1000.0)
+            .fold(None, |acc: Option<(f64, f64)>, l| match acc {
+                None => Some((l, l)),
+                Some((lo, hi)) => Some((lo.min(l), hi.max(l))),
+            });
+        Some(BatchLog {
+            part: s.part,
+            size: s.seqs.len(),
+            latency_ms,
+        })
+    }
+
+    fn finish(self, anomalous: usize) {
+        let r = crate::resources::sample();
+        tracing::info!(
+            partition = self.part,
+            batch_size = self.size,
+            anomalous_features = anomalous,
+            latency_ms_min = self.latency_ms.map(|l| l.0),
+            latency_ms_max = self.latency_ms.map(|l| l.1),
+            cpu_percent = r.cpu_percent,
+            rss_mib = r.rss_mib,
+            mem_available_mib = r.mem_available_mib,
+            mem_total_mib = r.mem_total_mib,
+            "batch scored"
+        );
     }
 }

@@ -37,58 +37,62 @@ pub fn frame_source<'s>(
     stats: Arc<Stats>,
 ) -> Stream<'s, Frame> {
     let src = source;
-    timely::dataflow::operators::generic::operator::source(scope, "FrameSource", move |cap, info| {
-        let activator = scope.activator_for(info.address);
-        let mut src = src;
-        let assigned = src.as_ref().is_some_and(|s| s.assigns_seq());
-        let mut cap = src.as_ref().map(|_| cap);
-        let mut next: Time = 0;
-        let mut started: Option<Instant> = None;
-        move |output| {
-            let (Some(c), Some(s)) = (cap.as_mut(), src.as_mut()) else {
-                cap = None;
-                return;
-            };
-            let start = *started.get_or_insert_with(Instant::now);
-            for _ in 0..PULLS_PER_ACTIVATION {
-                if let Pacing::Rate(rate) = pacing {
-                    let due = start + Duration::from_secs_f64(next as f64 / rate);
-                    let now = Instant::now();
-                    if due > now {
-                        activator.activate_after(due - now);
-                        return;
-                    }
-                }
-                match s.pull() {
-                    Pull::Frame(mut frame) => {
-                        if assigned {
-                            assert!(frame.seq >= next, "source seqs must increase");
-                            next = frame.seq;
-                            c.downgrade(&next);
-                        } else {
-                            frame.seq = next;
+    timely::dataflow::operators::generic::operator::source(
+        scope,
+        "FrameSource",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut src = src;
+            let assigned = src.as_ref().is_some_and(|s| s.assigns_seq());
+            let mut cap = src.as_ref().map(|_| cap);
+            let mut next: Time = 0;
+            let mut started: Option<Instant> = None;
+            move |output| {
+                let (Some(c), Some(s)) = (cap.as_mut(), src.as_mut()) else {
+                    cap = None;
+                    return;
+                };
+                let start = *started.get_or_insert_with(Instant::now);
+                for _ in 0..PULLS_PER_ACTIVATION {
+                    if let Pacing::Rate(rate) = pacing {
+                        let due = start + Duration::from_secs_f64(next as f64 / rate);
+                        let now = Instant::now();
+                        if due > now {
+                            activator.activate_after(due - now);
+                            return;
                         }
-                        stats.frame_in();
-                        output.session(&*c).give(frame);
-                        next += 1;
-                        c.downgrade(&next);
                     }
-                    Pull::Bad(err) => {
-                        stats.frame_rejected();
-                        tracing::warn!(error = %err, "skipped a record that does not decode");
-                    }
-                    Pull::Idle => {
-                        activator.activate_after(IDLE_RECHECK);
-                        return;
-                    }
-                    Pull::Done => {
-                        cap = None;
-                        src = None;
-                        return;
+                    match s.pull() {
+                        Pull::Frame(mut frame) => {
+                            if assigned {
+                                assert!(frame.seq >= next, "source seqs must increase");
+                                next = frame.seq;
+                                c.downgrade(&next);
+                            } else {
+                                frame.seq = next;
+                            }
+                            stats.frame_in();
+                            output.session(&*c).give(frame);
+                            next += 1;
+                            c.downgrade(&next);
+                        }
+                        Pull::Bad(err) => {
+                            stats.frame_rejected();
+                            tracing::warn!(error = %err, "skipped a record that does not decode");
+                        }
+                        Pull::Idle => {
+                            activator.activate_after(IDLE_RECHECK);
+                            return;
+                        }
+                        Pull::Done => {
+                            cap = None;
+                            src = None;
+                            return;
+                        }
                     }
                 }
+                activator.activate();
             }
-            activator.activate();
-        }
-    })
+        },
+    )
 }

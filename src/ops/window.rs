@@ -21,7 +21,7 @@ impl WindowConfig {
     /// `stride` frames.
     pub fn ends_at(&self, seq: Seq) -> bool {
         let w = self.size as u64;
-        seq + 1 >= w && (seq + 1 - w) % self.stride.max(1) as u64 == 0
+        seq + 1 >= w && (seq + 1 - w).is_multiple_of(self.stride.max(1) as u64)
     }
 }
 
@@ -70,7 +70,11 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
                     if history.len() == cfg.size && cfg.ends_at(seq) {
                         let mut data = Vec::with_capacity(cfg.size * width);
                         for s in &history {
-                            assert_eq!(s.values.len(), width, "slices of one partition differ in width");
+                            assert_eq!(
+                                s.values.len(),
+                                width,
+                                "slices of one partition differ in width"
+                            );
                             data.extend_from_slice(&s.values);
                         }
                         let last = history.back_mut().expect("window is not empty");
@@ -99,7 +103,10 @@ mod tests {
         let w5 = WindowConfig { size: 5, stride: 1 };
         assert!(!w5.ends_at(3));
         assert!(w5.ends_at(4) && w5.ends_at(5));
-        let w30 = WindowConfig { size: 30, stride: 10 };
+        let w30 = WindowConfig {
+            size: 30,
+            stride: 10,
+        };
         let ends: Vec<u64> = (0..60).filter(|&s| w30.ends_at(s)).collect();
         assert_eq!(ends, vec![29, 39, 49, 59]);
     }
