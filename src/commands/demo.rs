@@ -1,0 +1,232 @@
+//! `tidewatch demo`: the whole of seed 001 in one process, with no outside service: an
+//! alert receiver that checks alerts like the NestJS client and prints one line per
+//! alert, `serve` in front of the model, and the load generator sending frames with
+//! injected anomalies. Ends with totals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use warp::http::{HeaderMap, StatusCode};
+use warp::Filter;
+
+use crate::commands::loadgen::{self, LoadgenArgs};
+use crate::model::Model;
+use crate::runtime::ClusterArgs;
+use crate::server::{self, ModelSpec, ServeConfig};
+use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+
+/// Flags of `tidewatch demo`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// Model directory, or the name of one under models/.
+    #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
+    pub model: String,
+    /// How long to send frames.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Frames per second.
+    #[arg(long, default_value_t = 4.0)]
+    pub rate: f64,
+    /// Probability per frame and feature that an anomaly starts (2e-5 × 25,000 features:
+    /// about one anomaly every other frame).
+    #[arg(long, default_value_t = 2e-5)]
+    pub anomaly_rate: f64,
+    /// Seed of the generated noise and anomalies.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Port for the ingest server (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Anomaly threshold; default: the model's.
+    #[arg(long, env = "THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Worker threads of the dataflow.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Alerts that cannot be delivered go here.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-dead-letter.jsonl"))]
+    pub dead_letter: PathBuf,
+}
+
+/// Runs the demo.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let dir = Model::resolve(&args.model);
+    let model = Arc::new(Model::load(&dir).with_context(|| {
+        format!(
+            "loading model {:?} ({}); the demo needs a model, e.g. the shipped models/default",
+            args.model,
+            dir.display()
+        )
+    })?);
+    let threshold = args.threshold.unwrap_or(model.meta.threshold);
+    println!(
+        "tidewatch demo: model {} ({} features, window {}, threshold {threshold})",
+        dir.display(),
+        model.n_features(),
+        model.window()
+    );
+
+    // The receiver and the load generator share one small runtime; serve brings its own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let received = Arc::new(AtomicU64::new(0));
+    let (receiver_addr, stop_receiver) = rt.block_on(alert_receiver(Arc::clone(&received)))?;
+    let alert_url = join_url(&format!("http://{receiver_addr}"), "/api/v1/alert");
+    println!("  alert receiver (checks alerts like the NestJS client): {alert_url}");
+
+    let mut config = ServeConfig::new(ModelSpec::Loaded(Arc::clone(&model)));
+    config.addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    config.settings.threshold = args.threshold;
+    config.cluster = ClusterArgs {
+        threads: args.workers.max(1),
+        ..ClusterArgs::default()
+    };
+    config.webhook = Some(WebhookConfig {
+        url: alert_url,
+        initial_delay: Duration::from_millis(200),
+        dead_letter: args.dead_letter.clone(),
+        drain_timeout: Duration::from_secs(10),
+        ..WebhookConfig::default()
+    });
+    let handle = server::start(config)?;
+    handle.wait_ready(Duration::from_secs(600))?;
+    let addr = handle.addr();
+    println!("  serve ready: http://{addr}  (try: curl -s http://{addr}/health/ready)");
+    println!(
+        "  sending {} frames/s for {} with anomalies injected (JSON logs on stderr)...\n",
+        args.rate,
+        humantime::format_duration(args.duration)
+    );
+
+    let load = LoadgenArgs {
+        rate: Some(args.rate),
+        duration: Some(args.duration),
+        features: model.n_features(),
+        anomaly_rate: args.anomaly_rate,
+        seed: args.seed,
+        ..LoadgenArgs::to(format!("http://{addr}/data-enqueue"))
+    };
+    let load = rt.block_on(loadgen::drive(&load));
+    let report = handle.shutdown();
+    let _ = stop_receiver.send(());
+    let load = load?;
+    let report = report?;
+    let s = &report.run.stats;
+    let w = report.webhook.unwrap_or_default();
+    println!("\nload generator: {}", load.summary());
+    println!(
+        "serve: {} frames accepted, {} scored (the first {} fill the first window), {} anomalous",
+        report.http.accepted,
+        s.frames_scored,
+        model.window().saturating_sub(1),
+        s.anomalous_frames
+    );
+    println!(
+        "alerts: {} sent, {} received by the receiver, {} dead-lettered{}",
+        w.delivered,
+        received.load(Ordering::Relaxed),
+        w.dead_lettered,
+        if w.dead_lettered > 0 {
+            format!(" (see {})", args.dead_letter.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Starts the alert receiver on a free loopback port; returns its address and a switch
+/// that stops it.
+async fn alert_receiver(
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the alert receiver")?;
+    let addr = listener.local_addr()?;
+    let route = warp::path!("api" / "v1" / "alert")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .map(move |headers: HeaderMap, body: Bytes| receive(&headers, &body, &received));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    Ok((addr, stop))
+}
+
+/// One alert: checked the way the NestJS client checks it, then printed on one line.
+fn receive(
+    headers: &HeaderMap,
+    body: &[u8],
+    received: &AtomicU64,
+) -> warp::reply::WithStatus<warp::reply::Json> {
+    let reply = |status: StatusCode, v: serde_json::Value| {
+        warp::reply::with_status(warp::reply::json(&v), status)
+    };
+    if body.len() > CLIENT_BODY_LIMIT {
+        println!(
+            "receiver: refused an alert of {} bytes (over 100 KiB)",
+            body.len()
+        );
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({"error": "too large"}),
+        );
+    }
+    let json_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let alert: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let valid = alert.as_ref().is_some_and(|a| {
+        a["timestamp"].is_string()
+            && a["anomaly_detected"].is_boolean()
+            && a["num_anomalous_features"].is_u64()
+            && a["anomalous_features"].is_array()
+    });
+    let Some(a) = alert.filter(|_| json_type && valid) else {
+        println!("receiver: refused an invalid alert");
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "invalid"}),
+        );
+    };
+    received.fetch_add(1, Ordering::Relaxed);
+    let top: Vec<String> = a["anomalous_features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(3)
+        .map(|f| {
+            format!(
+                "#{} {:.2}",
+                f["feature_idx"],
+                f["score"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    println!(
+        "ALERT seq {:>4}  {}  {} anomalous feature(s)  top: {}  latency {:.1} ms",
+        a["seq"].as_u64().map_or("?".to_string(), |s| s.to_string()),
+        a["timestamp"].as_str().unwrap_or("?"),
+        a["num_anomalous_features"],
+        top.join(", "),
+        a["latency_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    reply(StatusCode::CREATED, serde_json::json!({"status": "ok"}))
+}

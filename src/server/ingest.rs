@@ -1,0 +1,351 @@
+//! `POST /data-enqueue`: read the body (bounded), inflate and decode it off the async
+//! threads, number the frame and queue it for worker 0, all without ever waiting for the
+//! dataflow.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::Semaphore;
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::Reply;
+
+use super::{error_reply, Phase, ServeConfig, Shared};
+use crate::clock;
+use crate::model::{FeatureIndex, Model};
+use crate::source::{decode_frame, inflate_if_gzip, DecodeError, FrameSource, KeyPolicy, Pull};
+use crate::types::{Frame, FrameMeta, Seq};
+
+/// What the client is told to wait before sending again after a 429 or 503, in seconds.
+const RETRY_AFTER_S: &str = "1";
+
+/// The ingest side of the queue, shared by all handlers.
+pub(super) struct Ingress {
+    index: Arc<FeatureIndex>,
+    policy: KeyPolicy,
+    max_body: usize,
+    max_inflated: usize,
+    capacity: usize,
+    /// Frames queued and not yet pulled by the dataflow (the channel does not say).
+    queued: Arc<AtomicUsize>,
+    /// Numbering and sending under one lock, so that frames enter the queue in seq order
+    /// (the source requires increasing seqs) and a refused frame uses up no seq.
+    queue: Mutex<Option<Queue>>,
+    decode_permits: Semaphore,
+}
+
+struct Queue {
+    tx: SyncSender<Frame>,
+    next: Seq,
+}
+
+/// The dataflow side of the ingest queue: worker 0 pulls decoded frames from it.
+pub struct IngestSource {
+    rx: Receiver<Frame>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl FrameSource for IngestSource {
+    fn pull(&mut self) -> Pull {
+        match self.rx.try_recv() {
+            Ok(frame) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Pull::Frame(frame)
+            }
+            Err(TryRecvError::Empty) => Pull::Idle,
+            // Only once the queue is empty: every accepted frame is scored.
+            Err(TryRecvError::Disconnected) => Pull::Done,
+        }
+    }
+
+    fn assigns_seq(&self) -> bool {
+        true
+    }
+}
+
+impl Ingress {
+    pub(super) fn new(model: &Model, config: &ServeConfig) -> (Arc<Ingress>, IngestSource) {
+        let capacity = config.queue_max_size.max(1);
+        let (tx, rx) = sync_channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let ingress = Arc::new(Ingress {
+            index: Arc::new(model.feature_index()),
+            policy: config.key_policy,
+            max_body: config.max_body_bytes,
+            max_inflated: config.max_inflated_bytes,
+            capacity,
+            queued: Arc::clone(&queued),
+            queue: Mutex::new(Some(Queue { tx, next: 0 })),
+            decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
+        });
+        (ingress, IngestSource { rx, queued })
+    }
+
+    /// Closes the queue: later frames are refused (503); the dataflow finishes what was
+    /// queued and then sees the end of its input.
+    pub(super) fn close(&self) {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued() >= self.capacity
+    }
+
+    /// Numbers `frame` and queues it; `Err` says why it was refused.
+    fn enqueue(&self, mut frame: Frame) -> Result<Seq, Refusal> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = queue.as_mut() else {
+            return Err(Refusal::Closed);
+        };
+        frame.seq = q.next;
+        // Counted before sending, so the source's decrement can never come first.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match q.tx.try_send(frame) {
+            Ok(()) => {
+                q.next += 1;
+                Ok(q.next - 1)
+            }
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => Refusal::Full,
+                    TrySendError::Disconnected(_) => Refusal::Closed,
+                })
+            }
+        }
+    }
+}
+
+enum Refusal {
+    Full,
+    Closed,
+}
+
+/// The handler of `POST /data-enqueue`.
+pub(super) async fn enqueue<S, B>(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    body: S,
+) -> warp::reply::Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let received_ms = clock::unix_ms();
+    let received_us = clock::now_us();
+    let mut body_read = false;
+    let reply = match shared.phase() {
+        Phase::Ready(ready) => {
+            let ingress = Arc::clone(&ready.ingress);
+            let at = (received_ms, received_us);
+            accept(&ingress, &headers, body, at, &mut body_read).await
+        }
+        Phase::Loading => Err(unavailable("not ready: the model is loading")),
+        Phase::Failed(why) => Err(unavailable(&format!("not ready: {why}"))),
+        Phase::Stopping => Err(unavailable("shutting down")),
+    };
+    // Answered without reading the whole body: the server will close this connection,
+    // so say so, or a keep-alive client may send its next frame on it and lose it.
+    let reply = reply.map_err(|mut resp| {
+        if !body_read {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    });
+    let counters = &shared.http;
+    match reply {
+        Ok(seq) => {
+            counters.accepted.fetch_add(1, Ordering::Relaxed);
+            let body = serde_json::json!({
+                "status": "ok",
+                "message": "Data enqueued successfully",
+                "seq": seq,
+            });
+            warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
+        }
+        Err(resp) => {
+            let counter = match resp.status() {
+                StatusCode::TOO_MANY_REQUESTS => &counters.throttled,
+                StatusCode::SERVICE_UNAVAILABLE => &counters.unavailable,
+                _ => &counters.rejected,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            resp
+        }
+    }
+}
+
+async fn accept<S, B>(
+    ingress: &Ingress,
+    headers: &HeaderMap,
+    body: S,
+    (received_ms, received_us): (i64, u64),
+    body_read: &mut bool,
+) -> Result<Seq, warp::reply::Response>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    check_encoding(headers)?;
+    // A full queue is refused before the body is read and before it is decoded, the
+    // costly parts; `enqueue` checks again, for certain.
+    if ingress.is_full() {
+        return Err(queue_full(ingress));
+    }
+    let body = read_body(headers, body, ingress.max_body).await?;
+    *body_read = true;
+    if ingress.is_full() {
+        return Err(queue_full(ingress));
+    }
+    let permit = ingress
+        .decode_permits
+        .acquire()
+        .await
+        .expect("the decode semaphore is never closed");
+    let index = Arc::clone(&ingress.index);
+    let (policy, max_inflated) = (ingress.policy, ingress.max_inflated);
+    let decoded = tokio::task::spawn_blocking(move || {
+        let json = inflate_if_gzip(&body, max_inflated)?;
+        let mut values = Vec::with_capacity(index.len());
+        let d = decode_frame(&json, &index, policy, &mut values)?;
+        Ok::<_, DecodeError>((d, values))
+    })
+    .await;
+    drop(permit);
+    let (decoded, values) = match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, kind = e.kind(), "frame refused");
+            let status = match e {
+                DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return Err(error_reply(status, e.kind(), &e.to_string()));
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "decoding a frame panicked");
+            return Err(error_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "decoding the frame failed unexpectedly",
+            ));
+        }
+    };
+    let frame = Frame {
+        seq: 0,
+        meta: FrameMeta {
+            received_ms,
+            event_ms: decoded.event_ms,
+            id: decoded.id,
+            source: 0,
+            received_us,
+        },
+        values,
+    };
+    ingress.enqueue(frame).map_err(|r| match r {
+        Refusal::Full => queue_full(ingress),
+        Refusal::Closed => unavailable("shutting down"),
+    })
+}
+
+/// gzip is recognised by its magic bytes whatever the headers say; an encoding we cannot
+/// undo is refused rather than misread as JSON.
+#[allow(clippy::result_large_err)]
+fn check_encoding(headers: &HeaderMap) -> Result<(), warp::reply::Response> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !(coding.eq_ignore_ascii_case("gzip")
+                || coding.eq_ignore_ascii_case("x-gzip")
+                || coding.eq_ignore_ascii_case("identity"))
+            {
+                return Err(error_reply(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_encoding",
+                    &format!("Content-Encoding {coding:?} is not supported (use gzip or none)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole body, refused with 413 as soon as it is known to exceed `limit` (from
+/// Content-Length, or while reading a body sent without one).
+async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<BytesMut, warp::reply::Response>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let too_large = || {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            error_reply(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                &format!("reading the body failed: {e}"),
+            )
+        })?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+fn queue_full(ingress: &Ingress) -> warp::reply::Response {
+    let mut resp = error_reply(
+        StatusCode::TOO_MANY_REQUESTS,
+        "queue_full",
+        &format!(
+            "the queue is full ({} frames waiting to be scored); retry later",
+            ingress.capacity
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    resp
+}
+
+fn unavailable(detail: &str) -> warp::reply::Response {
+    let mut resp = error_reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    resp
+}

@@ -1,0 +1,581 @@
+//! `tidewatch serve`'s HTTP side: seed 001's ingest endpoint and probes on warp, in front
+//! of a dataflow run by [`crate::runtime::run`], with alerts posted by [`crate::webhook`].
+//!
+//! Threads: the HTTP server and the webhook sender share one tokio runtime (its own, so a
+//! library user's runtime is not involved); frames are decoded on its blocking pool; the
+//! dataflow's workers run on their own threads under `runtime::run`, which a plain thread
+//! waits on. Handlers hand frames to worker 0 through a bounded queue and never wait for
+//! it: a full queue answers 429.
+//!
+//! Life cycle: [`start`] binds the port and answers probes at once (`/health/ready` says
+//! 503 while the model loads); the model is loaded and the dataflow started on the
+//! dataflow thread; ready means worker 0 has taken the ingest queue. [`ServerHandle::shutdown`]
+//! stops accepting connections, lets requests under way finish, closes the queue so
+//! the dataflow drains and stops, then gives the webhook a bounded time to deliver.
+
+mod ingest;
+mod probes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::model::Model;
+use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
+use crate::source::{FrameSource, KeyPolicy};
+use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
+
+pub use ingest::IngestSource;
+
+/// Where scoring runs (`DEFAULT_DEVICE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The GPU where this build can use one, else the CPU.
+    #[default]
+    Auto,
+    /// The GPU; start-up fails if it cannot be used.
+    Cuda,
+    /// The CPU.
+    Cpu,
+}
+
+/// Which model to serve.
+#[derive(Clone, Debug)]
+pub enum ModelSpec {
+    /// Load it from this directory on start-up (ready only once it has loaded).
+    Dir(PathBuf),
+    /// Serve this model, already loaded.
+    Loaded(Arc<Model>),
+}
+
+/// Everything [`start`] needs.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// Address to listen on (`APP_HOST`:`APP_PORT`); port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// The model.
+    pub model: ModelSpec,
+    /// Where to score.
+    pub device: Device,
+    /// Pipeline settings (variant, batch size, threshold, ...).
+    pub settings: Settings,
+    /// timely cluster flags; this process must be process 0 (it hosts worker 0).
+    pub cluster: ClusterArgs,
+    /// Frames accepted but not yet taken by the dataflow, at most (`QUEUE_MAX_SIZE`).
+    pub queue_max_size: usize,
+    /// Largest request body, as sent on the wire.
+    pub max_body_bytes: usize,
+    /// Largest body after gzip inflation: stops gzip bombs.
+    pub max_inflated_bytes: usize,
+    /// Frames decoded at once at most (each holds its body and values in memory).
+    pub decode_concurrency: usize,
+    /// How frame keys must match the model's features.
+    pub key_policy: KeyPolicy,
+    /// tokio worker threads for HTTP and the webhook.
+    pub http_threads: usize,
+    /// Where alerts are posted; `None` posts nothing.
+    pub webhook: Option<WebhookConfig>,
+    /// More sinks: an alert file, stdout, a verdict hook (all on worker 0).
+    pub sinks: SinkSpec,
+    /// On shutdown, how long requests under way may take to finish.
+    pub http_drain_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of seed 001 (`0.0.0.0:9000`, queue 100, batch 64, ...) for `model`,
+    /// posting alerts to the default webhook URL.
+    pub fn new(model: ModelSpec) -> ServeConfig {
+        ServeConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            model,
+            device: Device::Auto,
+            settings: Settings::default(),
+            cluster: ClusterArgs::default(),
+            queue_max_size: 100,
+            max_body_bytes: 1 << 20,
+            max_inflated_bytes: 16 << 20,
+            decode_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            key_policy: KeyPolicy::default(),
+            http_threads: 2,
+            webhook: Some(WebhookConfig::default()),
+            sinks: SinkSpec::default(),
+            http_drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts of ingest answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpStats {
+    /// 202: frames queued for scoring.
+    pub accepted: u64,
+    /// 4xx other than 429: requests that can never succeed as sent.
+    pub rejected: u64,
+    /// 429: the queue was full.
+    pub throttled: u64,
+    /// 503: not ready, or shutting down.
+    pub unavailable: u64,
+}
+
+#[derive(Default)]
+struct HttpCounters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    throttled: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+impl HttpCounters {
+    fn snapshot(&self) -> HttpStats {
+        HttpStats {
+            accepted: self.accepted.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            unavailable: self.unavailable.load(Relaxed),
+        }
+    }
+}
+
+/// Where the server is in its life.
+#[derive(Clone)]
+enum Phase {
+    /// Loading the model, starting the dataflow.
+    Loading,
+    /// Scoring.
+    Ready(Arc<Ready>),
+    /// Start-up or the dataflow failed; the message says why.
+    Failed(Arc<str>),
+    /// Shutting down or stopped.
+    Stopping,
+}
+
+/// What handlers need once the dataflow runs.
+struct Ready {
+    ingress: Arc<ingest::Ingress>,
+    /// Model and device facts for `/health/ready`.
+    facts: serde_json::Value,
+}
+
+/// State shared by handlers, the dataflow thread and the handle.
+struct Shared {
+    phase: watch::Sender<Phase>,
+    http: HttpCounters,
+    /// Whether shutdown began, and the queue to close: one lock, so that a dataflow that
+    /// starts while shutdown begins cannot miss it.
+    lifecycle: Mutex<Lifecycle>,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    stopping: bool,
+    ingress: Option<Arc<ingest::Ingress>>,
+}
+
+impl Shared {
+    fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+}
+
+/// How a serve run went.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServeReport {
+    /// The dataflow's counters and wall time.
+    pub run: RunReport,
+    /// Ingest answers.
+    pub http: HttpStats,
+    /// Alert deliveries, if alerts were posted.
+    pub webhook: Option<WebhookStats>,
+}
+
+/// SIGINT and SIGTERM, caught (see [`ServerHandle::catch_signals`]).
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+/// A running server. Dropping it shuts it down (errors ignored); call
+/// [`ServerHandle::shutdown`] to see them.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop_http: Option<oneshot::Sender<()>>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    dataflow: Option<std::thread::JoinHandle<anyhow::Result<RunReport>>>,
+    webhook: Option<Webhook>,
+    http_drain_timeout: Duration,
+}
+
+/// Binds the address, starts answering, and starts loading the model and the dataflow
+/// in the background (see [`ServerHandle::wait_ready`]). Fails if the address cannot be
+/// bound. Call it from outside any tokio runtime: the server brings its own.
+pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
+    if !config.cluster.is_leader() {
+        bail!(
+            "the HTTP server runs in process 0 only (this is process {})",
+            config.cluster.process
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http_threads.max(1))
+        .thread_name("tidewatch-http")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.addr))
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let (phase, _) = watch::channel(Phase::Loading);
+    let shared = Arc::new(Shared {
+        phase,
+        http: HttpCounters::default(),
+        lifecycle: Mutex::new(Lifecycle::default()),
+    });
+    let webhook = match config.webhook.clone() {
+        Some(w) => Some(Webhook::start(w, runtime.handle())?),
+        None => None,
+    };
+    let (stop_http, stopped) = oneshot::channel::<()>();
+    let http_task = runtime.spawn(
+        warp::serve(routes(Arc::clone(&shared)))
+            .incoming(listener)
+            .graceful(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    let hook = combine_hooks(
+        webhook.as_ref().map(Webhook::hook),
+        config.sinks.on_result.clone(),
+    );
+    let dataflow_shared = Arc::clone(&shared);
+    let http_drain_timeout = config.http_drain_timeout;
+    let dataflow = std::thread::Builder::new()
+        .name("tidewatch-dataflow".into())
+        .spawn(move || {
+            let result = run_dataflow(config, &dataflow_shared, hook);
+            match &result {
+                Ok(_) => {
+                    dataflow_shared.phase.send_replace(Phase::Stopping);
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::error!(error = %msg, "the dataflow stopped with an error");
+                    dataflow_shared
+                        .phase
+                        .send_replace(Phase::Failed(msg.into()));
+                }
+            }
+            result
+        })
+        .context("starting the dataflow thread")?;
+    tracing::info!(%addr, "listening");
+    Ok(ServerHandle {
+        addr,
+        shared,
+        runtime: Some(runtime),
+        stop_http: Some(stop_http),
+        http_task: Some(http_task),
+        dataflow: Some(dataflow),
+        webhook,
+        http_drain_timeout,
+    })
+}
+
+fn combine_hooks(a: Option<ResultHook>, b: Option<ResultHook>) -> Option<ResultHook> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Arc::new(move |r| {
+            a(r);
+            b(r);
+        })),
+        (a, b) => a.or(b),
+    }
+}
+
+/// On the dataflow thread: loads the model, checks the device, runs the dataflow until
+/// the ingest queue closes.
+fn run_dataflow(
+    config: ServeConfig,
+    shared: &Arc<Shared>,
+    hook: Option<ResultHook>,
+) -> anyhow::Result<RunReport> {
+    let (model, model_path) = match &config.model {
+        ModelSpec::Loaded(m) => (Arc::clone(m), None),
+        ModelSpec::Dir(dir) => {
+            let started = std::time::Instant::now();
+            let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+            tracing::info!(
+                model = %dir.display(),
+                kind = ?m.meta.kind,
+                n_features = m.n_features(),
+                window = m.window(),
+                load_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "model loaded"
+            );
+            (Arc::new(m), Some(dir.clone()))
+        }
+    };
+    let device = probes::resolve_device(config.device)?;
+    let threshold = config.settings.threshold.unwrap_or(model.meta.threshold);
+    let facts = probes::ready_facts(&model, model_path.as_deref(), &device, &config, threshold);
+    let (ingress, source) = ingest::Ingress::new(&model, &config);
+    let ready = Arc::new(Ready {
+        ingress: Arc::clone(&ingress),
+        facts,
+    });
+    let slot = Mutex::new(Some(source));
+    let factory_shared = Arc::clone(shared);
+    let factory: SourceFactory = Arc::new(move || {
+        let source = slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| anyhow!("the HTTP ingest source can be taken only once"))?;
+        let mut life = factory_shared
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if life.stopping {
+            // Shut down before we were ready: the queue closes at once and the run ends.
+            ready.ingress.close();
+        } else {
+            life.ingress = Some(Arc::clone(&ready.ingress));
+            factory_shared
+                .phase
+                .send_replace(Phase::Ready(Arc::clone(&ready)));
+            tracing::info!(queue_max_size = ready.ingress.capacity(), "ready");
+        }
+        Ok(Box::new(source) as Box<dyn FrameSource>)
+    });
+    let sinks = SinkSpec {
+        on_result: hook,
+        ..config.sinks.clone()
+    };
+    runtime::run(
+        &config.cluster,
+        model,
+        config.settings.clone(),
+        factory,
+        sinks,
+    )
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the model is loaded and the dataflow takes frames; fails with the
+    /// reason if start-up failed, or after `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut rx = self.shared.phase.subscribe();
+        let runtime = self.runtime.as_ref().expect("running");
+        let phase = runtime
+            .block_on(async {
+                tokio::time::timeout(timeout, rx.wait_for(|p| !matches!(p, Phase::Loading)))
+                    .await
+                    .map(|r| r.map(|p| p.clone()))
+            })
+            .map_err(|_| anyhow!("not ready after {timeout:?}"))?
+            .map_err(|_| anyhow!("the server stopped while starting"))?;
+        match phase {
+            Phase::Ready(_) => Ok(()),
+            Phase::Failed(why) => Err(anyhow!("{why}")),
+            Phase::Loading | Phase::Stopping => bail!("the server stopped while starting"),
+        }
+    }
+
+    /// Ingest answers so far.
+    pub fn http_stats(&self) -> HttpStats {
+        self.shared.http.snapshot()
+    }
+
+    /// Alert deliveries so far, if alerts are posted.
+    pub fn webhook_stats(&self) -> Option<WebhookStats> {
+        self.webhook.as_ref().map(Webhook::stats)
+    }
+
+    /// Starts catching SIGINT and SIGTERM (so they no longer kill the process); see
+    /// [`ServerHandle::wait_for_signal`]. Call it before announcing readiness, so that a
+    /// signal sent right after cannot be missed.
+    pub fn catch_signals(&self) -> anyhow::Result<Signals> {
+        let runtime = self.runtime.as_ref().expect("running");
+        let _context = runtime.enter();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives, or the dataflow stops on its own (an
+    /// error). Returns which.
+    pub fn wait_for_signal(&self, signals: &mut Signals) -> &'static str {
+        let mut rx = self.shared.phase.subscribe();
+        let runtime = self.runtime.as_ref().expect("running");
+        runtime.block_on(async {
+            let failed = rx.wait_for(|p| matches!(p, Phase::Failed(_)));
+            #[cfg(unix)]
+            {
+                tokio::select! {
+                    _ = signals.interrupt.recv() => "SIGINT",
+                    _ = signals.terminate.recv() => "SIGTERM",
+                    _ = failed => "dataflow failure",
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = signals;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                    _ = failed => "dataflow failure",
+                }
+            }
+        })
+    }
+
+    /// Stops accepting, lets requests under way finish (bounded), closes the queue, waits
+    /// for the dataflow to score what was accepted, then for the webhook to deliver
+    /// (bounded; the rest is dead-lettered).
+    pub fn shutdown(mut self) -> anyhow::Result<ServeReport> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> anyhow::Result<ServeReport> {
+        let Some(runtime) = self.runtime.take() else {
+            bail!("already shut down");
+        };
+        {
+            let mut life = self
+                .shared
+                .lifecycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            life.stopping = true;
+            if matches!(self.shared.phase(), Phase::Ready(_) | Phase::Loading) {
+                self.shared.phase.send_replace(Phase::Stopping);
+            }
+        }
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.http_task.take() {
+            let drain = self.http_drain_timeout;
+            // The timer needs the runtime's context: build it inside.
+            if runtime
+                .block_on(async { tokio::time::timeout(drain, task).await })
+                .is_err()
+            {
+                tracing::warn!(
+                    timeout_ms = drain.as_millis() as u64,
+                    "requests still running at shutdown were cut off"
+                );
+            }
+        }
+        if let Some(ingress) = self
+            .shared
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ingress
+            .take()
+        {
+            ingress.close();
+        }
+        let run = match self.dataflow.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => Err(anyhow!("the dataflow thread panicked: {panic:?}")),
+            None => Err(anyhow!("no dataflow")),
+        };
+        let webhook = self.webhook.take().map(|w| runtime.block_on(w.close()));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        let run = run?;
+        let report = ServeReport {
+            run,
+            http: self.shared.http.snapshot(),
+            webhook,
+        };
+        tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "stopped");
+        Ok(report)
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.runtime.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// The routes: `POST /data-enqueue`, `GET /health/live`, `GET /health/ready`; anything
+/// else gets a JSON 404/405.
+fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let state = warp::any().map(move || Arc::clone(&shared));
+    let enqueue = warp::path!("data-enqueue")
+        .and(warp::post())
+        .and(state.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(ingest::enqueue);
+    let live = warp::path!("health" / "live")
+        .and(warp::get())
+        .map(probes::live);
+    let ready = warp::path!("health" / "ready")
+        .and(warp::get())
+        .and(state)
+        .map(probes::ready);
+    enqueue
+        .or(live)
+        .unify()
+        .or(ready)
+        .unify()
+        .recover(rejection)
+        .unify()
+}
+
+/// A JSON error answer: `{"detail": ..., "error": ...}` (`detail` as the seed answered).
+fn error_reply(status: StatusCode, kind: &str, detail: &str) -> warp::reply::Response {
+    let body = serde_json::json!({ "detail": detail, "error": kind });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let reply = if err.is_not_found() {
+        error_reply(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+    } else {
+        error_reply(StatusCode::BAD_REQUEST, "bad_request", &format!("{err:?}"))
+    };
+    Ok(reply)
+}

@@ -1,0 +1,116 @@
+//! `GET /health/live` and `GET /health/ready`, and the device check behind readiness.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::bail;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::Reply;
+
+use super::{Device, Phase, ServeConfig, Shared};
+use crate::model::Model;
+
+/// The scoring device in use, and what the machine has.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct DeviceFacts {
+    /// As configured (`DEFAULT_DEVICE`).
+    requested: Device,
+    /// Where scoring runs.
+    used: &'static str,
+    /// Whether an NVIDIA GPU is visible to this process.
+    gpu_available: bool,
+    /// How many.
+    gpu_count: usize,
+    /// Whether scoring uses it.
+    gpu_used: bool,
+    /// Why the GPU is or is not used.
+    note: &'static str,
+}
+
+/// NVIDIA GPUs the kernel driver lists; cheap (a directory listing), and needs no driver
+/// library in the process.
+fn visible_gpus() -> usize {
+    std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Checks that the requested device can score. This build's scorer runs on the CPU, so
+/// `auto` means the CPU and `cuda` is refused rather than silently run elsewhere.
+pub(super) fn resolve_device(requested: Device) -> anyhow::Result<DeviceFacts> {
+    let gpus = visible_gpus();
+    let note = "this build scores on the CPU (no GPU scorer compiled in)";
+    if requested == Device::Cuda {
+        bail!(
+            "DEFAULT_DEVICE=cuda, but {note}; {} GPU(s) visible. Use DEFAULT_DEVICE=auto or cpu",
+            gpus
+        );
+    }
+    Ok(DeviceFacts {
+        requested,
+        used: "cpu",
+        gpu_available: gpus > 0,
+        gpu_count: gpus,
+        gpu_used: false,
+        note,
+    })
+}
+
+/// The body of a ready `/health/ready` (queue depth is added per request).
+pub(super) fn ready_facts(
+    model: &Model,
+    dir: Option<&Path>,
+    device: &DeviceFacts,
+    config: &ServeConfig,
+    threshold: f32,
+) -> serde_json::Value {
+    serde_json::json!({
+        "status": "ready",
+        "model": {
+            "path": dir.map(|d| d.display().to_string()),
+            "kind": model.meta.kind,
+            "n_features": model.n_features(),
+            "window": model.window(),
+            "threshold": threshold,
+            "calibrated": model.calibration.is_some(),
+            "provenance": model.meta.provenance,
+        },
+        "device": device,
+        "dataflow": config.settings.dataflow,
+        "inference_batch_size": config.settings.batch_size,
+        "workers": config.cluster.peers(),
+    })
+}
+
+/// Liveness: the process answers. No work at all.
+pub(super) fn live() -> warp::reply::Response {
+    warp::reply::json(&serde_json::json!({ "status": "alive" })).into_response()
+}
+
+/// Readiness: 200 with model and device facts while scoring; 503 otherwise.
+pub(super) fn ready(shared: Arc<Shared>) -> warp::reply::Response {
+    let (status, body) = match shared.phase() {
+        Phase::Ready(ready) => {
+            let mut body = ready.facts.clone();
+            body["queue"] = serde_json::json!({
+                "capacity": ready.ingress.capacity(),
+                "queued": ready.ingress.queued(),
+            });
+            (StatusCode::OK, body)
+        }
+        Phase::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "loading", "detail": "loading the model" }),
+        ),
+        Phase::Failed(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "failed", "detail": &*why }),
+        ),
+        Phase::Stopping => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "stopping", "detail": "shutting down" }),
+        ),
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}

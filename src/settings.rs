@@ -1,0 +1,239 @@
+//! `tidewatch serve`'s settings: seed 001's environment variables, a `.env` file, and CLI
+//! flags of the same meaning. Precedence: flags, then the process environment, then `.env`
+//! (which [`load_dotenv`] copies into the environment only where a variable is unset),
+//! then the seed's defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::model::Model;
+use crate::runtime::{ClusterArgs, Settings, SinkSpec};
+use crate::server::{Device, ModelSpec, ServeConfig};
+use crate::source::{KeyPolicy, MissingKeys, UnknownKeys};
+use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+
+/// Loads `.env` from the current directory (or the nearest parent that has one) into the
+/// process environment, leaving variables that are already set alone. Returns the file
+/// read, if any. Call it before parsing flags, so that clap's `env` fallbacks see it.
+pub fn load_dotenv() -> anyhow::Result<Option<PathBuf>> {
+    match dotenvy::dotenv() {
+        Ok(path) => Ok(Some(path)),
+        Err(e) if e.not_found() => Ok(None),
+        Err(e) => Err(e).context("reading .env"),
+    }
+}
+
+/// Flags of `tidewatch serve`, each with its environment variable.
+#[derive(clap::Args, Clone, Debug)]
+#[command(disable_help_flag = true)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "APP_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to listen on (0: any free port).
+    #[arg(long, env = "APP_PORT", default_value_t = 9000)]
+    pub port: u16,
+    /// Base URL of the alert receiver (the NestJS server).
+    #[arg(long, env = "NESTJS_URL", default_value = "http://localhost:3000")]
+    pub nestjs_url: String,
+    /// Path of the alert endpoint on that server.
+    #[arg(long, env = "NESTJS_ANOMALY_ENDPOINT", default_value = "/api/v1/alert")]
+    pub nestjs_anomaly_endpoint: String,
+    /// Seconds one alert attempt may take, connecting included.
+    #[arg(long, env = "NESTJS_TIMEOUT", default_value_t = 10.0)]
+    pub nestjs_timeout: f64,
+    /// Frames accepted but not yet scored, at most; past it, 429.
+    #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 100)]
+    pub queue_max_size: usize,
+    /// Windows per scoring call at most (a lone frame is scored without waiting).
+    #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
+    pub batch_size: usize,
+    /// Model directory, or the name of one under models/.
+    #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
+    pub model: String,
+    /// Scoring device.
+    #[arg(
+        long,
+        env = "DEFAULT_DEVICE",
+        value_enum,
+        default_value = "auto",
+        ignore_case = true
+    )]
+    pub device: Device,
+    /// Attempts per alert in all (0 counts as 1).
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+    /// Seconds before the first alert retry; doubled for each further one, with jitter.
+    #[arg(long, env = "INITIAL_DELAY", default_value_t = 1.0)]
+    pub initial_delay: f64,
+    /// Seconds between alert attempts at most.
+    #[arg(long, env = "MAX_DELAY", default_value_t = 30.0)]
+    pub max_delay: f64,
+    /// Anomaly threshold on (calibrated) scores; default: the model's.
+    #[arg(long, env = "THRESHOLD", allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
+    /// Alerts that cannot be delivered are appended to this JSONL file.
+    #[arg(
+        long,
+        env = "DEAD_LETTER_PATH",
+        default_value = "tidewatch-dead-letter.jsonl"
+    )]
+    pub dead_letter: PathBuf,
+    /// Alerts being delivered at once at most.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 8)]
+    pub webhook_concurrency: usize,
+    /// Alerts waiting for delivery at most; past it they are dead-lettered.
+    #[arg(long, default_value_t = 1024)]
+    pub alert_queue: usize,
+    /// Largest alert body in bytes (the NestJS client refuses more than 100 KiB).
+    #[arg(long, default_value_t = CLIENT_BODY_LIMIT)]
+    pub alert_body_limit: usize,
+    /// Most features listed in one alert (the count is always complete).
+    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    pub max_alert_features: usize,
+    /// Do not post alerts at all (they still go to --output / --stdout).
+    #[arg(long)]
+    pub no_webhook: bool,
+    /// Largest request body on the wire, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest request body after gzip inflation, in bytes (stops gzip bombs).
+    #[arg(long, env = "MAX_INFLATED_BYTES", default_value_t = 16 << 20)]
+    pub max_inflated_bytes: usize,
+    /// What to do with keys that name no model feature.
+    #[arg(long, value_enum, default_value = "reject")]
+    pub unknown_features: UnknownKeys,
+    /// What to do with model features missing from a frame.
+    #[arg(long, value_enum, default_value = "reject")]
+    pub missing_features: MissingKeys,
+    /// Dataflow variant (see `dataflows/`).
+    #[arg(long, default_value = crate::dataflows::DEFAULT)]
+    pub dataflow: String,
+    /// Also write one alert body per anomalous frame to this JSONL file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Also print alert lines on stdout.
+    #[arg(long)]
+    pub stdout: bool,
+    /// tokio threads serving HTTP and sending alerts.
+    #[arg(long, default_value_t = 2)]
+    pub http_threads: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s >= 0.0) {
+        bail!("{name} must be a non-negative number of seconds, not {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+impl ServeArgs {
+    /// The server configuration these settings describe. The model is named, not loaded:
+    /// the server loads it while already answering probes.
+    pub fn to_config(&self) -> anyhow::Result<ServeConfig> {
+        if self.nestjs_timeout <= 0.0 {
+            bail!(
+                "NESTJS_TIMEOUT must be positive, not {}",
+                self.nestjs_timeout
+            );
+        }
+        if self.batch_size == 0 {
+            bail!("INFERENCE_BATCH_SIZE must be at least 1");
+        }
+        crate::dataflows::lookup(&self.dataflow)?;
+        let webhook = WebhookConfig {
+            url: join_url(&self.nestjs_url, &self.nestjs_anomaly_endpoint),
+            timeout: seconds("NESTJS_TIMEOUT", self.nestjs_timeout)?,
+            max_retries: self.max_retries,
+            initial_delay: seconds("INITIAL_DELAY", self.initial_delay)?,
+            max_delay: seconds("MAX_DELAY", self.max_delay)?,
+            concurrency: self.webhook_concurrency.max(1),
+            queue: self.alert_queue.max(1),
+            dead_letter: self.dead_letter.clone(),
+            body_limit: self.alert_body_limit,
+            max_features: self.max_alert_features,
+            ..WebhookConfig::default()
+        };
+        if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+            bail!(
+                "NESTJS_URL must start with http:// or https:// (got {:?})",
+                self.nestjs_url
+            );
+        }
+        let mut config = ServeConfig::new(ModelSpec::Dir(Model::resolve(&self.model)));
+        config.addr = SocketAddr::new(self.host, self.port);
+        config.device = self.device;
+        config.settings = Settings {
+            dataflow: self.dataflow.clone(),
+            batch_size: self.batch_size,
+            threshold: self.threshold,
+            max_alert_features: self.max_alert_features,
+            ..Settings::default()
+        };
+        config.cluster = self.cluster.clone();
+        config.queue_max_size = self.queue_max_size.max(1);
+        config.max_body_bytes = self.max_body_bytes;
+        config.max_inflated_bytes = self.max_inflated_bytes;
+        config.key_policy = KeyPolicy {
+            unknown: self.unknown_features,
+            missing: self.missing_features,
+        };
+        config.http_threads = self.http_threads.max(1);
+        config.webhook = (!self.no_webhook).then_some(webhook);
+        config.sinks = SinkSpec {
+            alerts_path: self.output.clone(),
+            stdout: self.stdout,
+            on_result: None,
+        };
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let cli = Cli::try_parse_from([
+            "t",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--nestjs-url",
+            "http://10.0.0.1:3000/",
+            "--device",
+            "CPU",
+            "--initial-delay",
+            "0.05",
+        ])
+        .unwrap();
+        let c = cli.serve.to_config().unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:0");
+        assert_eq!(c.device, Device::Cpu);
+        let w = c.webhook.unwrap();
+        assert_eq!(w.url, "http://10.0.0.1:3000/api/v1/alert");
+        assert_eq!(w.initial_delay, Duration::from_millis(50));
+        let cli = Cli::try_parse_from(["t", "--nestjs-url", "localhost:3000"]).unwrap();
+        assert!(cli.serve.to_config().is_err());
+        let cli = Cli::try_parse_from(["t", "--initial-delay=-1"]).unwrap();
+        assert!(cli.serve.to_config().is_err());
+    }
+}

@@ -1,0 +1,731 @@
+//! `tidewatch serve` over real HTTP on loopback: frames posted like the NestJS client,
+//! alerts received by a test receiver that validates like that client, retries, the
+//! dead-letter file, the 100 KiB alert limit, back-pressure and probes.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tidewatch::model::Model;
+use tidewatch::runtime::SinkSpec;
+use tidewatch::server::{self, ModelSpec, ServeConfig, ServerHandle};
+use tidewatch::types::FrameResult;
+use tidewatch::webhook::{WebhookConfig, CLIENT_BODY_LIMIT};
+use warp::Filter;
+
+/// Generous: only failures wait this long.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Polls `cond` until it holds; panics with `what` after [`PATIENCE`].
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How the test receiver answers.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Like the NestJS client: 413 past its body limit, 500 without JSON content type
+    /// or required fields, else 201.
+    Client { limit: usize },
+    /// Always 500.
+    Fail500,
+    /// Always 400.
+    Fail400,
+}
+
+/// An alert receiver on loopback.
+struct Receiver {
+    addr: SocketAddr,
+    alerts: Arc<Mutex<Vec<Value>>>,
+    attempts: Arc<AtomicUsize>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Receiver {
+    fn start(rt: &tokio::runtime::Runtime, mode: Mode) -> Receiver {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        Receiver::on(rt, listener, mode)
+    }
+
+    fn on(rt: &tokio::runtime::Runtime, listener: tokio::net::TcpListener, mode: Mode) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (a, n) = (Arc::clone(&alerts), Arc::clone(&attempts));
+        let route = warp::path!("api" / "v1" / "alert")
+            .and(warp::post())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                n.fetch_add(1, Ordering::SeqCst);
+                let (status, reply) = answer(mode, &headers, &body, &a);
+                warp::reply::with_status(warp::reply::json(&reply), status)
+            });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async {
+                    let _ = stopped.await;
+                })
+                .run(),
+        );
+        Receiver {
+            addr,
+            alerts,
+            attempts,
+            _stop: stop,
+        }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn alerts(&self) -> Vec<Value> {
+        self.alerts.lock().unwrap().clone()
+    }
+}
+
+/// The NestJS client's checks, as CONTRACT.md describes them.
+fn answer(
+    mode: Mode,
+    headers: &warp::http::HeaderMap,
+    body: &[u8],
+    alerts: &Mutex<Vec<Value>>,
+) -> (warp::http::StatusCode, Value) {
+    use warp::http::StatusCode;
+    let limit = match mode {
+        Mode::Fail500 => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "down"}),
+            )
+        }
+        Mode::Fail400 => return (StatusCode::BAD_REQUEST, serde_json::json!({"error": "no"})),
+        Mode::Client { limit } => limit,
+    };
+    if body.len() > limit {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({"error": "too large"}),
+        );
+    }
+    let json_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let v: Option<Value> = serde_json::from_slice(body).ok();
+    let valid = v.as_ref().is_some_and(|v| {
+        v["timestamp"].is_string()
+            && v["anomaly_detected"].is_boolean()
+            && v["num_anomalous_features"].is_u64()
+            && v["anomalous_features"].as_array().is_some_and(|fs| {
+                fs.iter()
+                    .all(|f| f["feature_idx"].is_u64() && f["score"].is_number())
+            })
+    });
+    if !json_type || !valid {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "invalid"}),
+        );
+    }
+    alerts.lock().unwrap().push(v.unwrap());
+    (StatusCode::CREATED, serde_json::json!({"status": "ok"}))
+}
+
+/// Verdicts seen by worker 0's hook.
+type Verdicts = Arc<Mutex<Vec<FrameResult>>>;
+
+/// A test model of `f` features, window 1 (every accepted frame gets a verdict).
+fn model(f: usize) -> Arc<Model> {
+    Arc::new(common::random_rff_model(f, 1, 11))
+}
+
+/// Loopback serve config: every frame anomalous (threshold far below any score), fast
+/// retries, alerts to `receiver`, verdicts collected.
+fn config(model: Arc<Model>, alert_base: &str, dir: &tempfile::TempDir) -> (ServeConfig, Verdicts) {
+    let verdicts: Verdicts = Arc::default();
+    let v = Arc::clone(&verdicts);
+    let mut c = ServeConfig::new(ModelSpec::Loaded(model));
+    c.addr = "127.0.0.1:0".parse().unwrap();
+    c.settings.threshold = Some(-1e30);
+    c.webhook = Some(WebhookConfig {
+        url: tidewatch::webhook::join_url(alert_base, "/api/v1/alert"),
+        timeout: Duration::from_secs(5),
+        max_retries: 3,
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(400),
+        dead_letter: dir.path().join("dead.jsonl"),
+        drain_timeout: Duration::from_secs(20),
+        ..WebhookConfig::default()
+    });
+    c.sinks = SinkSpec {
+        on_result: Some(Arc::new(move |r: &FrameResult| {
+            v.lock().unwrap().push(r.clone())
+        })),
+        ..SinkSpec::default()
+    };
+    (c, verdicts)
+}
+
+fn start(c: ServeConfig) -> ServerHandle {
+    let h = server::start(c).unwrap();
+    h.wait_ready(PATIENCE).unwrap();
+    h
+}
+
+/// A frame as the NestJS client writes it: compact JSON, keys in index order.
+fn frame_json(n: usize, seed: u64, extra: &str) -> String {
+    let mut r = common::Lcg(seed);
+    let mut s = String::with_capacity(n * 32);
+    s.push('{');
+    s.push_str(extra);
+    s.push_str("\"data\":{");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "\"feature_{i}\":{}",
+            (r.next() as f64 + 1.0) / 2.0
+        ));
+    }
+    s.push_str("}}");
+    s
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// An HTTP client on the test runtime.
+struct Client {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            rt: runtime(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs `body` to /data-enqueue the way the NestJS client does (form content type,
+    /// no Content-Encoding), with any `headers` added.
+    fn enqueue(&self, addr: SocketAddr, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("http://{addr}/data-enqueue"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req)
+    }
+
+    fn get(&self, addr: SocketAddr, path: &str) -> Answer {
+        self.send(self.http.get(format!("http://{addr}{path}")))
+    }
+
+    fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        self.rt.block_on(async {
+            let resp = req.send().await.expect("the server answers");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.unwrap();
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"));
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        })
+    }
+}
+
+fn dead_letters(dir: &tempfile::TempDir) -> Vec<Value> {
+    let path: PathBuf = dir.path().join("dead.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A gzip frame sent exactly like the NestJS client reaches the alert receiver with the
+/// contract's fields; plain JSON and `Content-Encoding: gzip` work too, and the client's
+/// id and timestamp come back in the alert.
+#[test]
+fn nestjs_gzip_frame_reaches_the_alert_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (c, _) = config(model(40), &receiver.base_url(), &dir);
+    let server = start(c);
+    let client = Client::new();
+
+    let a = client.enqueue(server.addr(), gzip(frame_json(40, 1, "").as_bytes()), &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(a.body["status"], "ok");
+    assert_eq!(a.body["message"], "Data enqueued successfully");
+    assert_eq!(a.body["seq"], 0);
+
+    let plain = frame_json(
+        40,
+        2,
+        r#""id":"f-1","timestamp":"2026-11-23T10:00:00.123Z","#,
+    );
+    let a = client.enqueue(
+        server.addr(),
+        plain.into_bytes(),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(
+        (a.status, a.body["seq"].as_u64()),
+        (202, Some(1)),
+        "{}",
+        a.body
+    );
+    let encoded = gzip(frame_json(40, 3, r#""id":7,"#).as_bytes());
+    let a = client.enqueue(server.addr(), encoded, &[("content-encoding", "gzip")]);
+    assert_eq!(
+        (a.status, a.body["seq"].as_u64()),
+        (202, Some(2)),
+        "{}",
+        a.body
+    );
+
+    wait_until("three alerts", || receiver.alerts().len() == 3);
+    let mut alerts = receiver.alerts();
+    alerts.sort_by_key(|a| a["seq"].as_u64());
+    for (i, a) in alerts.iter().enumerate() {
+        assert_eq!(a["seq"], i as u64);
+        assert_eq!(a["anomaly_detected"], true);
+        assert_eq!(
+            a["num_anomalous_features"], 40,
+            "threshold is below every score"
+        );
+        assert!(a["latency_ms"].as_f64().is_some_and(|l| l >= 0.0), "{a}");
+        assert!(
+            a["received_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{a}"
+        );
+        let scores: Vec<f64> = a["anomalous_features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "highest first");
+    }
+    assert!(alerts[0].get("id").is_none());
+    assert_eq!(alerts[1]["id"], "f-1");
+    assert_eq!(alerts[1]["timestamp"], "2026-11-23T10:00:00.123Z");
+    assert_eq!(alerts[2]["id"], "7");
+    let report = server.shutdown().unwrap();
+    assert_eq!(report.http.accepted, 3);
+    assert_eq!(report.webhook.unwrap().delivered, 3);
+}
+
+/// Every kind of bad request gets its own 4xx and a JSON body naming the problem, uses
+/// up no sequence number, and leaves the server scoring the next valid frame.
+#[test]
+fn bad_inputs_get_their_codes_and_the_next_valid_frame_is_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (mut c, verdicts) = config(model(4), &receiver.base_url(), &dir);
+    c.max_body_bytes = 64 << 10;
+    c.max_inflated_bytes = 256 << 10;
+    let server = start(c);
+    let client = Client::new();
+    let valid = r#"{"data":{"feature_0":0.1,"feature_1":0.2,"feature_2":0.3,"feature_3":0.4}}"#;
+    let mut bad_gzip = gzip(valid.as_bytes());
+    let n = bad_gzip.len();
+    bad_gzip.truncate(n / 2);
+    /// What is sent, with any extra headers, and the status and error kind expected.
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        Vec<(&'static str, &'static str)>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        ("corrupt gzip", bad_gzip, vec![], 400, "bad_gzip"),
+        ("invalid JSON", br#"{"data":{"feature_0":"#.to_vec(), vec![], 400, "bad_json"),
+        ("gzip of invalid JSON", gzip(b"not json"), vec![], 400, "bad_json"),
+        ("not an object", b"[0.1,0.2]".to_vec(), vec![], 400, "not_an_object"),
+        ("empty body", Vec::new(), vec![], 400, "empty"),
+        ("no data", br#"{"values":{}}"#.to_vec(), vec![], 400, "no_data"),
+        (
+            "a string value",
+            br#"{"data":{"feature_0":"NaN","feature_1":0.2,"feature_2":0.3,"feature_3":0.4}}"#.to_vec(),
+            vec![],
+            400,
+            "not_a_number",
+        ),
+        (
+            "a value that is no finite f32",
+            br#"{"data":{"feature_0":1e39,"feature_1":0.2,"feature_2":0.3,"feature_3":0.4}}"#.to_vec(),
+            vec![],
+            400,
+            "not_finite",
+        ),
+        (
+            "a missing feature",
+            br#"{"data":{"feature_0":0.1,"feature_1":0.2,"feature_2":0.3}}"#.to_vec(),
+            vec![],
+            400,
+            "missing_features",
+        ),
+        (
+            "an unknown feature",
+            br#"{"data":{"feature_0":0.1,"feature_1":0.2,"feature_2":0.3,"feature_3":0.4,"feature_9":1}}"#
+                .to_vec(),
+            vec![],
+            400,
+            "unknown_features",
+        ),
+        ("a body over the wire limit", vec![b' '; 100 << 10], vec![], 413, "body_too_large"),
+        ("a gzip bomb", gzip(&vec![b' '; 8 << 20]), vec![], 413, "too_large"),
+        (
+            "an encoding we cannot undo",
+            valid.as_bytes().to_vec(),
+            vec![("content-encoding", "br")],
+            415,
+            "unsupported_encoding",
+        ),
+    ];
+    for (what, body, headers, status, kind) in &cases {
+        let a = client.enqueue(server.addr(), body.clone(), headers);
+        assert_eq!(a.status, *status, "{what}: {}", a.body);
+        assert_eq!(a.body["error"], *kind, "{what}: {}", a.body);
+        assert!(
+            a.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {}",
+            a.body
+        );
+    }
+    let a = client.get(server.addr(), "/data-enqueue");
+    assert_eq!(a.status, 405, "{}", a.body);
+
+    let a = client.enqueue(server.addr(), gzip(valid.as_bytes()), &[]);
+    assert_eq!(
+        (a.status, a.body["seq"].as_u64()),
+        (202, Some(0)),
+        "{}",
+        a.body
+    );
+    wait_until("the valid frame's verdict", || {
+        verdicts.lock().unwrap().len() == 1
+    });
+    wait_until("its alert", || receiver.alerts().len() == 1);
+    assert_eq!(verdicts.lock().unwrap()[0].seq, 0);
+    let report = server.shutdown().unwrap();
+    assert_eq!(report.http.rejected, cases.len() as u64);
+    assert_eq!(report.http.accepted, 1);
+    assert_eq!(report.run.stats.frames_scored, 1);
+}
+
+/// A model that cannot be loaded: probes say so (live 200, ready 503 with the reason),
+/// frames get 503 with Retry-After, and start-up reports the failure.
+#[test]
+fn a_model_that_cannot_load_leaves_the_server_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-model");
+    let (mut c, _) = config(model(4), "http://127.0.0.1:9", &dir);
+    c.model = ModelSpec::Dir(missing.clone());
+    let server = server::start(c).unwrap();
+    let err = server.wait_ready(PATIENCE).unwrap_err();
+    assert!(format!("{err:#}").contains("no-such-model"), "{err:#}");
+    let client = Client::new();
+    assert_eq!(client.get(server.addr(), "/health/live").status, 200);
+    let ready = client.get(server.addr(), "/health/ready");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.body["status"], "failed");
+    assert!(ready.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-model"));
+    let a = client.enqueue(server.addr(), b"{}".to_vec(), &[]);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(server.shutdown().is_err());
+}
+
+/// Readiness reports the model and the device, GPU availability included.
+#[test]
+fn probes_report_model_and_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = config(model(6), "http://127.0.0.1:9", &dir);
+    let server = start(c);
+    let client = Client::new();
+    let live = client.get(server.addr(), "/health/live");
+    assert_eq!(
+        (live.status, live.body["status"].as_str()),
+        (200, Some("alive"))
+    );
+    let ready = client.get(server.addr(), "/health/ready");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.body["status"], "ready");
+    assert_eq!(ready.body["model"]["n_features"], 6);
+    assert_eq!(ready.body["model"]["window"], 1);
+    assert_eq!(ready.body["device"]["used"], "cpu");
+    assert!(ready.body["device"]["gpu_available"].is_boolean());
+    assert_eq!(ready.body["queue"]["capacity"], 100);
+    assert_eq!(client.get(server.addr(), "/nope").status, 404);
+    server.shutdown().unwrap();
+}
+
+/// The receiver is down (connection refused) when the alert is first sent and comes up a
+/// second later: retries deliver the alert.
+#[test]
+fn alert_receiver_down_then_up_gets_the_alert_after_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // Reserve a free port, then leave it closed until the receiver starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut c, verdicts) = config(model(8), &format!("http://127.0.0.1:{port}"), &dir);
+    if let Some(w) = c.webhook.as_mut() {
+        w.max_retries = 30;
+    }
+    let server = start(c);
+    let client = Client::new();
+    let a = client.enqueue(server.addr(), gzip(frame_json(8, 5, "").as_bytes()), &[]);
+    assert_eq!(a.status, 202);
+    wait_until("the verdict", || verdicts.lock().unwrap().len() == 1);
+    wait_until("a failed first attempt", || {
+        server.webhook_stats().unwrap().attempts >= 2
+    });
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .unwrap();
+    let receiver = Receiver::on(
+        &rt,
+        listener,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    wait_until("the alert", || receiver.alerts().len() == 1);
+    let stats = server.shutdown().unwrap().webhook.unwrap();
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    assert!(stats.attempts >= 3, "{stats:?}");
+    assert!(dead_letters(&dir).is_empty());
+}
+
+/// A receiver that answers 500 forever gets exactly MAX_RETRIES attempts; then the alert
+/// is in the dead-letter file with the last error. A 4xx is not retried at all.
+#[test]
+fn failing_receivers_lead_to_dead_letters_after_the_allowed_attempts() {
+    for (mode, attempts, error) in [(Mode::Fail500, 3, "500"), (Mode::Fail400, 1, "400")] {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let receiver = Receiver::start(&rt, mode);
+        let (c, _) = config(model(8), &receiver.base_url(), &dir);
+        let server = start(c);
+        let client = Client::new();
+        let a = client.enqueue(server.addr(), gzip(frame_json(8, 6, "").as_bytes()), &[]);
+        assert_eq!(a.status, 202);
+        wait_until("the dead letter", || dead_letters(&dir).len() == 1);
+        let stats = server.shutdown().unwrap().webhook.unwrap();
+        assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+        assert_eq!(receiver.attempts.load(Ordering::SeqCst), attempts);
+        let dead = dead_letters(&dir);
+        assert_eq!(dead[0]["attempts"], attempts);
+        assert!(
+            dead[0]["last_error"].as_str().unwrap().contains(error),
+            "{}",
+            dead[0]
+        );
+        assert_eq!(dead[0]["alert"]["seq"], 0);
+        assert_eq!(dead[0]["alert"]["anomaly_detected"], true);
+    }
+}
+
+/// A frame in which all 25,000 features are anomalous: the alert still fits the client's
+/// 100 KiB limit, listing the highest scores and the true count.
+#[test]
+fn an_alert_with_25000_anomalous_features_fits_the_client_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (mut c, _) = config(model(25_000), &receiver.base_url(), &dir);
+    if let Some(w) = c.webhook.as_mut() {
+        // The default cap would fit anyway; lift it so the size limit itself is tested.
+        w.max_features = 25_000;
+    }
+    let server = start(c);
+    let client = Client::new();
+    let body = gzip(frame_json(25_000, 9, "").as_bytes());
+    let a = client.enqueue(server.addr(), body, &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    wait_until("the alert", || receiver.alerts().len() == 1);
+    let alert = &receiver.alerts()[0];
+    assert_eq!(alert["num_anomalous_features"], 25_000);
+    let listed = alert["anomalous_features"].as_array().unwrap();
+    assert!(
+        !listed.is_empty() && listed.len() < 25_000,
+        "{}",
+        listed.len()
+    );
+    let stats = server.shutdown().unwrap().webhook.unwrap();
+    assert_eq!(
+        (stats.delivered, stats.dead_lettered, stats.attempts),
+        (1, 0, 1)
+    );
+}
+
+/// With the dataflow held up, the queue fills: further frames get 429 with Retry-After
+/// (nothing blocks), and every frame that got a 202 is scored once it moves again.
+#[test]
+fn a_full_queue_answers_429_and_every_accepted_frame_is_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, verdicts) = config(model(8), "http://127.0.0.1:9", &dir);
+    c.webhook = None;
+    c.queue_max_size = 3;
+    // The verdict hook runs on worker 0: holding it holds the whole dataflow.
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let g = Arc::clone(&gate);
+    let collect = c.sinks.on_result.take().unwrap();
+    c.sinks.on_result = Some(Arc::new(move |r: &FrameResult| {
+        collect(r);
+        let (lock, cv) = &*g;
+        let mut state = lock.lock().unwrap();
+        state.0 = true; // entered
+        cv.notify_all();
+        while !state.1 {
+            state = cv.wait(state).unwrap();
+        }
+    }));
+    let server = start(c);
+    let client = Client::new();
+    let frame = || gzip(frame_json(8, 4, "").as_bytes());
+    assert_eq!(client.enqueue(server.addr(), frame(), &[]).status, 202);
+    {
+        let (lock, cv) = &*gate;
+        let mut state = lock.lock().unwrap();
+        while !state.0 {
+            state = cv.wait(state).unwrap();
+        }
+    }
+    let answers: Vec<Answer> = (0..6)
+        .map(|_| client.enqueue(server.addr(), frame(), &[]))
+        .collect();
+    // Released before any assertion, so that a failure cannot leave the dataflow stuck.
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let mut accepted = vec![0u64];
+    let mut throttled = 0;
+    for a in &answers {
+        match a.status {
+            202 => accepted.push(a.body["seq"].as_u64().unwrap()),
+            429 => {
+                throttled += 1;
+                assert_eq!(a.headers["retry-after"], "1");
+                assert_eq!(a.body["error"], "queue_full");
+            }
+            s => panic!("unexpected {s}: {}", a.body),
+        }
+    }
+    assert_eq!(accepted, vec![0, 1, 2, 3], "the queue holds 3 frames");
+    assert_eq!(throttled, 3);
+    wait_until("every accepted frame's verdict", || {
+        verdicts.lock().unwrap().len() == 4
+    });
+    let a = client.enqueue(server.addr(), frame(), &[]);
+    assert_eq!(
+        (a.status, a.body["seq"].as_u64()),
+        (202, Some(4)),
+        "room again"
+    );
+    let report = server.shutdown().unwrap();
+    let seqs: Vec<u64> = verdicts.lock().unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    assert_eq!(report.run.stats.frames_scored, 5);
+    assert_eq!(report.http.throttled, 3);
+}
+
+/// At one frame a second with a batch size of 64, each frame is scored (and alerted)
+/// while it is alone: no batch ever fills.
+#[test]
+fn a_frame_a_second_is_scored_without_waiting_for_a_full_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (mut c, _) = config(model(16), &receiver.base_url(), &dir);
+    c.settings.batch_size = 64;
+    let server = start(c);
+    let client = Client::new();
+    for i in 0..3u64 {
+        let a = client.enqueue(server.addr(), gzip(frame_json(16, i, "").as_bytes()), &[]);
+        assert_eq!(a.body["seq"], i);
+        wait_until("this frame's alert", || {
+            receiver.alerts().len() == i as usize + 1
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    server.shutdown().unwrap();
+}
