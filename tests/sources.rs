@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use tidewatch::commands::generate::{self, GenerateArgs};
+use tidewatch::commands::SyntheticArgs;
 use tidewatch::model::FeatureIndex;
 use tidewatch::source::file::open;
 use tidewatch::source::{
@@ -208,7 +209,10 @@ fn csv_header_policy_is_applied_once() {
 
 #[test]
 fn smap_telemetry_reads_as_a_matrix_and_a_stream() {
-    let path = Path::new("/work/shared/data/SMAP/train/P-1.npy.gz");
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/SMAP/train/P-1.npy.gz"
+    ));
     if !path.exists() {
         println!("skipped: {} is absent", path.display());
         return;
@@ -337,13 +341,11 @@ fn generate_command_writes_frames_and_truth() {
     let args = GenerateArgs {
         features: 64,
         frames: 40,
-        plant_seed: 0,
-        seed: 2,
-        anomaly_rate: 0.005,
-        spike_sigma: 8.0,
-        shift_sigma: 5.0,
-        anomaly_len: 20,
-        kinds: AnomalyKind::ALL.to_vec(),
+        synthetic: SyntheticArgs {
+            seed: 2,
+            anomaly_rate: 0.005,
+            ..SyntheticArgs::default()
+        },
         out: dir.path().join("gen.jsonl.gz"),
         truth: Some(dir.path().join("truth.jsonl")),
     };

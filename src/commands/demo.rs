@@ -15,6 +15,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
 use crate::commands::loadgen::{self, LoadgenArgs};
+use crate::commands::SyntheticArgs;
 use crate::model::Model;
 use crate::runtime::ClusterArgs;
 use crate::server::{self, ModelSpec, ServeConfig};
@@ -110,8 +111,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         rate: Some(args.rate),
         duration: Some(args.duration),
         features: model.n_features(),
-        anomaly_rate: args.anomaly_rate,
-        seed: args.seed,
+        synthetic: SyntheticArgs {
+            anomaly_rate: args.anomaly_rate,
+            seed: args.seed,
+            ..SyntheticArgs::default()
+        },
         ..LoadgenArgs::to(format!("http://{addr}/data-enqueue"))
     };
     let load = rt.block_on(loadgen::drive(&load));

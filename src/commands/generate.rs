@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::SyntheticArgs;
 use crate::model::FeatureIndex;
-use crate::source::{AnomalyKind, FrameWriter, Generator, GeneratorConfig};
+use crate::source::{FrameWriter, Generator};
 
 /// Flags of `tidewatch generate`.
 #[derive(clap::Args, Debug)]
@@ -18,33 +19,9 @@ pub struct GenerateArgs {
     /// Number of frames to write.
     #[arg(long, default_value_t = 1_000)]
     pub frames: u64,
-    /// Seed of the plant (each feature's mean, spread, autocorrelation); models trained
-    /// on one plant fit only data of that plant.
-    #[arg(long, default_value_t = 0)]
-    pub plant_seed: u64,
-    /// Seed of the noise and the anomalies: the same seeds write the same data.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Probability per frame and feature that an anomaly starts (0: normal data only).
-    #[arg(long, default_value_t = 0.0)]
-    pub anomaly_rate: f64,
-    /// Spike height in units of each feature's standard deviation.
-    #[arg(long, default_value_t = 8.0)]
-    pub spike_sigma: f32,
-    /// Level-shift size in units of each feature's standard deviation.
-    #[arg(long, default_value_t = 5.0)]
-    pub shift_sigma: f32,
-    /// Length in frames of level shifts and stuck values.
-    #[arg(long, default_value_t = 20)]
-    pub anomaly_len: u32,
-    /// Anomaly kinds to inject, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "spike_up,spike_down,level_shift,stuck"
-    )]
-    pub kinds: Vec<AnomalyKind>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub synthetic: SyntheticArgs,
     /// Output file; the format follows the extension: .jsonl, .jsonl.gz, .csv, .csv.gz, .npy.
     #[arg(long)]
     pub out: PathBuf,
@@ -55,17 +32,7 @@ pub struct GenerateArgs {
 
 /// Writes the frames (and the ground truth) and prints a one-line summary.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let mut generator = Generator::new(GeneratorConfig {
-        n_features: args.features,
-        plant_seed: args.plant_seed,
-        seed: args.seed,
-        anomaly_rate: args.anomaly_rate,
-        spike_sigma: args.spike_sigma,
-        shift_sigma: args.shift_sigma,
-        shift_len: args.anomaly_len,
-        stuck_len: args.anomaly_len,
-        kinds: args.kinds.clone(),
-    })?;
+    let mut generator = Generator::new(args.synthetic.config(args.features))?;
     let mut writer = FrameWriter::create(&args.out, &FeatureIndex::numbered(args.features))?;
     let mut truth = match &args.truth {
         Some(path) => {
@@ -104,7 +71,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         args.frames,
         args.features,
         args.out.display(),
-        args.seed
+        args.synthetic.seed
     );
     Ok(())
 }

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::source::{Generator, GeneratorConfig};
+use super::SyntheticArgs;
+use crate::source::Generator;
 
 /// Flags of `tidewatch loadgen`.
 #[derive(clap::Args, Clone, Debug)]
@@ -38,15 +39,9 @@ pub struct LoadgenArgs {
     /// Features per frame (named `feature_0`, `feature_1`, ...).
     #[arg(long, default_value_t = 25_000)]
     pub features: usize,
-    /// Probability per frame and feature that an anomaly starts.
-    #[arg(long, default_value_t = 0.0)]
-    pub anomaly_rate: f64,
-    /// Generator plant; 0 is the plant the shipped models were trained on.
-    #[arg(long, default_value_t = 0)]
-    pub plant_seed: u64,
-    /// Seed of the noise and the anomalies.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub synthetic: SyntheticArgs,
     /// Encode this many frames up front and send them round and round (for rates one
     /// encoding thread cannot keep up with); 0 encodes each frame as it is sent. Where
     /// the ring wraps, the series jump, which a model may flag.
@@ -70,9 +65,7 @@ impl LoadgenArgs {
             frames: None,
             duration: None,
             features: 25_000,
-            anomaly_rate: 0.0,
-            plant_seed: 0,
-            seed: 1,
+            synthetic: SyntheticArgs::default(),
             ring: 0,
             timeout: 50.0,
             json: false,
@@ -179,13 +172,7 @@ struct Encoder {
 
 impl Encoder {
     fn new(args: &LoadgenArgs) -> anyhow::Result<Encoder> {
-        let generator = Generator::new(GeneratorConfig {
-            n_features: args.features,
-            plant_seed: args.plant_seed,
-            seed: args.seed,
-            anomaly_rate: args.anomaly_rate,
-            ..GeneratorConfig::default()
-        })?;
+        let generator = Generator::new(args.synthetic.config(args.features))?;
         Ok(Encoder {
             generator,
             values: Vec::new(),

@@ -6,3 +6,69 @@ pub mod loadgen;
 pub mod replay;
 pub mod serve;
 pub mod train;
+
+use crate::source::{AnomalyKind, GeneratorConfig};
+
+/// The synthetic generator's flags, shared by every command that can make data.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct SyntheticArgs {
+    /// Generator: seed of the plant (each feature's mean, spread, autocorrelation). A
+    /// model fits only data of the plant it was trained on; the shipped models: 0.
+    #[arg(long, default_value_t = 0)]
+    pub plant_seed: u64,
+    /// Generator: seed of the noise and the anomalies (the shipped models were trained
+    /// on seed 0, so the default 1 gives data they have not seen).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Generator: probability per (frame, feature) that an anomaly starts.
+    #[arg(long, default_value_t = 0.0)]
+    pub anomaly_rate: f64,
+    /// Generator: spike height in standard deviations.
+    #[arg(long, default_value_t = 8.0)]
+    pub spike_sigma: f32,
+    /// Generator: level-shift size in standard deviations.
+    #[arg(long, default_value_t = 5.0)]
+    pub shift_sigma: f32,
+    /// Generator: length in frames of level shifts and stuck values.
+    #[arg(long, default_value_t = 20)]
+    pub anomaly_len: u32,
+    /// Generator: anomaly kinds to inject, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "spike_up,spike_down,level_shift,stuck"
+    )]
+    pub kinds: Vec<AnomalyKind>,
+}
+
+impl Default for SyntheticArgs {
+    fn default() -> Self {
+        SyntheticArgs {
+            plant_seed: 0,
+            seed: 1,
+            anomaly_rate: 0.0,
+            spike_sigma: 8.0,
+            shift_sigma: 5.0,
+            anomaly_len: 20,
+            kinds: AnomalyKind::ALL.to_vec(),
+        }
+    }
+}
+
+impl SyntheticArgs {
+    /// The generator settings for frames of `n_features` features.
+    pub fn config(&self, n_features: usize) -> GeneratorConfig {
+        GeneratorConfig {
+            n_features,
+            plant_seed: self.plant_seed,
+            seed: self.seed,
+            anomaly_rate: self.anomaly_rate,
+            spike_sigma: self.spike_sigma,
+            shift_sigma: self.shift_sigma,
+            shift_len: self.anomaly_len,
+            stuck_len: self.anomaly_len,
+            kinds: self.kinds.clone(),
+        }
+    }
+}

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::SyntheticArgs;
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
 use crate::source::{
-    self, AnomalyKind, FrameSource, Generator, GeneratorConfig, GeneratorSource, KeyPolicy,
-    MissingKeys, UnknownKeys,
+    self, FrameSource, Generator, GeneratorSource, KeyPolicy, MissingKeys, UnknownKeys,
 };
 
 /// Flags of `tidewatch replay`.
@@ -26,27 +26,9 @@ pub struct ReplayArgs {
     /// Replay this many frames from the synthetic generator instead of a file.
     #[arg(long, required_unless_present = "input")]
     pub generate: Option<u64>,
-    /// Generator: seed of the plant (feature means and spreads); must be the plant the
-    /// model was trained on (the shipped models: 0).
-    #[arg(long, default_value_t = 0)]
-    pub plant_seed: u64,
-    /// Generator: seed of the noise and the anomalies.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Generator: probability per (frame, feature) that an anomaly starts.
-    #[arg(long, default_value_t = 0.0)]
-    pub anomaly_rate: f64,
-    /// Generator: spike height in standard deviations.
-    #[arg(long, default_value_t = 8.0)]
-    pub spike_sigma: f32,
-    /// Generator: anomaly kinds to inject, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "spike_up,spike_down,level_shift,stuck"
-    )]
-    pub kinds: Vec<AnomalyKind>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub synthetic: SyntheticArgs,
     /// Generator: write the ground truth (one injected anomaly per line) here.
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -146,15 +128,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
             Arc::new(move || source::file::open(&path, &index, policy))
         }
         (None, frames) => {
-            let config = GeneratorConfig {
-                n_features: model.n_features(),
-                plant_seed: args.plant_seed,
-                seed: args.seed,
-                anomaly_rate: args.anomaly_rate,
-                spike_sigma: args.spike_sigma,
-                kinds: args.kinds.clone(),
-                ..GeneratorConfig::default()
-            };
+            let config = args.synthetic.config(model.n_features());
             let truth = args.truth.clone();
             Arc::new(move || {
                 let mut s = GeneratorSource::new(Generator::new(config.clone())?, frames);
