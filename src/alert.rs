@@ -71,14 +71,11 @@ impl Alert {
     }
 }
 
-/// Unix milliseconds as `2026-11-23T10:00:00.123Z`.
+/// Unix milliseconds as `2026-11-23T10:00:00.123Z`, clamped to the years ISO 8601
+/// (and humantime) can print, 1970 to 9999: building an alert never fails.
 pub fn iso_ms(ms: i64) -> String {
-    let t = if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    };
-    humantime::format_rfc3339_millis(t).to_string()
+    let ms = ms.clamp(0, 253_402_300_799_999) as u64;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
@@ -115,5 +112,11 @@ mod tests {
         assert_eq!(json["anomaly_detected"], true);
         assert_eq!(json["anomalous_features"][0]["feature_idx"], 9);
         assert_eq!(json["id"], "f-1");
+    }
+
+    #[test]
+    fn iso_ms_is_total() {
+        assert_eq!(iso_ms(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

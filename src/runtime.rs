@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::{Inspect, Probe};
-use timely::dataflow::Scope;
+use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::layout::Layout;
 use crate::model::{Model, Scorer};
@@ -149,6 +149,9 @@ pub struct Env {
     pub settings: Arc<Settings>,
     /// Run counters of this process.
     pub stats: Arc<Stats>,
+    /// Which frames have their verdicts everywhere: the runtime probes the variant's
+    /// results with it, and the source reads it to bound the frames in flight.
+    pub progress: ProbeHandle<Time>,
     source: Option<Box<dyn FrameSource>>,
 }
 
@@ -164,6 +167,7 @@ impl Env {
             model,
             settings,
             stats,
+            progress: ProbeHandle::new(),
             source,
         }
     }
@@ -175,6 +179,7 @@ impl Env {
             self.source.take(),
             self.settings.pacing,
             Arc::clone(&self.stats),
+            Some(self.progress.clone()),
         )
     }
 
@@ -251,6 +256,13 @@ pub fn run(
     sinks: SinkSpec,
 ) -> anyhow::Result<RunReport> {
     let build = crate::dataflows::lookup(&settings.dataflow)?;
+    if cluster.peers() > model.n_features() {
+        bail!(
+            "{} workers for {} features: every worker needs at least one feature",
+            cluster.peers(),
+            model.n_features()
+        );
+    }
     let config = cluster.timely_config()?;
     let stats = Arc::new(Stats::default());
     let settings = Arc::new(settings);
@@ -258,19 +270,17 @@ pub fn run(
     let worker_stats = Arc::clone(&stats);
     let guards = timely::execute(config, move |worker| -> anyhow::Result<()> {
         let index = worker.index();
-        let source = if index == 0 {
-            Some(make_source()?)
-        } else {
-            None
-        };
-        let out: Option<Box<dyn Write>> = match (index, &sinks.alerts_path, sinks.stdout) {
-            (0, Some(path), _) => Some(Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating alert file {}", path.display()))?,
-            ))),
-            (0, None, true) => Some(Box::new(std::io::stdout())),
-            _ => None,
-        };
+        // Worker 0's set-up can fail where the others' cannot. It still builds the
+        // dataflow (with no input), so the other workers see it finish instead of
+        // waiting for it forever, and reports the failure afterwards.
+        let mut failure = None;
+        let (mut source, mut out) = (None, None);
+        if index == 0 {
+            match make_source().and_then(|s| Ok((s, open_alert_output(&sinks)?))) {
+                Ok((s, o)) => (source, out) = (Some(s), o),
+                Err(e) => failure = Some(e),
+            }
+        }
         let mut env = Env::new(
             Arc::clone(&model),
             Arc::clone(&settings),
@@ -286,14 +296,16 @@ pub fn run(
                 }
                 _ => results,
             };
-            let (probe, results) = results.probe();
-            results.sink_alert_lines(out, env.settings.max_alert_features);
+            let probe = env.progress.clone();
+            results
+                .probe_with(&probe)
+                .sink_alert_lines(out, env.settings.max_alert_features);
             Ok(probe)
         })?;
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(10)));
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
     for (i, result) in guards.join().into_iter().enumerate() {
@@ -306,6 +318,18 @@ pub fn run(
     Ok(RunReport {
         stats: stats.snapshot(),
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The alert-line writer worker 0 was asked for, if any.
+fn open_alert_output(sinks: &SinkSpec) -> anyhow::Result<Option<Box<dyn Write>>> {
+    Ok(match (&sinks.alerts_path, sinks.stdout) {
+        (Some(path), _) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("creating alert file {}", path.display()))?,
+        ))),
+        (None, true) => Some(Box::new(std::io::stdout())),
+        (None, false) => None,
     })
 }
 

@@ -130,10 +130,10 @@ pub struct ServeArgs {
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    if !(s.is_finite() && s >= 0.0) {
-        bail!("{name} must be a non-negative number of seconds, not {s}");
+    match Duration::try_from_secs_f64(s) {
+        Ok(d) if s.is_finite() => Ok(d),
+        _ => bail!("{name} must be a non-negative number of seconds, not {s}"),
     }
-    Ok(Duration::from_secs_f64(s))
 }
 
 impl ServeArgs {

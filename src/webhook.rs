@@ -272,6 +272,8 @@ impl Webhook {
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<Webhook> {
         let client = reqwest::Client::builder()
+            // A redirect would turn the POST into a body-less GET the receiver rejects.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()
@@ -503,17 +505,22 @@ async fn deliver(shared: &Shared, body: &Bytes) -> Result<u32, (u32, String)> {
             .await;
         match sent {
             Ok(resp) if resp.status().is_success() => return Ok(attempt),
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let shown: String = text.chars().take(200).collect();
+                // the first chunk is enough to say why; an error page may be large
+                let head = resp.chunk().await.ok().flatten().unwrap_or_default();
+                let shown: String = String::from_utf8_lossy(&head).chars().take(200).collect();
                 last_error = format!("HTTP {status}: {shown}");
                 if !status.is_server_error() {
                     return Err((attempt, last_error));
                 }
             }
-            // Connect errors, timeouts, resets: the network, so worth another try.
-            Err(e) => last_error = error_chain(&e),
+            // Connect errors, timeouts, resets while sending: the network, worth another
+            // try. Anything else (a bad URL, a body error) will not get better.
+            Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                last_error = error_chain(&e)
+            }
+            Err(e) => return Err((attempt, error_chain(&e))),
         }
         if attempt < attempts {
             let delay = backoff_delay(c.initial_delay, c.max_delay, attempt, &mut rand::rng());

@@ -162,3 +162,44 @@ fn bad_frame_is_reported_and_the_stream_continues() {
     assert_eq!(summary["stats"]["frames_rejected"], 3);
     assert_eq!(summary["stats"]["frames_scored"], 193);
 }
+
+/// A source that cannot be opened, with two workers, is an error that names the file,
+/// not a hang; so is asking for more workers than the model has features.
+#[test]
+fn setup_errors_end_the_run_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = fixture(dir.path());
+    let missing = dir.path().join("missing.jsonl");
+    let out = dir.path().join("alerts.jsonl");
+    let mut run = replay(&model, &missing, &out, &["-w", "2"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            run.kill().unwrap();
+            panic!("replay hung on a missing input");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = {
+        use std::io::Read;
+        let mut s = String::new();
+        run.stderr.take().map(|mut e| e.read_to_string(&mut s));
+        s
+    };
+    assert!(!status.success());
+    assert!(stderr.contains("missing.jsonl"), "{stderr}");
+
+    let input = dir.path().join("frames.jsonl");
+    let many = replay(&model, &input, &out, &["-w", "64"])
+        .output()
+        .unwrap();
+    assert!(!many.status.success());
+    let stderr = String::from_utf8_lossy(&many.stderr);
+    assert!(stderr.contains("64 workers for 50 features"), "{stderr}");
+}

@@ -121,3 +121,26 @@ fn replay_refuses_a_broken_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("model.json"), "{stderr}");
 }
+
+/// Calibration tensors and the calibration described in model.json go together: a model
+/// with one and not the other would apply a threshold that means something else.
+#[test]
+fn calibration_tensors_and_description_must_agree() {
+    use tidewatch::model::{Calibration, CalibrationMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = random_rff_model(20, 5, 1);
+    model.calibration = Some(Calibration {
+        offset: vec![0.0; 20],
+        scale: vec![1.0; 20],
+    });
+    model.save(dir.path()).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("calibration"), "{err}");
+    model.meta.calibration = Some(CalibrationMeta {
+        method: "test".into(),
+        target_false_alarm_rate: 1e-5,
+        heldout_windows: 10,
+    });
+    model.save(dir.path()).unwrap();
+    assert_eq!(Model::load(dir.path()).unwrap(), model);
+}

@@ -23,8 +23,9 @@ fn slice(seq: u64) -> Slice {
     }
 }
 
-/// Feeds slices in the given order, each at its own time, holding every time open until
-/// all are sent; returns the windows in emission order.
+/// Feeds slices in the given order, each at its own time, releasing each time right
+/// after its slice is sent, so the frontier moves (and windows close) while later slices
+/// are still to come; returns the windows in emission order.
 fn windows_for(order: &[u64], cfg: WindowConfig) -> Vec<Window> {
     let order = order.to_vec();
     timely::execute_directly(move |worker| {
@@ -40,13 +41,13 @@ fn windows_for(order: &[u64], cfg: WindowConfig) -> Vec<Window> {
                 .0;
             (input, probe)
         });
-        let mut caps: Vec<_> = order.iter().map(|&t| cap.delayed(&t)).collect();
+        let caps: Vec<_> = order.iter().map(|&t| cap.delayed(&t)).collect();
         drop(cap);
-        for (&seq, cap) in order.iter().zip(&caps) {
-            input.activate().session(cap).give(slice(seq));
+        for (&seq, cap) in order.iter().zip(caps) {
+            input.activate().session(&cap).give(slice(seq));
+            drop(cap);
             worker.step();
         }
-        caps.clear();
         while !probe.done() {
             worker.step();
         }
@@ -91,8 +92,10 @@ fn window_with_stride() {
 fn window_out_of_order_arrival() {
     let cfg = WindowConfig { size: 3, stride: 1 };
     let in_order = windows_for(&[0, 1, 2, 3, 4, 5, 6], cfg);
+    // 0 closes while 1..6 are pending; 1 and 2 close before 3 arrives
     let shuffled = windows_for(&[4, 0, 6, 2, 1, 5, 3], cfg);
     assert_eq!(in_order, shuffled);
+    assert_eq!(in_order.len(), 5);
 }
 
 /// A window size of one scores every frame alone, and a gap in the sequence suppresses

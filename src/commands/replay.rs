@@ -75,6 +75,12 @@ pub struct ReplayArgs {
 
 /// Replays the input and prints a summary (from the process hosting worker 0).
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of frames per second, not {rate}"
+        );
+    }
     let path = Model::resolve(&args.model);
     let model =
         Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);

@@ -260,7 +260,16 @@ impl Model {
                 }
             }
         };
-        let has_calibration = st.names().contains(&"calib_offset");
+        let names = st.names();
+        let has_calibration = names.contains(&"calib_offset") || names.contains(&"calib_scale");
+        if has_calibration != meta.calibration.is_some() {
+            let problem = if has_calibration {
+                "has calibration tensors but model.json describes no calibration"
+            } else {
+                "has no calib_offset/calib_scale tensors but model.json describes a calibration"
+            };
+            return Err(invalid(problem.to_string()));
+        }
         let calibration = if has_calibration {
             let scale = reader.get("calib_scale", &[f]).map_err(invalid)?;
             if let Some(i) = scale.iter().position(|&s| s <= 0.0) {

@@ -34,12 +34,14 @@ impl<'s> BatchOps<'s> for Stream<'s, Window> {
                                 *held = cap.retain_least(0).expect("stamped input");
                             }
                             debug_assert_eq!(b.part, window.part, "one worker, one partition");
-                            if b.data.capacity() == 0 {
-                                b.data.reserve_exact(window.data.len() * max);
-                            }
                             b.seqs.push(window.seq);
                             b.metas.push(window.meta);
-                            b.data.extend_from_slice(&window.data);
+                            if b.data.is_empty() {
+                                // a lone window (the common case at low rates) moves in
+                                b.data = window.data;
+                            } else {
+                                b.data.extend_from_slice(&window.data);
+                            }
                             if b.len() >= max {
                                 let (held, full) = open.take().expect("just filled");
                                 output.session(&held).give(full);

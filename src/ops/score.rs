@@ -55,12 +55,8 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                             let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
                             let log = BatchLog::start(&s);
                             let mut anomalous = 0usize;
-                            for ((seq, meta), row) in s
-                                .seqs
-                                .into_iter()
-                                .zip(s.metas)
-                                .zip(s.scores.chunks_exact(width.max(1)))
-                            {
+                            for (i, (seq, meta)) in s.seqs.into_iter().zip(s.metas).enumerate() {
+                                let row = &s.scores[i * width..(i + 1) * width];
                                 let hits: Vec<Hit> = row
                                     .iter()
                                     .enumerate()
@@ -87,7 +83,9 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
 }
 
 /// The seed's per-batch log line (latency from receive to inference done, batch size,
-/// anomalous features, resource use), one per scored batch and never per frame.
+/// anomalous features, resource use), one per scored batch and never per frame. Only
+/// partition 0 logs at info (it carries the frames' metadata, so it knows latencies);
+/// the other partitions log at debug, so -w 16 does not mean 16 lines a frame.
 struct BatchLog {
     part: u32,
     size: usize,
@@ -99,7 +97,12 @@ struct BatchLog {
 impl BatchLog {
     /// Taken right after scoring, before thresholding; `None` when info is not logged.
     fn start(s: &Scored) -> Option<BatchLog> {
-        if !tracing::enabled!(tracing::Level::INFO) {
+        let enabled = if s.part == 0 {
+            tracing::enabled!(tracing::Level::INFO)
+        } else {
+            tracing::enabled!(tracing::Level::DEBUG)
+        };
+        if !enabled {
             return None;
         }
         let now = crate::clock::now_us();
@@ -120,6 +123,15 @@ impl BatchLog {
     }
 
     fn finish(self, anomalous: usize) {
+        if self.part != 0 {
+            tracing::debug!(
+                partition = self.part,
+                batch_size = self.size,
+                anomalous_features = anomalous,
+                "batch scored"
+            );
+            return;
+        }
         let r = crate::resources::sample();
         tracing::info!(
             partition = self.part,

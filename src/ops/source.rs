@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use timely::dataflow::Scope;
+use timely::dataflow::{ProbeHandle, Scope};
 
 use super::{Stream, Time};
 use crate::source::{FrameSource, Pull};
@@ -21,20 +21,27 @@ pub enum Pacing {
 /// score what it already produced.
 const PULLS_PER_ACTIVATION: usize = 64;
 
-/// How soon to ask an idle push source again. Push sources also wake the worker
-/// themselves; this is the fallback.
+/// How soon to ask an idle push source again (push sources do not wake the worker yet).
 const IDLE_RECHECK: Duration = Duration::from_millis(1);
+
+/// Frames admitted at most before the oldest of them has its verdict everywhere. With
+/// several workers or processes a slower one would otherwise let slices pile up in the
+/// exchange channels without bound while the source keeps reading (and an HTTP queue
+/// never fills, so clients never hear 429).
+pub const MAX_IN_FLIGHT: u64 = 128;
 
 /// A stream of frames read from `source` on this worker, each stamped with its sequence
 /// number (0, 1, 2, ... in the order the source gives them, unless the source assigns
-/// them itself). A worker given no source
-/// releases its capability at once and contributes nothing, so frames can enter on one
-/// worker while every worker keeps the frontier moving.
+/// them itself). A worker given no source releases its capability at once and
+/// contributes nothing, so frames can enter on one worker while every worker keeps the
+/// frontier moving. With `progress` (a probe on the pipeline's end), at most
+/// [`MAX_IN_FLIGHT`] frames are in the dataflow at once.
 pub fn frame_source<'s>(
     scope: Scope<'s, Time>,
     source: Option<Box<dyn FrameSource>>,
     pacing: Pacing,
     stats: Arc<Stats>,
+    progress: Option<ProbeHandle<Time>>,
 ) -> Stream<'s, Frame> {
     let src = source;
     timely::dataflow::operators::generic::operator::source(
@@ -54,6 +61,12 @@ pub fn frame_source<'s>(
                 };
                 let start = *started.get_or_insert_with(Instant::now);
                 for _ in 0..PULLS_PER_ACTIVATION {
+                    if let Some(p) = &progress {
+                        if next >= MAX_IN_FLIGHT && p.less_than(&(next - MAX_IN_FLIGHT)) {
+                            activator.activate_after(IDLE_RECHECK);
+                            return;
+                        }
+                    }
                     if let Pacing::Rate(rate) = pacing {
                         let due = start + Duration::from_secs_f64(next as f64 / rate);
                         let now = Instant::now();

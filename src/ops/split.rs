@@ -27,6 +27,15 @@ impl<'s> SplitOps<'s> for Stream<'s, Frame> {
                                 "frame {} has the wrong number of values",
                                 frame.seq
                             );
+                            if layout.parts == 1 {
+                                session.give(Slice {
+                                    seq: frame.seq,
+                                    part: 0,
+                                    meta: Some(frame.meta),
+                                    values: frame.values,
+                                });
+                                continue;
+                            }
                             let mut meta = Some(frame.meta);
                             for part in 0..layout.parts {
                                 session.give(Slice {

@@ -34,7 +34,13 @@ pub(super) struct Ingress {
     /// (the source requires increasing seqs) and a refused frame uses up no seq.
     queue: Mutex<Option<Queue>>,
     decode_permits: Semaphore,
+    /// Bodies being read or decoded at once: each holds up to `max_body` bytes, so this
+    /// bounds the memory of uploads in flight however many clients connect.
+    body_permits: Semaphore,
 }
+
+/// How long a client may take to send one body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Queue {
     tx: SyncSender<Frame>,
@@ -79,6 +85,7 @@ impl Ingress {
             queued: Arc::clone(&queued),
             queue: Mutex::new(Some(Queue { tx, next: 0 })),
             decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
+            body_permits: Semaphore::new(capacity + 4 * config.decode_concurrency.max(1)),
         });
         (ingress, IngestSource { rx, queued })
     }
@@ -203,7 +210,25 @@ where
     if ingress.is_full() {
         return Err(queue_full(ingress));
     }
-    let body = read_body(headers, body, ingress.max_body).await?;
+    // More bodies in flight than the queue could take are refused like a full queue.
+    let Ok(_body_permit) = ingress.body_permits.try_acquire() else {
+        return Err(queue_full(ingress));
+    };
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, ingress.max_body))
+        .await
+    {
+        Ok(body) => body?,
+        Err(_) => {
+            return Err(error_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    };
     *body_read = true;
     if ingress.is_full() {
         return Err(queue_full(ingress));

@@ -268,14 +268,24 @@ pub fn parse_timestamp(s: &str) -> Result<i64, DecodeError> {
     };
     let s_trim = s.trim();
     if let Ok(ms) = s_trim.parse::<i64>() {
-        return Ok(ms);
+        return in_alert_range(ms).ok_or_else(|| bad(OUT_OF_RANGE));
     }
     // humantime understands UTC only; apply a numeric offset ourselves.
     let (body, offset_s) = split_offset(s_trim);
     let t = humantime::parse_rfc3339_weak(body)
         .map_err(|e| bad(&format!("not ISO 8601 or epoch milliseconds ({e})")))?;
-    let ms = system_time_ms(t).ok_or_else(|| bad("out of range"))?;
-    Ok(ms - offset_s * 1000)
+    let ms = system_time_ms(t).ok_or_else(|| bad(OUT_OF_RANGE))?;
+    in_alert_range(ms - offset_s * 1000).ok_or_else(|| bad(OUT_OF_RANGE))
+}
+
+/// Latest event time accepted: 9999-12-31T23:59:59.999Z.
+const MAX_EVENT_MS: i64 = 253_402_300_799_999;
+const OUT_OF_RANGE: &str = "outside 1970-01-01 .. 9999-12-31";
+
+/// Alerts print event times as ISO 8601, which covers 1970 to 9999 only: a time outside
+/// is refused here, where the client can be told, not when an alert is built.
+fn in_alert_range(ms: i64) -> Option<i64> {
+    (0..=MAX_EVENT_MS).contains(&ms).then_some(ms)
 }
 
 /// Splits a trailing `+HH:MM` / `-HH:MM` off an RFC 3339 timestamp; `+00:00` is left for
@@ -302,17 +312,17 @@ fn system_time_ms(t: SystemTime) -> Option<i64> {
 }
 
 fn timestamp_from_number(n: &serde_json::Number) -> Result<i64, DecodeError> {
-    if let Some(ms) = n.as_i64() {
-        return Ok(ms);
-    }
-    match n.as_f64() {
+    let ms = match (n.as_i64(), n.as_f64()) {
+        (Some(ms), _) => Some(ms),
         // Fractional milliseconds are below anything we measure.
-        Some(f) if f.is_finite() && f.abs() < 9.0e15 => Ok(f.floor() as i64),
-        _ => Err(DecodeError::BadTimestamp {
+        (None, Some(f)) if f.is_finite() && f.abs() < 9.0e15 => Some(f.floor() as i64),
+        _ => None,
+    };
+    ms.and_then(in_alert_range)
+        .ok_or_else(|| DecodeError::BadTimestamp {
             found: n.to_string(),
-            reason: "epoch milliseconds out of range".into(),
-        }),
-    }
+            reason: format!("epoch milliseconds {OUT_OF_RANGE}"),
+        })
 }
 
 /// Stores the precise error and returns the placeholder serde needs to unwind.
@@ -688,6 +698,16 @@ impl<'de> Visitor<'de> for NumberSeed {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_times_outside_iso_years_are_refused() {
+        for bad in ["-1", "1970-01-01T00:00:00+09:00", "253402300800000"] {
+            assert!(super::parse_timestamp(bad).is_err(), "{bad}");
+        }
+        let n: serde_json::Number = serde_json::from_str("1e15").unwrap();
+        assert!(super::timestamp_from_number(&n).is_err());
+        assert_eq!(super::parse_timestamp("0"), Ok(0));
+    }
+
     use super::*;
     use crate::model::FeatureNames;
     use std::io::Write;
