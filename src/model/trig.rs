@@ -43,14 +43,15 @@ pub fn cos(x: f32) -> f32 {
     // only reachable when the reduction broke down (|x| past 2^22 turns)
     let u = if u > 1.6 { 1.6 } else { u };
     let u = if u < 0.0 { 0.0 } else { u };
+    // Estrin's scheme: a shallower dependency chain than Horner's, so consecutive
+    // cosines overlap in the pipeline (the scorer is latency-bound, not op-bound)
     let u2 = u * u;
-    let p = C[6];
-    let p = p * u2 + C[5];
-    let p = p * u2 + C[4];
-    let p = p * u2 + C[3];
-    let p = p * u2 + C[2];
-    let p = p * u2 + C[1];
-    let p = p * u2 + C[0];
+    let u4 = u2 * u2;
+    let u8 = u4 * u4;
+    let p01 = C[0] + C[1] * u2;
+    let p23 = C[2] + C[3] * u2;
+    let p45 = C[4] + C[5] * u2;
+    let p = (p01 + p23 * u4) + (p45 + C[6] * u4) * u8;
     if flip {
         -p
     } else {
