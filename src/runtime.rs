@@ -289,12 +289,18 @@ pub fn run(
         );
         let probe = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<_> {
             let results = build(scope, &mut env)?.count_into(Arc::clone(&env.stats));
-            let results = match (index, &sinks.on_result) {
-                (0, Some(hook)) => {
-                    let hook = Arc::clone(hook);
-                    results.inspect(move |r| hook(r))
+            // Every worker must build the same operators (timely tracks progress per
+            // operator and peer); only worker 0, where verdicts are merged, calls the hook.
+            let results = match &sinks.on_result {
+                Some(hook) => {
+                    let hook = (index == 0).then(|| Arc::clone(hook));
+                    results.inspect(move |r| {
+                        if let Some(h) = &hook {
+                            h(r)
+                        }
+                    })
                 }
-                _ => results,
+                None => results,
             };
             let probe = env.progress.clone();
             results

@@ -111,3 +111,32 @@ fn results_identical_for_any_worker_count_and_batch_size() {
     }
     assert_eq!(one, expected);
 }
+
+/// A verdict hook (how the webhook and bench get verdicts) sees every verdict exactly
+/// once, in frame order, with several workers too.
+#[test]
+fn result_hook_sees_every_verdict_once_with_two_workers() {
+    use std::sync::Mutex;
+    let (f, w, n) = (37, 4, 60);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let frames = random_frames(n, f, 9);
+    runtime::run(
+        &ClusterArgs {
+            threads: 2,
+            ..ClusterArgs::default()
+        },
+        Arc::new(random_rff_model(f, w, 3)),
+        Settings::default(),
+        Arc::new(move || {
+            Ok(Box::new(VecSource(frames.clone().into_iter())) as Box<dyn FrameSource>)
+        }),
+        SinkSpec {
+            on_result: Some(Arc::new(move |r| sink.lock().unwrap().push(r.seq))),
+            ..SinkSpec::default()
+        },
+    )
+    .unwrap();
+    let seqs = seen.lock().unwrap().clone();
+    assert_eq!(seqs, ((w - 1) as u64..n as u64).collect::<Vec<_>>());
+}
