@@ -9,7 +9,7 @@ use tidewatch::commands;
 #[command(name = "tidewatch", version, about)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive
-    /// [default: info; warn for demo, so that its alert lines stand out].
+    /// [default: info; warn for demo, so that its alert lines stand out, and for bench].
     #[arg(long, env = "LOG_LEVEL", global = true)]
     log_level: Option<String>,
     #[command(subcommand)]
@@ -30,6 +30,9 @@ enum Command {
     Loadgen(commands::loadgen::LoadgenArgs),
     /// Serve, a load generator and an alert receiver in one process: alerts arriving.
     Demo(commands::demo::DemoArgs),
+    /// Measure throughput (frames/s, feature values/s, MB/s), CPU, RSS and latency of
+    /// the dataflow fed pre-encoded client frames, in process or over HTTP.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() {
@@ -37,7 +40,8 @@ fn main() {
     let dotenv = tidewatch::settings::load_dotenv();
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Demo(_) => "warn",
+        // bench: a log line per scored batch would be part of what it measures.
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_level.as_deref().unwrap_or(default_level));
@@ -56,6 +60,7 @@ fn main() {
         Command::Serve(args) => commands::serve::run(args),
         Command::Loadgen(args) => commands::loadgen::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(e) = result {
         tracing::error!(error = format!("{e:#}"), "tidewatch failed");

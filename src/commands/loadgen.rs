@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::SyntheticArgs;
-use crate::source::Generator;
+use crate::source::{Generator, GeneratorConfig};
 
 /// Flags of `tidewatch loadgen`.
 #[derive(clap::Args, Clone, Debug)]
@@ -151,8 +151,9 @@ enum Feed {
     Ring(Vec<Encoded>),
 }
 
-/// A frame's bytes and the number of anomalies that start in it.
-type Encoded = (Bytes, u64);
+/// A frame's bytes as the NestJS client sends them, and the number of anomalies that
+/// start in it.
+pub type Encoded = (Bytes, u64);
 
 impl Feed {
     async fn get(&self, k: u64) -> Option<Encoded> {
@@ -163,78 +164,115 @@ impl Feed {
     }
 }
 
-/// Generates and encodes frames.
-struct Encoder {
+/// Writes `values` as the NestJS client's JSON body into `json` (cleared first):
+/// compact `{"data":{"feature_0":..,"feature_1":..}}` in index order, each value printed
+/// as a double (up to 17 significant digits, like JavaScript's `Math.random()` output).
+pub fn client_json(values: &[f32], json: &mut String) {
+    json.clear();
+    json.push_str("{\"data\":{");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(json, "\"feature_{i}\":{}", *v as f64);
+    }
+    json.push_str("}}");
+}
+
+/// The bytes the NestJS client sends for a frame of `values`: gzip (default level) of
+/// [`client_json`]. `json` is scratch space, kept by the caller so that a stream of
+/// frames reuses one buffer.
+pub fn client_body(values: &[f32], json: &mut String) -> Bytes {
+    client_json(values, json);
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 2),
+        flate2::Compression::default(),
+    );
+    gz.write_all(json.as_bytes()).expect("writing to memory");
+    Bytes::from(gz.finish().expect("writing to memory"))
+}
+
+/// Generates frames and encodes them as the NestJS client does (shared by `loadgen`,
+/// `bench` and the decode benches, so all of them measure the same bytes).
+pub struct FrameEncoder {
     generator: Generator,
     values: Vec<f32>,
     json: String,
 }
 
-impl Encoder {
-    fn new(args: &LoadgenArgs) -> anyhow::Result<Encoder> {
-        let generator = Generator::new(args.synthetic.config(args.features))?;
-        Ok(Encoder {
-            generator,
+impl FrameEncoder {
+    /// An encoder of frames from the generator configured by `config`.
+    pub fn new(config: GeneratorConfig) -> anyhow::Result<FrameEncoder> {
+        Ok(FrameEncoder {
+            generator: Generator::new(config)?,
             values: Vec::new(),
             json: String::new(),
         })
     }
 
-    /// The next frame, as the NestJS client's bytes: gzip of `{"data":{"feature_0":..}}`
-    /// with each value printed as a double (up to 17 significant digits, like
-    /// JavaScript's `Math.random()` output), and the anomalies that start in it.
-    fn next(&mut self) -> Encoded {
+    /// The next frame as the client's bytes ([`client_body`]), and the anomalies that
+    /// start in it.
+    pub fn encode_next(&mut self) -> Encoded {
         let injected = self.generator.next_into(&mut self.values).len() as u64;
-        self.json.clear();
-        self.json.push_str("{\"data\":{");
-        for (i, v) in self.values.iter().enumerate() {
-            if i > 0 {
-                self.json.push(',');
-            }
-            let _ = write!(self.json, "\"feature_{i}\":{}", *v as f64);
-        }
-        self.json.push_str("}}");
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(self.json.len() / 2),
-            flate2::Compression::default(),
-        );
-        gz.write_all(self.json.as_bytes())
-            .expect("writing to memory");
-        (
-            Bytes::from(gz.finish().expect("writing to memory")),
-            injected,
-        )
+        (client_body(&self.values, &mut self.json), injected)
+    }
+
+    /// The next `n` frames, for sending round and round.
+    pub fn ring(&mut self, n: usize) -> Vec<Encoded> {
+        (0..n).map(|_| self.encode_next()).collect()
     }
 }
 
-/// Sends frames per `args` and reports; `async` so that `demo` can run it beside a server.
-pub async fn drive(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
+/// Fails on flags `drive` cannot run with, before any frame is encoded.
+fn check(args: &LoadgenArgs) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number of frames per second");
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let mut encoder = Encoder::new(args)?;
-    let concurrency = args.concurrency.max(1);
+    Ok(())
+}
+
+/// Sends frames per `args` and reports; `async` so that `demo` can run it beside a server.
+pub async fn drive(args: &LoadgenArgs) -> anyhow::Result<LoadReport> {
+    check(args)?;
+    let mut encoder = FrameEncoder::new(args.synthetic.config(args.features))?;
     let feed = if args.ring > 0 {
         let ring = tokio::task::spawn_blocking({
             let n = args.ring;
-            move || (0..n).map(|_| encoder.next()).collect::<Vec<_>>()
+            move || encoder.ring(n)
         })
         .await?;
         Feed::Ring(ring)
     } else {
-        let (tx, rx) = tokio::sync::mpsc::channel(concurrency * 2);
+        let (tx, rx) = tokio::sync::mpsc::channel(args.concurrency.max(1) * 2);
         std::thread::Builder::new()
             .name("loadgen-encoder".into())
             .spawn(move || {
                 // Ends when the senders are done and drop the receiver.
-                while tx.blocking_send(encoder.next()).is_ok() {}
+                while tx.blocking_send(encoder.encode_next()).is_ok() {}
             })
             .context("starting the encoder thread")?;
         Feed::Live(tokio::sync::Mutex::new(rx))
     };
+    send(args, feed).await
+}
+
+/// Like [`drive`], but sends the frames of `ring` round and round, encoded beforehand
+/// by the caller (so that encoding them is not part of what the caller measures);
+/// `args.ring`, `args.features` and the generator flags are not used.
+pub async fn drive_ring(args: &LoadgenArgs, ring: Vec<Encoded>) -> anyhow::Result<LoadReport> {
+    check(args)?;
+    if ring.is_empty() {
+        bail!("the ring of frames to send is empty");
+    }
+    send(args, Feed::Ring(ring)).await
+}
+
+/// Sends the frames of `feed` per `args` and reports.
+async fn send(args: &LoadgenArgs, feed: Feed) -> anyhow::Result<LoadReport> {
+    let concurrency = args.concurrency.max(1);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs_f64(args.timeout))
         .pool_max_idle_per_host(concurrency)

@@ -1,5 +1,6 @@
 //! The subcommands of the `tidewatch` binary, one module each.
 
+pub mod bench;
 pub mod demo;
 pub mod generate;
 pub mod loadgen;

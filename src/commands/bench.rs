@@ -1,0 +1,837 @@
+//! `tidewatch bench`: drives the real dataflow at full speed (or at a fixed offered rate)
+//! from frames encoded beforehand exactly as seed 001's NestJS client sends them, and
+//! reports throughput (frames/s, feature values/s, MB/s of wire input), CPU time and
+//! memory, and receive → verdict latency.
+//!
+//! Two modes. In process (the default), a source cycles the ring of encoded frames and
+//! inflates and decodes each one as it hands it out, the per-frame CPU work that `serve`
+//! does on its HTTP threads, with no sockets in the way. With `--http`, `serve` listens
+//! on loopback and the load generator posts the same ring to it: the whole path,
+//! HTTP included, in one process.
+//!
+//! Encoding is not measured: the ring is encoded before the clock starts, by the same
+//! encoder as `loadgen` ([`loadgen::FrameEncoder`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::loadgen::{self, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
+use super::SyntheticArgs;
+use crate::clock;
+use crate::model::{FeatureIndex, Model};
+use crate::ops::Pacing;
+use crate::runtime::{self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory};
+use crate::server::{self, ModelSpec, ServeConfig};
+use crate::source::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, SourceError};
+use crate::types::{Frame, FrameMeta, FrameResult};
+
+/// How long a run lasts when neither --frames nor --duration is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// The in-process source inflates at most this much per frame, as `serve` does by
+/// default; a 25,000-feature frame is about 0.9 MB.
+const MAX_INFLATED: usize = 16 << 20;
+
+/// RSS is read from `/proc` on every this-many-th verdict: often enough to see the
+/// steady state, rarely enough to cost nothing next to scoring a frame.
+const RSS_EVERY: u64 = 16;
+
+/// Flags of `tidewatch bench`.
+#[derive(clap::Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct BenchArgs {
+    /// Model directory, or the name of one under models/.
+    #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
+    pub model: String,
+    /// Stop after this many frames have entered the dataflow (HTTP: have been sent).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Stop after this long (e.g. `30s`); with neither this nor --frames, 10 s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Features per frame (named `feature_0`, ...); must be the model's number of
+    /// features, which is the default.
+    #[arg(long)]
+    pub features: Option<usize>,
+    /// Distinct frames encoded before timing starts and sent round and round. Where the
+    /// ring wraps the series jump, which the model may flag.
+    #[arg(long, default_value_t = 64)]
+    pub ring: usize,
+    /// Open loop: offer this many frames per second, evenly spaced, instead of as many
+    /// as the dataflow takes; the receive → verdict latency then excludes waiting
+    /// behind the source.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Through HTTP: `serve` on 127.0.0.1 and the load generator against it, in this
+    /// process, instead of decoding in the dataflow's source. Unpaced, the generator
+    /// sends the next frame as soon as it is answered, 429 included (the HTTP answer
+    /// counts show how many were refused).
+    #[arg(long)]
+    pub http: bool,
+    /// --http: requests in flight at once at most.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// --http: frames accepted but not yet taken by the dataflow, at most.
+    #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 100)]
+    pub queue_max_size: usize,
+    /// Dataflow variant (see `dataflows/`).
+    #[arg(long, default_value = crate::dataflows::DEFAULT)]
+    pub dataflow: String,
+    /// Windows per scoring call at most.
+    #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub synthetic: SyntheticArgs,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// What a bench run measured (from the process hosting worker 0).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// `in-process` or `http`.
+    pub mode: &'static str,
+    /// The model's directory.
+    pub model: String,
+    /// Features per frame.
+    pub features: usize,
+    /// The model's window length.
+    pub window: usize,
+    /// Workers in all (threads × processes), i.e. feature partitions.
+    pub workers: usize,
+    /// Worker threads per process.
+    pub threads: usize,
+    /// Processes.
+    pub processes: usize,
+    /// Dataflow variant.
+    pub dataflow: String,
+    /// Windows per scoring call at most.
+    pub batch_size: usize,
+    /// Distinct pre-encoded frames cycled.
+    pub ring: usize,
+    /// Offered frames per second (open loop), or `None` for as fast as taken.
+    pub offered_rate: Option<f64>,
+    /// Frames that entered the dataflow.
+    pub frames: u64,
+    /// Frames with a verdict (all but the first window − 1).
+    pub frames_scored: u64,
+    /// Frames with at least one feature over the threshold.
+    pub anomalous_frames: u64,
+    /// Wall time from the first frame to the last verdict, seconds.
+    pub seconds: f64,
+    /// `frames / seconds`.
+    pub frames_per_second: f64,
+    /// Feature values per second: `frames_per_second × features`.
+    pub features_per_second: f64,
+    /// gzip bytes of the frames taken in (HTTP: frames accepted × the ring's mean
+    /// frame size; refused requests are not counted).
+    pub wire_bytes: u64,
+    /// `wire_bytes / seconds`, in MB (10^6 bytes) per second.
+    pub wire_mb_per_second: f64,
+    /// Mean gzip size of a frame of the ring, bytes.
+    pub mean_frame_bytes: f64,
+    /// Mean inflated (JSON) size of a frame of the ring, bytes.
+    pub mean_json_bytes: f64,
+    /// CPU time of the whole process (all threads; HTTP: the load generator's too) over
+    /// the run, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds / seconds`: cores kept busy on average.
+    pub cpu_cores: Option<f64>,
+    /// Largest resident set size seen while frames were scored, MiB.
+    pub rss_mib: Option<f64>,
+    /// Peak resident set size of the process's life (`VmHWM`: model load and ring
+    /// encoding included), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Receive → verdict latency over scored frames (receive: when the source handed
+    /// the frame out, before decoding; HTTP: when the request arrived).
+    pub latency_us: Option<Latency>,
+    /// HTTP facts (with --http).
+    pub http: Option<HttpFigures>,
+}
+
+/// Latency percentiles in microseconds (HDR histogram, 3 significant figures).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Latency {
+    /// Frames measured.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+/// What the load generator saw with --http.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpFigures {
+    /// Requests in flight at once at most.
+    pub concurrency: usize,
+    /// Requests sent (refused ones included).
+    pub sent: u64,
+    /// gzip bytes sent (refused requests included).
+    pub sent_bytes: u64,
+    /// Answers by HTTP status, and transport failures by `error: <kind>`.
+    pub statuses: BTreeMap<String, u64>,
+    /// Answer latency percentiles in ms (the 202 comes once a frame is queued, before
+    /// it is scored).
+    pub answer_latency_ms: Percentiles,
+}
+
+/// Runs `tidewatch bench` and prints its report (process 0 only).
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.ring == 0 {
+        bail!("--ring must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of frames per second");
+    }
+    let dir = Model::resolve(&args.model);
+    let model =
+        Arc::new(Model::load(&dir).with_context(|| format!("loading model {}", dir.display()))?);
+    let features = args.features.unwrap_or(model.n_features());
+    if features != model.n_features() {
+        bail!(
+            "--features {features}, but model {} has {} features: frames must match the model (train one of {features} features with `tidewatch train`)",
+            dir.display(),
+            model.n_features()
+        );
+    }
+    let settings = Settings {
+        dataflow: args.dataflow.clone(),
+        batch_size: args.batch_size,
+        pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+        ..Settings::default()
+    };
+    if !args.cluster.is_leader() {
+        // Scores its share of the features for the frames process 0 reads.
+        let factory: SourceFactory =
+            Arc::new(|| bail!("only process 0 hosts worker 0 and reads input"));
+        runtime::run(&args.cluster, model, settings, factory, SinkSpec::default())?;
+        return Ok(());
+    }
+
+    let ring = FrameEncoder::new(args.synthetic.config(features))?.ring(args.ring);
+    let ring_facts = RingFacts::measure(&ring, &model)?;
+    let probe = Arc::new(Probe::default());
+    let mut report = if args.http {
+        let mean_wire = ring_facts.mean_wire;
+        run_http(args, &model, settings, ring, mean_wire, Arc::clone(&probe))?
+    } else {
+        run_in_process(args, &model, settings, ring, Arc::clone(&probe))?
+    };
+    report.model = dir.display().to_string();
+    report.mean_frame_bytes = ring_facts.mean_wire;
+    report.mean_json_bytes = ring_facts.mean_json;
+    report.latency_us = probe.latency();
+    report.rss_mib = probe.rss_mib();
+    // The kernel updates VmHWM lazily (per-thread RSS counters), so a fresh VmRSS sample
+    // can exceed it by a few pages: the peak is at least what was seen.
+    report.peak_rss_mib = match (proc_status_mib("VmHWM:"), report.rss_mib) {
+        (Some(hwm), Some(rss)) => Some(hwm.max(rss)),
+        (hwm, rss) => hwm.or(rss),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// Sizes of the ring's frames; decoding each once also checks, before the clock
+/// starts, that the frames fit the model (else every frame would be rejected).
+struct RingFacts {
+    mean_wire: f64,
+    mean_json: f64,
+}
+
+impl RingFacts {
+    fn measure(ring: &[Encoded], model: &Model) -> anyhow::Result<RingFacts> {
+        let index = model.feature_index();
+        let (mut wire, mut json) = (0usize, 0usize);
+        let mut values = Vec::new();
+        for (body, _) in ring {
+            let inflated = inflate_if_gzip(body, MAX_INFLATED)?;
+            decode_frame(&inflated, &index, KeyPolicy::default(), &mut values)
+                .context("the generated frames do not decode against the model")?;
+            wire += body.len();
+            json += inflated.len();
+        }
+        let n = ring.len().max(1) as f64;
+        Ok(RingFacts {
+            mean_wire: wire as f64 / n,
+            mean_json: json as f64 / n,
+        })
+    }
+}
+
+/// What the verdict hook records, on worker 0's thread.
+struct Probe {
+    latency: Mutex<Histogram<u64>>,
+    verdicts: AtomicU64,
+    last_verdict_us: AtomicU64,
+    rss_kib: AtomicU64,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            // 1 µs to an hour: no latency a run can see is out of range.
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+            verdicts: AtomicU64::new(0),
+            last_verdict_us: AtomicU64::new(0),
+            rss_kib: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Probe {
+    fn hook(self: &Arc<Self>) -> ResultHook {
+        let probe = Arc::clone(self);
+        Arc::new(move |r: &FrameResult| probe.record(r))
+    }
+
+    fn record(&self, r: &FrameResult) {
+        let now = clock::now_us();
+        let latency = now.saturating_sub(r.meta.received_us).max(1);
+        // Only worker 0 calls this, so the lock is never contended.
+        let _ = self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(latency);
+        self.last_verdict_us.fetch_max(now, Relaxed);
+        if self
+            .verdicts
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(RSS_EVERY)
+        {
+            if let Some(kib) = proc_status_kib("VmRSS:") {
+                self.rss_kib.fetch_max(kib, Relaxed);
+            }
+        }
+    }
+
+    fn last_verdict_us(&self) -> Option<u64> {
+        Some(self.last_verdict_us.load(Relaxed)).filter(|&t| t > 0)
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        Some(self.rss_kib.load(Relaxed))
+            .filter(|&k| k > 0)
+            .map(kib_to_mib)
+    }
+
+    fn latency(&self) -> Option<Latency> {
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        (!h.is_empty()).then(|| Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        })
+    }
+}
+
+/// Counters the in-process source keeps for the report.
+#[derive(Default)]
+struct SourceCounters {
+    wire_bytes: AtomicU64,
+}
+
+/// Cycles a ring of encoded frames, inflating and decoding each as it is handed out:
+/// the dataflow pays for decoding exactly as `serve` does for a request.
+struct RingSource {
+    ring: Arc<Vec<Bytes>>,
+    index: FeatureIndex,
+    handed_out: u64,
+    limit: Option<u64>,
+    duration: Option<Duration>,
+    /// Set on the first pull, so that worker start-up is not part of the duration.
+    deadline: Option<Instant>,
+    counters: Arc<SourceCounters>,
+}
+
+impl FrameSource for RingSource {
+    fn pull(&mut self) -> Pull {
+        if self.limit.is_some_and(|n| self.handed_out >= n) {
+            return Pull::Done;
+        }
+        let now = Instant::now();
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| now + self.duration.unwrap_or(Duration::MAX / 4));
+        if self.duration.is_some() && now >= deadline {
+            return Pull::Done;
+        }
+        let k = self.handed_out;
+        self.handed_out += 1;
+        // Received now, before decoding, as an HTTP request is received before its body
+        // is decoded.
+        let received_us = clock::now_us();
+        let body = &self.ring[(k % self.ring.len() as u64) as usize];
+        self.counters
+            .wire_bytes
+            .fetch_add(body.len() as u64, Relaxed);
+        let mut values = Vec::with_capacity(self.index.len());
+        let decoded = inflate_if_gzip(body, MAX_INFLATED)
+            .and_then(|json| decode_frame(&json, &self.index, KeyPolicy::default(), &mut values));
+        match decoded {
+            Ok(d) => Pull::Frame(Frame {
+                seq: 0,
+                meta: FrameMeta {
+                    received_ms: clock::unix_ms(),
+                    event_ms: d.event_ms,
+                    id: d.id,
+                    source: 0,
+                    received_us,
+                },
+                values,
+            }),
+            Err(e) => Pull::Bad(SourceError {
+                origin: format!("bench frame {k}"),
+                problem: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// The run's stopping rule: --frames, --duration, or the default duration.
+fn limits(args: &BenchArgs) -> (Option<u64>, Option<Duration>) {
+    match (args.frames, args.duration) {
+        (None, None) => (None, Some(DEFAULT_DURATION)),
+        limits => limits,
+    }
+}
+
+/// Fields of the report both modes fill the same way.
+fn base_report(
+    args: &BenchArgs,
+    features: usize,
+    window: usize,
+    mode: &'static str,
+) -> BenchReport {
+    BenchReport {
+        mode,
+        model: String::new(),
+        features,
+        window,
+        workers: args.cluster.peers(),
+        threads: args.cluster.threads.max(1),
+        processes: args.cluster.processes.max(1),
+        dataflow: args.dataflow.clone(),
+        batch_size: args.batch_size,
+        ring: args.ring,
+        offered_rate: args.rate,
+        frames: 0,
+        frames_scored: 0,
+        anomalous_frames: 0,
+        seconds: 0.0,
+        frames_per_second: 0.0,
+        features_per_second: 0.0,
+        wire_bytes: 0,
+        wire_mb_per_second: 0.0,
+        mean_frame_bytes: 0.0,
+        mean_json_bytes: 0.0,
+        cpu_seconds: None,
+        cpu_cores: None,
+        rss_mib: None,
+        peak_rss_mib: None,
+        latency_us: None,
+        http: None,
+    }
+}
+
+impl BenchReport {
+    /// Fills the rates from the counts, the wall time and the CPU time used.
+    fn with_rates(mut self, seconds: f64, cpu_seconds: Option<f64>) -> BenchReport {
+        let s = seconds.max(1e-9);
+        self.seconds = seconds;
+        self.frames_per_second = self.frames as f64 / s;
+        self.features_per_second = self.frames_per_second * self.features as f64;
+        self.wire_mb_per_second = self.wire_bytes as f64 / s / 1e6;
+        self.cpu_seconds = cpu_seconds;
+        self.cpu_cores = cpu_seconds.map(|c| c / s);
+        self
+    }
+
+    /// The report as an aligned table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&str, String)> = vec![
+            (
+                "frames",
+                format!(
+                    "{} in {:.2} s ({} scored, {} anomalous)",
+                    self.frames, self.seconds, self.frames_scored, self.anomalous_frames
+                ),
+            ),
+            ("frames/s", format!("{:.1}", self.frames_per_second)),
+            (
+                "feature values/s",
+                format!("{:.0}", self.features_per_second),
+            ),
+            (
+                "wire input",
+                format!(
+                    "{:.1} MB/s gzip ({:.0} KB per frame, {:.0} KB of JSON)",
+                    self.wire_mb_per_second,
+                    self.mean_frame_bytes / 1e3,
+                    self.mean_json_bytes / 1e3
+                ),
+            ),
+        ];
+        if let (Some(cpu), Some(cores)) = (self.cpu_seconds, self.cpu_cores) {
+            rows.push(("CPU", format!("{cpu:.2} s ({cores:.2} cores)")));
+        }
+        let mib = |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"));
+        rows.push((
+            "RSS",
+            format!(
+                "{} while scoring, {} peak",
+                mib(self.rss_mib),
+                mib(self.peak_rss_mib)
+            ),
+        ));
+        if let Some(l) = self.latency_us {
+            let closed = if self.offered_rate.is_none() {
+                " (unpaced: includes waiting behind the source)"
+            } else {
+                ""
+            };
+            rows.push((
+                "receive→verdict µs",
+                format!(
+                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n = {}){closed}",
+                    l.p50, l.p90, l.p99, l.p999, l.max, l.count
+                ),
+            ));
+        }
+        if let Some(h) = &self.http {
+            let statuses = h
+                .statuses
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push((
+                "HTTP answers",
+                format!(
+                    "{} sent ({statuses}), concurrency {}",
+                    h.sent, h.concurrency
+                ),
+            ));
+            let l = h.answer_latency_ms;
+            rows.push((
+                "answer ms",
+                format!(
+                    "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+                    l.p50, l.p90, l.p99, l.max
+                ),
+            ));
+        }
+        let rate = self
+            .offered_rate
+            .map_or("unpaced".to_string(), |r| format!("offered {r} frames/s"));
+        let mut out = format!(
+            "tidewatch bench ({}, {rate}): {} features, window {}, {} worker(s) ({} thread(s) × {} process(es)), dataflow {}, batch {}, ring {}\n  model {}\n",
+            self.mode,
+            self.features,
+            self.window,
+            self.workers,
+            self.threads,
+            self.processes,
+            self.dataflow,
+            self.batch_size,
+            self.ring,
+            self.model
+        );
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (k, v) in rows {
+            let pad = width - k.chars().count();
+            let _ = writeln!(out, "  {k}{}  {v}", " ".repeat(pad));
+        }
+        out.truncate(out.trim_end().len());
+        out
+    }
+}
+
+/// Decode + dataflow, no sockets.
+fn run_in_process(
+    args: &BenchArgs,
+    model: &Arc<Model>,
+    settings: Settings,
+    ring: Vec<Encoded>,
+    probe: Arc<Probe>,
+) -> anyhow::Result<BenchReport> {
+    let (limit, duration) = limits(args);
+    let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
+    let counters = Arc::new(SourceCounters::default());
+    let index = model.feature_index();
+    let factory: SourceFactory = {
+        let counters = Arc::clone(&counters);
+        Arc::new(move || {
+            Ok(Box::new(RingSource {
+                ring: Arc::clone(&ring),
+                index: index.clone(),
+                handed_out: 0,
+                limit,
+                duration,
+                deadline: None,
+                counters: Arc::clone(&counters),
+            }) as Box<dyn FrameSource>)
+        })
+    };
+    let sinks = SinkSpec {
+        on_result: Some(probe.hook()),
+        ..SinkSpec::default()
+    };
+    let cpu_before = cpu_seconds();
+    let run = runtime::run(&args.cluster, Arc::clone(model), settings, factory, sinks)?;
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
+    let mut report = base_report(args, model.n_features(), model.window(), "in-process");
+    report.frames = run.stats.frames_in;
+    report.frames_scored = run.stats.frames_scored;
+    report.anomalous_frames = run.stats.anomalous_frames;
+    report.wire_bytes = counters.wire_bytes.load(Relaxed);
+    Ok(report.with_rates(run.seconds, cpu))
+}
+
+/// `serve` on loopback and the load generator against it, in this process.
+fn run_http(
+    args: &BenchArgs,
+    model: &Arc<Model>,
+    settings: Settings,
+    ring: Vec<Encoded>,
+    ring_mean_wire: f64,
+    probe: Arc<Probe>,
+) -> anyhow::Result<BenchReport> {
+    let (limit, duration) = limits(args);
+    let mut config = ServeConfig::new(ModelSpec::Loaded(Arc::clone(model)));
+    config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.settings = settings;
+    config.cluster = args.cluster.clone();
+    config.queue_max_size = args.queue_max_size;
+    // Alerts are not what is measured, and nothing listens for them.
+    config.webhook = None;
+    config.sinks = SinkSpec {
+        on_result: Some(probe.hook()),
+        ..SinkSpec::default()
+    };
+    let handle = server::start(config)?;
+    handle
+        .wait_ready(Duration::from_secs(600))
+        .context("serve did not start")?;
+    let load = LoadgenArgs {
+        rate: args.rate,
+        concurrency: args.concurrency.max(1),
+        frames: limit,
+        duration,
+        features: model.n_features(),
+        synthetic: args.synthetic.clone(),
+        ..LoadgenArgs::to(format!("http://{}/data-enqueue", handle.addr()))
+    };
+    // The load generator's own runtime: serve brings its own and must not run inside one.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
+    let cpu_before = cpu_seconds();
+    let start_us = clock::now_us();
+    let load = rt.block_on(loadgen::drive_ring(&load, ring));
+    // Shut down even if the load failed, so that the dataflow's threads end.
+    let served = handle.shutdown();
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
+    let load = load?;
+    let served = served?;
+    // From the first request to the last verdict; the server's drain is not counted.
+    let sent_for = load.seconds;
+    let seconds = probe.last_verdict_us().map_or(sent_for, |t| {
+        (t.saturating_sub(start_us) as f64 / 1e6).max(sent_for)
+    });
+    let mut report = base_report(args, model.n_features(), model.window(), "http");
+    let s = &served.run.stats;
+    report.frames = s.frames_in;
+    report.frames_scored = s.frames_scored;
+    report.anomalous_frames = s.anomalous_frames;
+    // Bytes taken in, not sent: a refused request (429) is not input, and counting
+    // its bytes would credit the engine with refusing fast. The ring's frames differ in
+    // size, so this is exact only over whole passes of the ring.
+    report.wire_bytes = (ring_mean_wire * s.frames_in as f64).round() as u64;
+    report.http = Some(HttpFigures {
+        concurrency: args.concurrency.max(1),
+        sent: load.sent,
+        sent_bytes: (load.mean_body_bytes * load.sent as f64).round() as u64,
+        statuses: load.statuses,
+        answer_latency_ms: load.latency_ms,
+    });
+    Ok(report.with_rates(seconds, cpu))
+}
+
+/// CPU time (user + system) of this process so far, all threads, in seconds; `None`
+/// where `/proc` is unavailable. Resolution: one clock tick (10 ms).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 2 (the command) is parenthesised and may hold spaces: count from its end.
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux the crate targets (reading it needs libc).
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// A `Name:   1234 kB` line of `/proc/self/status`, in KiB.
+fn proc_status_kib(name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn proc_status_mib(name: &str) -> Option<f64> {
+    proc_status_kib(name).map(kib_to_mib)
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Generator, GeneratorConfig};
+
+    fn args() -> BenchArgs {
+        BenchArgs {
+            model: "m".into(),
+            frames: Some(20),
+            duration: None,
+            features: None,
+            ring: 3,
+            rate: None,
+            http: false,
+            concurrency: 4,
+            queue_max_size: 100,
+            dataflow: crate::dataflows::DEFAULT.into(),
+            batch_size: 64,
+            synthetic: SyntheticArgs::default(),
+            json: false,
+            cluster: ClusterArgs::default(),
+            help: None,
+        }
+    }
+
+    #[test]
+    fn rates_follow_from_counts() {
+        let mut r = base_report(&args(), 500, 5, "in-process");
+        r.frames = 20;
+        r.wire_bytes = 4_000_000;
+        let r = r.with_rates(2.0, Some(1.0));
+        assert_eq!(r.frames_per_second, 10.0);
+        assert_eq!(r.features_per_second, 5000.0);
+        assert_eq!(r.wire_mb_per_second, 2.0);
+        assert_eq!(r.cpu_cores, Some(0.5));
+        let table = r.table();
+        assert!(table.contains("frames/s"), "{table}");
+        assert!(table.contains("5000"), "{table}");
+    }
+
+    #[test]
+    fn the_source_cycles_the_ring_and_decodes_each_frame() {
+        let config = GeneratorConfig {
+            n_features: 10,
+            ..GeneratorConfig::default()
+        };
+        let ring = FrameEncoder::new(config.clone()).unwrap().ring(3);
+        let sizes: Vec<u64> = ring.iter().map(|(b, _)| b.len() as u64).collect();
+        let mut expected = Generator::new(config).unwrap();
+        let counters = Arc::new(SourceCounters::default());
+        let mut source = RingSource {
+            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
+            index: FeatureIndex::numbered(10),
+            handed_out: 0,
+            limit: Some(5),
+            duration: None,
+            deadline: None,
+            counters: Arc::clone(&counters),
+        };
+        let mut frames = Vec::new();
+        while let Pull::Frame(f) = source.pull() {
+            frames.push(f.values);
+        }
+        assert!(matches!(source.pull(), Pull::Done));
+        assert_eq!(frames.len(), 5);
+        let mut values = Vec::new();
+        for frame in &frames[..3] {
+            expected.next_into(&mut values);
+            assert_eq!(frame, &values);
+        }
+        assert_eq!(frames[3], frames[0]);
+        assert_eq!(frames[4], frames[1]);
+        // All three, then the first two again.
+        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1];
+        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
+    }
+
+    #[test]
+    fn a_duration_stops_the_source() {
+        let ring = FrameEncoder::new(GeneratorConfig {
+            n_features: 2,
+            ..GeneratorConfig::default()
+        })
+        .unwrap()
+        .ring(1);
+        let mut source = RingSource {
+            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
+            index: FeatureIndex::numbered(2),
+            handed_out: 0,
+            limit: None,
+            duration: Some(Duration::ZERO),
+            deadline: None,
+            counters: Arc::default(),
+        };
+        assert!(matches!(source.pull(), Pull::Done));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_figures_are_read() {
+        assert!(cpu_seconds().is_some());
+        assert!(proc_status_mib("VmRSS:").is_some_and(|m| m > 0.0));
+        assert!(proc_status_mib("VmHWM:").is_some_and(|m| m > 0.0));
+    }
+}

@@ -1,0 +1,204 @@
+//! The `tidewatch bench` binary: its report's fields are present and agree with each
+//! other, in process and over HTTP. Behaviour only: no figure is checked against a speed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Variables bench reads; removed from children so the caller's environment cannot
+/// change what a test sees.
+const SETTINGS: &[&str] = &[
+    "DEFAULT_MODEL_NAME",
+    "QUEUE_MAX_SIZE",
+    "INFERENCE_BATCH_SIZE",
+    "LOG_LEVEL",
+];
+
+const FEATURES: usize = 500;
+const WINDOW: usize = 5;
+const FRAMES: u64 = 20;
+
+/// A 500-feature model in `dir/model`.
+fn model_in(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("model");
+    common::random_rff_model(FEATURES, WINDOW, 7)
+        .save(&path)
+        .unwrap();
+    path
+}
+
+/// Runs `tidewatch bench <args>` in `dir` and returns its stdout, failing on a
+/// non-zero exit.
+fn bench(dir: &Path, args: &[&str]) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+    c.arg("bench").args(args).current_dir(dir);
+    for v in SETTINGS {
+        c.env_remove(v);
+    }
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_report(dir: &Path, extra: &[&str]) -> Value {
+    let model = model_in(dir);
+    let frames = FRAMES.to_string();
+    let features = FEATURES.to_string();
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--frames",
+        &frames,
+        "--features",
+        &features,
+        // One pass over the ring: the wire bytes are then exactly frames × mean size.
+        "--ring",
+        &frames,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = bench(dir, &args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout: {out}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is missing or not a number in {v}"))
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is missing or not an integer in {v}"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// What both modes report the same way.
+fn check_common(r: &Value, mode: &str) {
+    assert_eq!(r["mode"], mode, "{r}");
+    assert_eq!(u(r, "features"), FEATURES as u64);
+    assert_eq!(u(r, "window"), WINDOW as u64);
+    assert_eq!(u(r, "workers"), 1);
+    assert_eq!(u(r, "ring"), FRAMES);
+    assert_eq!(u(r, "frames"), FRAMES);
+    // The first window − 1 frames only fill the first window.
+    assert_eq!(u(r, "frames_scored"), FRAMES - (WINDOW as u64 - 1));
+    assert!(u(r, "anomalous_frames") <= u(r, "frames_scored"));
+    assert!(r["model"].as_str().unwrap().ends_with("model"), "{r}");
+
+    let seconds = f(r, "seconds");
+    assert!(seconds > 0.0, "{r}");
+    let fps = f(r, "frames_per_second");
+    assert!(close(fps, FRAMES as f64 / seconds), "{r}");
+    assert!(
+        close(f(r, "features_per_second"), fps * FEATURES as f64),
+        "{r}"
+    );
+
+    let wire = u(r, "wire_bytes");
+    let mean = f(r, "mean_frame_bytes");
+    assert!(
+        (wire as f64 - mean * FRAMES as f64).abs() <= 1.0,
+        "each ring frame taken once: {r}"
+    );
+    assert!(
+        close(f(r, "wire_mb_per_second"), wire as f64 / seconds / 1e6),
+        "{r}"
+    );
+    // gzip of the client's JSON is smaller than the JSON.
+    assert!(mean > 0.0 && mean < f(r, "mean_json_bytes"), "{r}");
+
+    let cpu = f(r, "cpu_seconds");
+    assert!(cpu >= 0.0, "{r}");
+    assert!(close(f(r, "cpu_cores"), cpu / seconds), "{r}");
+    if cfg!(target_os = "linux") {
+        let (rss, peak) = (f(r, "rss_mib"), f(r, "peak_rss_mib"));
+        assert!(rss > 0.0 && peak >= rss, "{r}");
+    }
+
+    let l = &r["latency_us"];
+    assert_eq!(u(l, "count"), u(r, "frames_scored"), "one per verdict: {r}");
+    let (p50, p99, max) = (u(l, "p50"), u(l, "p99"), u(l, "max"));
+    assert!(0 < p50 && p50 <= u(l, "p90") && u(l, "p90") <= p99, "{r}");
+    assert!(p99 <= u(l, "p999") && u(l, "p999") <= max, "{r}");
+}
+
+#[test]
+fn in_process_report_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = json_report(dir.path(), &[]);
+    check_common(&r, "in-process");
+    assert!(r["offered_rate"].is_null(), "{r}");
+    assert!(r["http"].is_null(), "{r}");
+}
+
+#[test]
+fn http_report_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = json_report(dir.path(), &["--http", "--concurrency", "2"]);
+    check_common(&r, "http");
+    let h = &r["http"];
+    assert_eq!(u(h, "concurrency"), 2, "{r}");
+    assert_eq!(u(h, "sent"), FRAMES, "{r}");
+    assert_eq!(u(h, "sent_bytes"), u(&r, "wire_bytes"), "all accepted: {r}");
+    let statuses = h["statuses"].as_object().unwrap();
+    assert_eq!(statuses.len(), 1, "all accepted: {r}");
+    assert_eq!(statuses["202"], FRAMES, "{r}");
+    let a = &h["answer_latency_ms"];
+    assert!(f(a, "p50") > 0.0 && f(a, "p50") <= f(a, "max"), "{r}");
+}
+
+#[test]
+fn open_loop_reports_the_offered_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = json_report(dir.path(), &["--rate", "400", "-w", "2"]);
+    assert_eq!(f(&r, "offered_rate"), 400.0, "{r}");
+    assert_eq!(u(&r, "workers"), 2, "{r}");
+    assert_eq!(u(&r, "frames"), FRAMES, "{r}");
+    assert_eq!(u(&r["latency_us"], "count"), FRAMES - (WINDOW as u64 - 1));
+}
+
+#[test]
+fn table_by_default_and_a_mismatched_feature_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_in(dir.path());
+    let model = model.to_str().unwrap();
+    let table = bench(
+        dir.path(),
+        &["--model", model, "--frames", "10", "--ring", "4"],
+    );
+    for row in ["frames/s", "feature values/s", "MB/s gzip", "RSS"] {
+        assert!(table.contains(row), "no {row:?} row in:\n{table}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "bench",
+            "--model",
+            model,
+            "--features",
+            "25000",
+            "--frames",
+            "1",
+        ])
+        .current_dir(dir.path())
+        .env_remove("DEFAULT_MODEL_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--features 25000") && err.contains("500 features"),
+        "{err}"
+    );
+}
