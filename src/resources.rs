@@ -100,6 +100,19 @@ fn meminfo() -> (Option<f64>, Option<f64>) {
     }
 }
 
+/// CPU time (user + system) of this process so far, all threads, in seconds; `None`
+/// where `/proc` is unavailable. Resolution: one clock tick (10 ms).
+pub fn cpu_seconds() -> Option<f64> {
+    // USER_HZ is 100 on every Linux the crate targets (reading it needs libc).
+    cpu_ticks().map(|t| t as f64 / 100.0)
+}
+
+/// A `Name:   1234 kB` line of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn status_kib(name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    kib_field(&status, name)
+}
+
 /// The value of a `Name:   1234 kB` line.
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
@@ -108,7 +121,8 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn kib_to_mib(kib: u64) -> f64 {
+/// KiB to MiB, rounded to 0.1.
+pub fn kib_to_mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 

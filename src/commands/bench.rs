@@ -29,6 +29,7 @@ use super::SyntheticArgs;
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
 use crate::ops::Pacing;
+use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
 use crate::runtime::{self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory};
 use crate::server::{self, ModelSpec, ServeConfig};
 use crate::source::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, SourceError};
@@ -330,7 +331,7 @@ impl Probe {
             .fetch_add(1, Relaxed)
             .is_multiple_of(RSS_EVERY)
         {
-            if let Some(kib) = proc_status_kib("VmRSS:") {
+            if let Some(kib) = status_kib("VmRSS:") {
                 self.rss_kib.fetch_max(kib, Relaxed);
             }
         }
@@ -698,36 +699,8 @@ fn run_http(
     Ok(report.with_rates(seconds, cpu))
 }
 
-/// CPU time (user + system) of this process so far, all threads, in seconds; `None`
-/// where `/proc` is unavailable. Resolution: one clock tick (10 ms).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Field 2 (the command) is parenthesised and may hold spaces: count from its end.
-    // utime and stime are fields 14 and 15, the 12th and 13th after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // USER_HZ is 100 on every Linux the crate targets (reading it needs libc).
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// A `Name:   1234 kB` line of `/proc/self/status`, in KiB.
-fn proc_status_kib(name: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn proc_status_mib(name: &str) -> Option<f64> {
-    proc_status_kib(name).map(kib_to_mib)
-}
-
-fn kib_to_mib(kib: u64) -> f64 {
-    (kib as f64 / 1024.0 * 10.0).round() / 10.0
+    status_kib(name).map(kib_to_mib)
 }
 
 #[cfg(test)]
