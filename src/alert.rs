@@ -71,6 +71,41 @@ impl Alert {
     }
 }
 
+/// Why the receiving NestJS client would refuse an alert (CONTRACT.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over its body limit: it answers 413.
+    TooLarge,
+    /// Not JSON by content type, or missing a required field: it answers 500.
+    Invalid,
+}
+
+/// Checks an alert the way the receiving client does (content type, body limit, the
+/// class-validator fields), for alert receivers in the demo and in tests.
+pub fn check_like_client(
+    content_type: Option<&str>,
+    body: &[u8],
+    limit: usize,
+) -> Result<serde_json::Value, Refusal> {
+    if body.len() > limit {
+        return Err(Refusal::TooLarge);
+    }
+    let json_type = content_type.is_some_and(|v| v.starts_with("application/json"));
+    let alert: serde_json::Value = serde_json::from_slice(body).map_err(|_| Refusal::Invalid)?;
+    let valid = alert["timestamp"].is_string()
+        && alert["anomaly_detected"].is_boolean()
+        && alert["num_anomalous_features"].is_u64()
+        && alert["anomalous_features"].as_array().is_some_and(|fs| {
+            fs.iter()
+                .all(|f| f["feature_idx"].is_u64() && f["score"].is_number())
+        });
+    if json_type && valid {
+        Ok(alert)
+    } else {
+        Err(Refusal::Invalid)
+    }
+}
+
 /// Unix milliseconds as `2026-11-23T10:00:00.123Z`, clamped to the years ISO 8601
 /// (and humantime) can print, 1970 to 9999: building an alert never fails.
 pub fn iso_ms(ms: i64) -> String {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tidewatch::alert::{check_like_client, Refusal};
 use tidewatch::model::Model;
 use tidewatch::runtime::SinkSpec;
 use tidewatch::server::{self, ModelSpec, ServeConfig, ServerHandle};
@@ -125,33 +126,23 @@ fn answer(
         Mode::Fail400 => return (StatusCode::BAD_REQUEST, serde_json::json!({"error": "no"})),
         Mode::Client { limit } => limit,
     };
-    if body.len() > limit {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            serde_json::json!({"error": "too large"}),
-        );
-    }
-    let json_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let v: Option<Value> = serde_json::from_slice(body).ok();
-    let valid = v.as_ref().is_some_and(|v| {
-        v["timestamp"].is_string()
-            && v["anomaly_detected"].is_boolean()
-            && v["num_anomalous_features"].is_u64()
-            && v["anomalous_features"].as_array().is_some_and(|fs| {
-                fs.iter()
-                    .all(|f| f["feature_idx"].is_u64() && f["score"].is_number())
-            })
-    });
-    if !json_type || !valid {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"error": "invalid"}),
-        );
-    }
-    alerts.lock().unwrap().push(v.unwrap());
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let v = match check_like_client(content_type, body, limit) {
+        Ok(v) => v,
+        Err(Refusal::TooLarge) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "too large"}),
+            )
+        }
+        Err(Refusal::Invalid) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "invalid"}),
+            )
+        }
+    };
+    alerts.lock().unwrap().push(v);
     (StatusCode::CREATED, serde_json::json!({"status": "ok"}))
 }
 

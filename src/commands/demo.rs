@@ -14,6 +14,7 @@ use bytes::Bytes;
 use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
+use crate::alert::{check_like_client, Refusal};
 use crate::commands::loadgen::{self, LoadgenArgs};
 use crate::commands::SyntheticArgs;
 use crate::model::Model;
@@ -182,33 +183,26 @@ fn receive(
     let reply = |status: StatusCode, v: serde_json::Value| {
         warp::reply::with_status(warp::reply::json(&v), status)
     };
-    if body.len() > CLIENT_BODY_LIMIT {
-        println!(
-            "receiver: refused an alert of {} bytes (over 100 KiB)",
-            body.len()
-        );
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            serde_json::json!({"error": "too large"}),
-        );
-    }
-    let json_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let alert: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let valid = alert.as_ref().is_some_and(|a| {
-        a["timestamp"].is_string()
-            && a["anomaly_detected"].is_boolean()
-            && a["num_anomalous_features"].is_u64()
-            && a["anomalous_features"].is_array()
-    });
-    let Some(a) = alert.filter(|_| json_type && valid) else {
-        println!("receiver: refused an invalid alert");
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"error": "invalid"}),
-        );
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let a = match check_like_client(content_type, body, CLIENT_BODY_LIMIT) {
+        Ok(a) => a,
+        Err(Refusal::TooLarge) => {
+            println!(
+                "receiver: refused an alert of {} bytes (over 100 KiB)",
+                body.len()
+            );
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "too large"}),
+            );
+        }
+        Err(Refusal::Invalid) => {
+            println!("receiver: refused an invalid alert");
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "invalid"}),
+            );
+        }
     };
     received.fetch_add(1, Ordering::Relaxed);
     let top: Vec<String> = a["anomalous_features"]
