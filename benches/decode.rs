@@ -7,6 +7,9 @@
 //! and `generator`, the synthetic plant's values that `tidewatch bench` and `loadgen`
 //! send (other digits, so another compression ratio).
 
+mod common;
+use common::uniform;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewatch::commands::loadgen::{client_body, FrameEncoder};
 use tidewatch::model::FeatureIndex;
@@ -15,19 +18,6 @@ use tidewatch::source::{decode_frame, inflate_if_gzip, GeneratorConfig, KeyPolic
 const F: usize = 25_000;
 /// What `serve` allows by default.
 const MAX_INFLATED: usize = 16 << 20;
-
-/// Uniform values in [0, 1), deterministic (no dependency on rand's versions).
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
 
 /// The two bodies, gzip as sent on the wire.
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {

@@ -1,6 +1,9 @@
 //! Scoring cost: one frame and a batch of 64 windows of 25,000 features (W = 5), for the
 //! linear and the RFF (D = 32) models, on one core.
 
+mod common;
+use common::uniform;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewatch::model::{
     FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta, Scorer,
@@ -10,31 +13,19 @@ const F: usize = 25_000;
 const W: usize = 5;
 const D: usize = 32;
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
-
 fn model(kind: ModelKind) -> Model {
     let params = match kind {
         ModelKind::Linear => Params::Linear {
-            weight: values(F * W, 1),
-            bias: values(F, 2),
+            weight: uniform(F * W, 1),
+            bias: uniform(F, 2),
         },
         ModelKind::Rff => Params::Rff {
-            mean: values(F, 3),
+            mean: uniform(F, 3),
             inv_std: vec![10.0; F],
-            omega: values(D * W, 4),
-            phase: values(D, 5),
-            weight: values(F * D, 6),
-            bias: values(F, 7),
+            omega: uniform(D * W, 4),
+            phase: uniform(D, 5),
+            weight: uniform(F * D, 6),
+            bias: uniform(F, 7),
         },
     };
     Model {
@@ -66,7 +57,7 @@ fn scoring(c: &mut Criterion) {
     for kind in [ModelKind::Linear, ModelKind::Rff] {
         let scorer = Scorer::new(&model(kind), 0..F);
         for batch in [1usize, 64] {
-            let windows = values(batch * W * F, 9);
+            let windows = uniform(batch * W * F, 9);
             let mut out = vec![0f32; batch * F];
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(
