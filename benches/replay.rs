@@ -29,7 +29,7 @@ fn replay(c: &mut Criterion) {
                         },
                         Arc::clone(&model),
                         Settings::default(),
-                        Arc::new(move || {
+                        runtime::on_worker_zero(move || {
                             let g = Generator::new(GeneratorConfig {
                                 n_features: n,
                                 seed: 1,

@@ -12,7 +12,7 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::layout::Layout;
 use crate::model::{Model, Scorer};
-use crate::ops::{frame_source, Pacing, SinkOps, StatsOps, Stream, Time, WindowConfig};
+use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
 use crate::source::FrameSource;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
@@ -150,13 +150,14 @@ pub struct Env {
     /// Run counters of this process.
     pub stats: Arc<Stats>,
     /// Which frames have their verdicts everywhere: the runtime probes the variant's
-    /// results with it, and the source reads it to bound the frames in flight.
-    pub progress: ProbeHandle<Time>,
+    /// results with it, and the source reads it to bound the frames in flight and to
+    /// tell its upstream what has settled.
+    pub progress: Progress,
     source: Option<Box<dyn FrameSource>>,
 }
 
 impl Env {
-    /// An environment for one worker; `source` is `Some` on the worker that reads input.
+    /// An environment for one worker; `source` is `Some` on a worker that reads input.
     pub fn new(
         model: Arc<Model>,
         settings: Arc<Settings>,
@@ -167,7 +168,7 @@ impl Env {
             model,
             settings,
             stats,
-            progress: ProbeHandle::new(),
+            progress: Progress::new(),
             source,
         }
     }
@@ -181,6 +182,11 @@ impl Env {
             Arc::clone(&self.stats),
             Some(self.progress.clone()),
         )
+    }
+
+    /// The probe on the pipeline's end (see [`Env::progress`]).
+    pub fn probe(&self) -> &ProbeHandle<Time> {
+        self.progress.probe()
     }
 
     /// The model's features split over all workers.
@@ -212,8 +218,41 @@ impl Env {
     }
 }
 
-/// Makes the source on the worker that reads input.
-pub type SourceFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync>;
+/// Which worker a source is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSlot {
+    /// The worker's global index, 0 ..= peers-1 (process p's threads are
+    /// `p * threads ..`).
+    pub index: usize,
+    /// Workers in the whole cluster.
+    pub peers: usize,
+}
+
+/// Makes the source of each worker: called on every worker of every process, `None` where
+/// the worker reads nothing. Sources read by several workers must say so through their
+/// [`crate::source::Sequencing`].
+pub type SourceFactory =
+    Arc<dyn Fn(WorkerSlot) -> anyhow::Result<Option<Box<dyn FrameSource>>> + Send + Sync>;
+
+/// A factory for input read by worker 0 alone (files, the generator, HTTP ingest).
+pub fn on_worker_zero<F>(make: F) -> SourceFactory
+where
+    F: Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync + 'static,
+{
+    Arc::new(move |slot: WorkerSlot| {
+        if slot.index == 0 {
+            make().map(Some)
+        } else {
+            Ok(None)
+        }
+    })
+}
+
+/// A factory for a process that reads no input (a follower in a cluster whose input
+/// enters elsewhere).
+pub fn no_input() -> SourceFactory {
+    Arc::new(|_| Ok(None))
+}
 
 /// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
 /// another thread (a bounded channel) if it does I/O.
@@ -246,8 +285,9 @@ impl RunReport {
     }
 }
 
-/// Runs the configured variant over the source until it is exhausted and every frame has
-/// its verdict. The source is made on worker 0 only (in process 0); sinks write there.
+/// Runs the configured variant over the sources until they are exhausted and every frame
+/// has its verdict. Sources are made on every worker (see [`SourceFactory`]); verdicts are
+/// merged, and sinks write, on worker 0 (in process 0).
 pub fn run(
     cluster: &ClusterArgs,
     model: Arc<Model>,
@@ -270,16 +310,23 @@ pub fn run(
     let worker_stats = Arc::clone(&stats);
     let guards = timely::execute(config, move |worker| -> anyhow::Result<()> {
         let index = worker.index();
-        // Worker 0's set-up can fail where the others' cannot. It still builds the
-        // dataflow (with no input), so the other workers see it finish instead of
-        // waiting for it forever, and reports the failure afterwards.
+        let slot = WorkerSlot {
+            index,
+            peers: worker.peers(),
+        };
+        // A worker's set-up can fail (a file, a broker, the alert file on worker 0). It
+        // still builds the dataflow (with no input), so the other workers see it finish
+        // instead of waiting for it forever, and reports the failure afterwards.
         let mut failure = None;
         let (mut source, mut out) = (None, None);
-        if index == 0 {
-            match make_source().and_then(|s| Ok((s, open_alert_output(&sinks)?))) {
-                Ok((s, o)) => (source, out) = (Some(s), o),
-                Err(e) => failure = Some(e),
-            }
+        let outputs = if index == 0 {
+            open_alert_output(&sinks)
+        } else {
+            Ok(None)
+        };
+        match outputs.and_then(|o| Ok((make_source(slot)?, o))) {
+            Ok((s, o)) => (source, out) = (s, o),
+            Err(e) => failure = Some(e),
         }
         let mut env = Env::new(
             Arc::clone(&model),
@@ -302,7 +349,7 @@ pub fn run(
                 }
                 None => results,
             };
-            let probe = env.progress.clone();
+            let probe = env.probe().clone();
             results
                 .probe_with(&probe)
                 .sink_alert_lines(out, env.settings.max_alert_features);
@@ -311,6 +358,7 @@ pub fn run(
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(10)));
         }
+        env.progress.finish();
         failure.map_or(Ok(()), Err)
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;

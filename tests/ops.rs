@@ -98,8 +98,8 @@ fn window_out_of_order_arrival() {
     assert_eq!(in_order.len(), 5);
 }
 
-/// A window size of one scores every frame alone, and a gap in the sequence suppresses
-/// only the windows that would span it.
+/// A window size of one scores every frame alone. Seqs with gaps (frames read by several
+/// workers) still window the W most recent frames, and the stride counts frames.
 #[test]
 fn window_edge_cases() {
     let single = windows_for(&[0, 1, 2], WindowConfig { size: 1, stride: 1 });
@@ -107,12 +107,21 @@ fn window_edge_cases() {
         single.iter().map(|w| w.seq).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
-    let gapped = windows_for(&[0, 1, 2, 4, 5, 6, 7], WindowConfig { size: 3, stride: 1 });
+    let sparse = windows_for(&[1, 3, 4, 8, 10, 11], WindowConfig { size: 3, stride: 1 });
     assert_eq!(
-        gapped.iter().map(|w| w.seq).collect::<Vec<_>>(),
-        vec![2, 6, 7]
+        sparse.iter().map(|w| w.seq).collect::<Vec<_>>(),
+        vec![4, 8, 10, 11]
     );
-    assert_eq!(gapped[1].data, expected_window(6, 3));
+    let expected: Vec<f32> = [3u64, 4, 8]
+        .iter()
+        .flat_map(|&s| [s as f32, s as f32 + 0.5])
+        .collect();
+    assert_eq!(sparse[1].data, expected);
+    let strided = windows_for(&[1, 3, 4, 8, 10, 11], WindowConfig { size: 3, stride: 2 });
+    assert_eq!(
+        strided.iter().map(|w| w.seq).collect::<Vec<_>>(),
+        vec![4, 10]
+    );
     let too_few = windows_for(&[0, 1], WindowConfig { size: 3, stride: 1 });
     assert!(too_few.is_empty());
 }

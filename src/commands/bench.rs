@@ -30,9 +30,13 @@ use crate::clock;
 use crate::model::{FeatureIndex, Model};
 use crate::ops::Pacing;
 use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
-use crate::runtime::{self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory};
+use crate::runtime::{
+    self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory, WorkerSlot,
+};
 use crate::server::{self, ModelSpec, ServeConfig};
-use crate::source::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, SourceError};
+use crate::source::{
+    decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
+};
 use crate::types::{Frame, FrameMeta, FrameResult};
 
 /// How long a run lasts when neither --frames nor --duration is given.
@@ -227,9 +231,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     if !args.cluster.is_leader() {
         // Scores its share of the features for the frames process 0 reads.
-        let factory: SourceFactory =
-            Arc::new(|| bail!("only process 0 hosts worker 0 and reads input"));
-        runtime::run(&args.cluster, model, settings, factory, SinkSpec::default())?;
+        runtime::run(
+            &args.cluster,
+            model,
+            settings,
+            runtime::no_input(),
+            SinkSpec::default(),
+        )?;
         return Ok(());
     }
 
@@ -371,6 +379,9 @@ struct SourceCounters {
 struct RingSource {
     ring: Arc<Vec<Bytes>>,
     index: FeatureIndex,
+    /// Ring positions this worker hands out: `first`, `first + step`, ...
+    first: u64,
+    step: u64,
     handed_out: u64,
     limit: Option<u64>,
     duration: Option<Duration>,
@@ -380,8 +391,15 @@ struct RingSource {
 }
 
 impl FrameSource for RingSource {
+    /// Every worker of process 0 decodes its own share of the ring, as `serve` decodes on
+    /// several HTTP threads at once, and the frames keep one global order.
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Interleaved
+    }
+
     fn pull(&mut self) -> Pull {
-        if self.limit.is_some_and(|n| self.handed_out >= n) {
+        let k = self.first + self.handed_out * self.step;
+        if self.limit.is_some_and(|n| k >= n) {
             return Pull::Done;
         }
         let now = Instant::now();
@@ -391,7 +409,6 @@ impl FrameSource for RingSource {
         if self.duration.is_some() && now >= deadline {
             return Pull::Done;
         }
-        let k = self.handed_out;
         self.handed_out += 1;
         // Received now, before decoding, as an HTTP request is received before its body
         // is decoded.
@@ -598,18 +615,25 @@ fn run_in_process(
     let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
     let counters = Arc::new(SourceCounters::default());
     let index = model.feature_index();
+    // the workers of this process read; those of other processes only score
+    let readers = args.cluster.threads.max(1);
     let factory: SourceFactory = {
         let counters = Arc::clone(&counters);
-        Arc::new(move || {
-            Ok(Box::new(RingSource {
+        Arc::new(move |slot: WorkerSlot| {
+            if slot.index >= readers {
+                return Ok(None);
+            }
+            Ok(Some(Box::new(RingSource {
                 ring: Arc::clone(&ring),
                 index: index.clone(),
+                first: slot.index as u64,
+                step: readers as u64,
                 handed_out: 0,
                 limit,
                 duration,
                 deadline: None,
                 counters: Arc::clone(&counters),
-            }) as Box<dyn FrameSource>)
+            }) as Box<dyn FrameSource>))
         })
     };
     let sinks = SinkSpec {
@@ -756,6 +780,8 @@ mod tests {
         let mut source = RingSource {
             ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
             index: FeatureIndex::numbered(10),
+            first: 0,
+            step: 1,
             handed_out: 0,
             limit: Some(5),
             duration: None,
@@ -780,6 +806,43 @@ mod tests {
         assert_eq!(counters.wire_bytes.load(Relaxed), wire);
     }
 
+    /// Two readers deal the ring between them: each hands out every other position, and
+    /// together they hand out exactly the limit.
+    #[test]
+    fn readers_share_the_ring() {
+        let ring = FrameEncoder::new(GeneratorConfig {
+            n_features: 4,
+            ..GeneratorConfig::default()
+        })
+        .unwrap()
+        .ring(4);
+        let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
+        let counters = Arc::new(SourceCounters::default());
+        let mut per_reader = Vec::new();
+        for first in 0..2 {
+            let mut source = RingSource {
+                ring: Arc::clone(&ring),
+                index: FeatureIndex::numbered(4),
+                first,
+                step: 2,
+                handed_out: 0,
+                limit: Some(7),
+                duration: None,
+                deadline: None,
+                counters: Arc::clone(&counters),
+            };
+            let mut n = 0;
+            while let Pull::Frame(_) = source.pull() {
+                n += 1;
+            }
+            per_reader.push(n);
+        }
+        assert_eq!(per_reader, vec![4, 3]);
+        let sizes: Vec<u64> = ring.iter().map(|b| b.len() as u64).collect();
+        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1] + sizes[2];
+        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
+    }
+
     #[test]
     fn a_duration_stops_the_source() {
         let ring = FrameEncoder::new(GeneratorConfig {
@@ -791,6 +854,8 @@ mod tests {
         let mut source = RingSource {
             ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
             index: FeatureIndex::numbered(2),
+            first: 0,
+            step: 1,
             handed_out: 0,
             limit: None,
             duration: Some(Duration::ZERO),

@@ -131,12 +131,12 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     match (&args.input, args.generate) {
         (Some(path), _) => {
             let path = path.clone();
-            Arc::new(move || source::file::open(&path, &index, policy))
+            runtime::on_worker_zero(move || source::file::open(&path, &index, policy))
         }
         (None, frames) => {
             let config = args.synthetic.config(model.n_features());
             let truth = args.truth.clone();
-            Arc::new(move || {
+            runtime::on_worker_zero(move || {
                 let mut s = GeneratorSource::new(Generator::new(config.clone())?, frames);
                 if let Some(t) = &truth {
                     s = s.with_truth(t)?;

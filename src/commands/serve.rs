@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::model::Model;
-use crate::runtime::{self, SinkSpec, SourceFactory};
+use crate::runtime::{self, SinkSpec};
 use crate::server;
 use crate::settings::ServeArgs;
 
@@ -56,13 +56,11 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
     };
     let model =
         Arc::new(Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?);
-    let factory: SourceFactory =
-        Arc::new(|| anyhow::bail!("only process 0 hosts worker 0 and reads input"));
     runtime::run(
         &args.cluster,
         model,
         config.settings,
-        factory,
+        runtime::no_input(),
         SinkSpec::default(),
     )?;
     Ok(())

@@ -17,7 +17,7 @@ pub use batch::BatchOps;
 pub use merge::MergeOps;
 pub use score::{ScoreOps, ThresholdOps};
 pub use sinks::{SinkOps, StatsOps};
-pub use source::{frame_source, Pacing, MAX_IN_FLIGHT};
+pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};
 pub use split::SplitOps;
 pub use window::{WindowConfig, WindowOps};
 

@@ -17,19 +17,22 @@ pub struct WindowConfig {
 }
 
 impl WindowConfig {
-    /// Whether a window ends at frame `seq`: the first ends at `size - 1`, then every
-    /// `stride` frames.
-    pub fn ends_at(&self, seq: Seq) -> bool {
+    /// Whether a window ends at the frame with ordinal `n` (0 for the first frame the
+    /// window operator closes, then 1, 2, ...): the first ends at `size - 1`, then every
+    /// `stride` frames. With densely numbered frames the ordinal is the seq.
+    pub fn ends_at(&self, n: u64) -> bool {
         let w = self.size as u64;
-        seq + 1 >= w && (seq + 1 - w).is_multiple_of(self.stride.max(1) as u64)
+        n + 1 >= w && (n + 1 - w).is_multiple_of(self.stride.max(1) as u64)
     }
 }
 
 /// Sliding windows by logical time.
 pub trait WindowOps<'s> {
-    /// Emits, for every frame `seq` at which a window ends, the W slices `seq-W+1 ..= seq`
-    /// as one [`Window`], once the frontier has passed `seq`. Slices may arrive in any order
-    /// the frontier allows; a window with a frame missing from its span is not emitted.
+    /// Emits, for every frame at which a window ends, that frame's slice and the W-1
+    /// frames before it in seq order as one [`Window`], once the frontier has passed the
+    /// frame's seq. Slices may arrive in any order the frontier allows. Seqs need not be
+    /// consecutive (frames read by several workers are numbered with gaps): a window is
+    /// the W most recent frames, and the stride counts frames, not seqs.
     fn window(self, cfg: WindowConfig) -> Stream<'s, Window>;
 }
 
@@ -39,8 +42,10 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
         self.unary_frontier(Pipeline, "Window", move |_cap, _info| {
             // slices that arrived but whose time the frontier has not passed yet
             let mut pending: BTreeMap<Seq, (Capability<Time>, Slice)> = BTreeMap::new();
-            // the last (up to W) consecutive slices already closed, oldest first
+            // the last (up to W) slices already closed, oldest first
             let mut history: VecDeque<Slice> = VecDeque::with_capacity(cfg.size);
+            // frames closed so far: the ordinal the stride counts
+            let mut closed: u64 = 0;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(cap) = cap.retain_least(output.output_index()) else {
@@ -59,15 +64,14 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
                         break;
                     }
                     let (cap, slice) = entry.remove();
-                    if history.back().is_some_and(|last| last.seq + 1 != seq) {
-                        history.clear(); // a gap: no window may span it
-                    }
+                    let ordinal = closed;
+                    closed += 1;
                     if history.len() == cfg.size {
                         history.pop_front();
                     }
                     let width = slice.values.len();
                     history.push_back(slice);
-                    if history.len() == cfg.size && cfg.ends_at(seq) {
+                    if history.len() == cfg.size && cfg.ends_at(ordinal) {
                         let mut data = Vec::with_capacity(cfg.size * width);
                         for s in &history {
                             assert_eq!(

@@ -15,7 +15,9 @@ use warp::Reply;
 use super::{error_reply, Phase, ServeConfig, Shared};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
-use crate::source::{decode_frame, inflate_if_gzip, DecodeError, FrameSource, KeyPolicy, Pull};
+use crate::source::{
+    decode_frame, inflate_if_gzip, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing,
+};
 use crate::types::{Frame, FrameMeta, Seq};
 
 /// What the client is told to wait before sending again after a 429 or 503, in seconds.
@@ -66,8 +68,8 @@ impl FrameSource for IngestSource {
         }
     }
 
-    fn assigns_seq(&self) -> bool {
-        true
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Assigned
     }
 }
 

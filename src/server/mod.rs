@@ -341,7 +341,7 @@ fn run_dataflow(
     });
     let slot = Mutex::new(Some(source));
     let factory_shared = Arc::clone(shared);
-    let factory: SourceFactory = Arc::new(move || {
+    let factory: SourceFactory = runtime::on_worker_zero(move || {
         let source = slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())

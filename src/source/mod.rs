@@ -1,6 +1,7 @@
 //! Where frames come from: files (JSONL, CSV, NPY), the synthetic generator, and (in
 //! `serve`) HTTP. Every source yields decoded frames in model feature order through
-//! [`FrameSource`]; the dataflow's source operator assigns sequence numbers.
+//! [`FrameSource`]; the dataflow's source operator numbers them as the source's
+//! [`Sequencing`] says. Any worker may read a source of its own.
 
 use crate::types::Frame;
 
@@ -27,16 +28,44 @@ pub enum Pull {
     Done,
 }
 
+/// How the frames of a source get their sequence numbers (their logical times).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sequencing {
+    /// The dataflow numbers frames 0, 1, 2, ... in pull order. Only for a source that is
+    /// the only one in the cluster.
+    #[default]
+    Dense,
+    /// Frames already carry strictly increasing sequence numbers, as when an HTTP handler
+    /// must answer with the seq before the dataflow sees the frame. Only one source.
+    Assigned,
+    /// Several workers read at the same pace: frame `n` of worker `i` (of `peers`) is
+    /// numbered `n * peers + i`, so the frames keep one global order without any
+    /// coordination (a ring of frames dealt out round-robin, as `bench` does).
+    Interleaved,
+    /// Several workers read at unrelated paces (Kafka partitions): a frame is stamped with
+    /// the wall clock in Unix microseconds, made strictly increasing on each worker and
+    /// unique across workers. While the source is idle its worker's time follows the
+    /// clock, so a worker with nothing to read never holds the others back.
+    Clock,
+}
+
 /// A source of frames, pulled by one worker.
 pub trait FrameSource: Send {
-    /// The next step of the source.
+    /// The next step of the source. Must not block: a push source answers
+    /// [`Pull::Idle`] when nothing is there.
     fn pull(&mut self) -> Pull;
 
-    /// Whether the frames this source yields already carry their sequence numbers
-    /// (strictly increasing), as when an HTTP handler must answer with the seq before
-    /// the dataflow sees the frame. Otherwise the dataflow numbers frames 0, 1, 2, ...
-    fn assigns_seq(&self) -> bool {
-        false
+    /// How this source's frames are numbered.
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Dense
+    }
+
+    /// The first `n` frames this source yielded ([`Pull::Frame`], in pull order) have
+    /// their verdicts on every worker and their alerts were handed to the sinks. Called
+    /// with growing `n` while the run goes on, and once more with the total at its end;
+    /// a source with an upstream to acknowledge (Kafka offsets) does it here.
+    fn settled(&mut self, n: u64) {
+        let _ = n;
     }
 }
 
