@@ -1,16 +1,26 @@
 //! CPU scoring of one partition's features: `[B][W][F_part] -> [B][F_part]`.
 //!
-//! At construction the scorer copies its feature range out of the model, transposed to
-//! feature-minor layouts (`[W][F_part]`, `[D][F_part]`) so the inner loops run over
-//! contiguous features and vectorise; calibration is folded into weights and bias.
+//! At construction the scorer copies its feature range out of the model into layouts whose
+//! inner loops run over contiguous features and vectorise: `[W][F_part]` for the linear
+//! model; blocks of [`LANES`] features for the kernel model, each block's weights
+//! contiguous (`[block][D][LANES]`) so that one block reads one stream and stays in L1
+//! while every window of a batch is scored against it. Calibration is folded into weights
+//! and bias.
+//!
+//! The kernel model's arithmetic is fixed to the operation: the standardised window
+//! `z = (x - mean) * inv_std`; each angle summed phase first and then in window order, the
+//! cosine from [`trig::cos`]; or, when the features are cosine-sine pairs
+//! ([`trig::sincos_pairs`], the layout of orthogonal sampling), one angle per pair summed
+//! in window order and its cosine and sine from [`trig::sincos`], half the trigonometry;
+//! and the score `-(Σ_d a_d φ_d + bias)` summed from 0 in component order. Training
+//! computes its features and calibration scores the same way, so the model is fitted to,
+//! and calibrated on, the very numbers the engine computes; any split of the features, any
+//! batch size and any instruction set give bit-identical scores.
 
 use std::ops::Range;
 
-use super::{trig, Model, Params};
-
-/// Features scored together in one block of the kernel model: a multiple of every SIMD
-/// width the compiler may pick, so full blocks and the padded tail run the same code.
-const LANES: usize = 16;
+use super::trig::{self, Block, LANES};
+use super::{Model, Params};
 
 /// Scores a feature range of one model on the CPU.
 #[derive(Clone, Debug)]
@@ -29,16 +39,28 @@ enum Kind {
         /// `(bias + offset) * scale`.
         bias: Vec<f32>,
     },
-    Rff {
-        mean: Vec<f32>,
-        inv_std: Vec<f32>,
-        /// `[D][W]`.
-        omega: Vec<f32>,
-        phase: Vec<f32>,
-        /// `[D][F_part padded to LANES]`, sqrt(2/D) and calibration scale folded in.
-        weight_t: Vec<f32>,
-        bias: Vec<f32>,
-    },
+    Rff(Rff),
+}
+
+/// The kernel model, in blocks of [`LANES`] features; the tail block is padded with
+/// features whose mean, 1/std, weights and bias are 0.
+#[derive(Clone, Debug)]
+struct Rff {
+    /// `[blocks][LANES]`.
+    mean: Vec<f32>,
+    /// `[blocks][LANES]`.
+    inv_std: Vec<f32>,
+    /// `[D][W]`.
+    omega: Vec<f32>,
+    /// `[D]`.
+    phase: Vec<f32>,
+    /// `[blocks][D][LANES]`, sqrt(2/D) and calibration scale folded in.
+    weight: Vec<f32>,
+    /// `[blocks][LANES]`, `(bias + offset) * scale`.
+    bias: Vec<f32>,
+    /// The number of frequencies when the features are cosine-sine pairs
+    /// ([`trig::sincos_pairs`]): the sines then come from the cosines' angles.
+    pairs: Option<usize>,
 }
 
 impl Scorer {
@@ -81,24 +103,26 @@ impl Scorer {
                 let d = phase.len();
                 let c = (2.0 / d as f64).sqrt() as f32;
                 let padded = width.div_ceil(LANES) * LANES;
-                let mut weight_t = vec![0f32; d * padded];
-                for (j, fi) in range.clone().enumerate() {
-                    for di in 0..d {
-                        weight_t[di * padded + j] = weight[fi * d + di] * c * scale[j];
-                    }
-                }
-                Kind::Rff {
-                    mean: mean[range.clone()].to_vec(),
-                    inv_std: inv_std[range.clone()].to_vec(),
+                let mut blocked = Rff {
+                    mean: vec![0.0; padded],
+                    inv_std: vec![0.0; padded],
                     omega: omega.clone(),
                     phase: phase.clone(),
-                    weight_t,
-                    bias: range
-                        .clone()
-                        .enumerate()
-                        .map(|(j, fi)| (bias[fi] + off[j]) * scale[j])
-                        .collect(),
+                    weight: vec![0.0; padded * d],
+                    bias: vec![0.0; padded],
+                    pairs: trig::sincos_pairs(omega, phase, w),
+                };
+                for (j, fi) in range.clone().enumerate() {
+                    let (blk, l) = (j / LANES, j % LANES);
+                    blocked.mean[j] = mean[fi];
+                    blocked.inv_std[j] = inv_std[fi];
+                    blocked.bias[j] = (bias[fi] + off[j]) * scale[j];
+                    for di in 0..d {
+                        blocked.weight[(blk * d + di) * LANES + l] =
+                            weight[fi * d + di] * c * scale[j];
+                    }
                 }
+                Kind::Rff(blocked)
             }
         };
         Scorer {
@@ -131,84 +155,161 @@ impl Scorer {
         let b = windows.len().checked_div(per_window).unwrap_or(0);
         assert_eq!(windows.len(), b * per_window, "batch is not whole windows");
         assert_eq!(out.len(), b * self.width, "output is not [B][F_part]");
-        for (x, o) in windows
-            .chunks_exact(per_window.max(1))
-            .zip(out.chunks_exact_mut(self.width.max(1)))
-        {
-            self.score_window(x, o);
+        if b == 0 {
+            return;
         }
-    }
-
-    fn score_window(&self, x: &[f32], out: &mut [f32]) {
         match &self.kind {
             Kind::Linear { weight_t, bias } => {
-                linear(self.window, self.width, weight_t, bias, x, out)
+                for (x, o) in windows
+                    .chunks_exact(per_window)
+                    .zip(out.chunks_exact_mut(self.width))
+                {
+                    linear(self.window, self.width, weight_t, bias, x, o);
+                }
             }
-            Kind::Rff { .. } => {
+            Kind::Rff(rff) => {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
-                    unsafe { self.rff_avx2(x, out) };
+                    unsafe { rff_avx2(rff, self.window, self.width, windows, out) };
                     return;
                 }
-                self.rff(x, out)
+                rff_kernel::<trig::Portable>(rff, self.window, self.width, windows, out)
             }
         }
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn rff_avx2(&self, x: &[f32], out: &mut [f32]) {
-        self.rff(x, out)
-    }
+/// [`rff_kernel`] on AVX registers.
+///
+/// Only the plain AVX operations of [`trig::Lanes`]: no fused multiply-adds, which would
+/// round differently from the portable code and from training (see the module doc).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rff_avx2(rff: &Rff, w: usize, width: usize, windows: &[f32], out: &mut [f32]) {
+    rff_kernel::<trig::Avx2>(rff, w, width, windows, out)
+}
 
-    #[inline(always)]
-    fn rff(&self, x: &[f32], out: &mut [f32]) {
-        let Kind::Rff {
-            mean,
-            inv_std,
-            omega,
-            phase,
-            weight_t,
-            bias,
-        } = &self.kind
-        else {
-            unreachable!("rff kernel on a linear model")
-        };
-        let (w, width) = (self.window, self.width);
-        let padded = width.div_ceil(LANES) * LANES;
-        let mut z = vec![[0f32; LANES]; w];
-        for f0 in (0..width).step_by(LANES) {
-            let n = LANES.min(width - f0);
-            // standardised window of LANES features; the padded tail lanes stay 0
-            for (k, zk) in z.iter_mut().enumerate() {
-                let row = &x[k * width + f0..k * width + f0 + n];
-                for l in 0..n {
-                    zk[l] = (row[l] - mean[f0 + l]) * inv_std[f0 + l];
-                }
-                zk[n..].fill(0.0);
-            }
-            let mut acc = [0f32; LANES];
-            for (di, &ph) in phase.iter().enumerate() {
-                let om = &omega[di * w..di * w + w];
-                let mut theta = [ph; LANES];
-                for (k, zk) in z.iter().enumerate() {
-                    for l in 0..LANES {
-                        theta[l] += om[k] * zk[l];
+/// Scores whole windows `[B][W][width]` into `[B][width]`, block of features by block of
+/// features, every window against a block while its parameters are in L1.
+#[inline(always)]
+fn rff_kernel<V: Block>(rff: &Rff, w: usize, width: usize, windows: &[f32], out: &mut [f32]) {
+    let d = rff.phase.len();
+    let per_window = w * width;
+    let n_freq = rff.pairs.unwrap_or(d);
+    let mut z = vec![V::splat(0.0); w];
+    let mut sines = vec![V::splat(0.0); d - n_freq];
+    let mut tail = [0f32; LANES];
+    let blocks = rff
+        .mean
+        .chunks_exact(LANES)
+        .zip(rff.inv_std.chunks_exact(LANES))
+        .zip(rff.bias.chunks_exact(LANES));
+    for (blk, ((mean, inv_std), bias)) in blocks.enumerate() {
+        // sliced rather than chunked: a model may have D = 0 and no weights at all
+        let weight = &rff.weight[blk * d * LANES..(blk + 1) * d * LANES];
+        let mean = V::load(lanes(mean));
+        let inv_std = V::load(lanes(inv_std));
+        let bias = V::load(lanes(bias));
+        let f0 = blk * LANES;
+        let n = LANES.min(width - f0);
+        for (x, o) in windows
+            .chunks_exact(per_window)
+            .zip(out.chunks_exact_mut(width))
+        {
+            for (zk, row) in z.iter_mut().zip(x.chunks_exact(width)) {
+                let row = &row[f0..f0 + n];
+                let xk = match <&[f32; LANES]>::try_from(row) {
+                    Ok(full) => V::load(full),
+                    Err(_) => {
+                        // the padded lanes' mean and 1/std are 0, so their z is 0
+                        tail[..n].copy_from_slice(row);
+                        tail[n..].fill(0.0);
+                        V::load(&tail)
                     }
-                }
-                let a: &[f32; LANES] = weight_t[di * padded + f0..di * padded + f0 + LANES]
-                    .try_into()
-                    .expect("padded to LANES");
-                for l in 0..LANES {
-                    acc[l] += a[l] * trig::cos(theta[l]);
-                }
+                };
+                *zk = xk.sub(mean).mul(inv_std);
             }
-            for l in 0..n {
-                out[f0 + l] = -(acc[l] + bias[f0 + l]);
-            }
+            let acc = match rff.pairs {
+                Some(n_freq) => paired(rff, &z, weight, n_freq, &mut sines),
+                None => general(rff, &z, weight),
+            };
+            // -(acc + bias); negation is exact
+            let score = acc.add(bias).xor(V::splat(-0.0));
+            score.store(&mut tail);
+            o[f0..f0 + n].copy_from_slice(&tail[..n]);
         }
     }
+}
+
+/// The first [`LANES`] values of a block.
+#[inline(always)]
+fn lanes(s: &[f32]) -> &[f32; LANES] {
+    s.try_into().expect("blocks are LANES wide")
+}
+
+/// `phase + Σ_k omega[k] z[k]`, phase first, then the window in order.
+#[inline(always)]
+fn angle<V: Block>(phase: f32, omega: &[f32], z: &[V]) -> V {
+    let mut theta = V::splat(phase);
+    for (&om, &zk) in omega.iter().zip(z) {
+        theta = theta.add(V::splat(om).mul(zk));
+    }
+    theta
+}
+
+/// `Σ_k omega[k] z[k]` in window order, the angle of a cosine-sine pair: its phase is 0,
+/// and adding 0 would change nothing but the sign of a zero angle. Training sums the
+/// same way.
+#[inline(always)]
+fn pair_angle<V: Block>(omega: &[f32], z: &[V]) -> V {
+    let mut theta = V::splat(omega[0]).mul(z[0]);
+    for (&om, &zk) in omega.iter().zip(z).skip(1) {
+        theta = theta.add(V::splat(om).mul(zk));
+    }
+    theta
+}
+
+/// `Σ_d a_d cos(θ_d)` over all D features, one cosine each.
+#[inline(always)]
+fn general<V: Block>(rff: &Rff, z: &[V], weight: &[f32]) -> V {
+    let mut acc = V::splat(0.0);
+    for ((&ph, om), a) in rff
+        .phase
+        .iter()
+        .zip(rff.omega.chunks_exact(z.len()))
+        .zip(weight.chunks_exact(LANES))
+    {
+        let c = trig::cos_lanes(angle(ph, om, z));
+        acc = acc.add(V::load(lanes(a)).mul(c));
+    }
+    acc
+}
+
+/// `Σ_d a_d φ_d` over cosine-sine pairs: each frequency's cosine and sine from one
+/// [`trig::sincos_lanes`], summed in the same component order as [`general`] (all
+/// cosines, then the sines, kept aside in `sines` meanwhile).
+#[inline(always)]
+fn paired<V: Block>(rff: &Rff, z: &[V], weight: &[f32], n_freq: usize, sines: &mut [V]) -> V {
+    let (cos_weight, sin_weight) = weight.split_at(n_freq * LANES);
+    let mut acc = V::splat(0.0);
+    for (i, (om, a)) in rff
+        .omega
+        .chunks_exact(z.len())
+        .zip(cos_weight.chunks_exact(LANES))
+        .enumerate()
+    {
+        let (c, s) = trig::sincos_lanes(pair_angle(om, z));
+        acc = acc.add(V::load(lanes(a)).mul(c));
+        // with D odd the last frequency has no sine
+        if let Some(slot) = sines.get_mut(i) {
+            *slot = s;
+        }
+    }
+    for (&s, a) in sines.iter().zip(sin_weight.chunks_exact(LANES)) {
+        acc = acc.add(V::load(lanes(a)).mul(s));
+    }
+    acc
 }
 
 #[inline(always)]
@@ -353,6 +454,117 @@ mod tests {
             Scorer::new(&model, split..f).score(&xr, &mut right);
             left.extend(right);
             assert_eq!(left, out, "split at {split}");
+        }
+    }
+
+    /// Both kernels (one cosine per feature, and cosine-sine pairs from one angle), on AVX
+    /// registers or portable arrays, compute the scores of training's features to the bit: the features of
+    /// [`RffMap::cosines_of_series`] summed as the trainer's calibration sums them (weights
+    /// folded with sqrt(2/D) in f32, products added from 0 in component order, bias last);
+    /// and they stay within float rounding of the exact formula.
+    #[test]
+    fn rff_kernels_score_trainings_features_to_the_bit() {
+        use crate::train::rff::{standardise, RffMap, RffSampling};
+        let (w, f, t) = (5, 37, 40);
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        // [T][F], each feature on its own scale, a few far outliers
+        let data: Vec<f32> = (0..t * f)
+            .map(|i| {
+                let v = 3.0 * next() + (i % f) as f32;
+                if i % 97 == 0 {
+                    v * 4.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let cases = [
+            (RffSampling::Gaussian, 6, None),
+            (RffSampling::Orthogonal, 8, Some(4)),
+            (RffSampling::Orthogonal, 7, Some(4)),
+        ];
+        for (sampling, d, pairs) in cases {
+            let map = RffMap::draw(sampling, d, w, 0.05, 3);
+            assert_eq!(trig::sincos_pairs(&map.omega, &map.phase, w), pairs);
+            let mean: Vec<f32> = (0..f).map(|j| j as f32 + 0.1 * next()).collect();
+            let inv_std: Vec<f32> = (0..f).map(|_| 0.5 + next().abs()).collect();
+            let weight: Vec<f32> = (0..f * d).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..f).map(|_| next()).collect();
+            let model = Model {
+                meta: meta(ModelKind::Rff, w, f, d),
+                params: Params::Rff {
+                    mean: mean.clone(),
+                    inv_std: inv_std.clone(),
+                    omega: map.omega.clone(),
+                    phase: map.phase.clone(),
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                },
+                calibration: None,
+            };
+            let n = t + 1 - w;
+            let mut scores = vec![0f32; n * f];
+            // all windows in one batch: [n][W][F]
+            let windows: Vec<f32> = (0..n)
+                .flat_map(|b| data[b * f..(b + w) * f].to_vec())
+                .collect();
+            let scorer = Scorer::new(&model, 0..f);
+            scorer.score(&windows, &mut scores);
+            // the portable kernel, which CPUs without AVX2 run, computes the same bits
+            let Kind::Rff(rff) = &scorer.kind else {
+                unreachable!("an rff model")
+            };
+            let mut portable = vec![0f32; n * f];
+            rff_kernel::<trig::Portable>(rff, w, f, &windows, &mut portable);
+            assert_eq!(
+                portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{sampling:?} D={d}: portable kernel"
+            );
+            let c = map.feature_scale() as f32;
+            let (mut z, mut theta, mut cosines) = (Vec::new(), Vec::new(), Vec::new());
+            for j in 0..f {
+                let series: Vec<f32> = (0..t).map(|i| data[i * f + j]).collect();
+                standardise(&series, mean[j], inv_std[j], &mut z);
+                map.cosines_of_series(&z, &mut theta, &mut cosines);
+                let a: Vec<f32> = weight[j * d..(j + 1) * d]
+                    .iter()
+                    .map(|&v| v * c * 1.0)
+                    .collect();
+                for (b, phi) in cosines.chunks_exact(d).enumerate() {
+                    let mut acc = 0f32;
+                    for (ad, p) in a.iter().zip(phi) {
+                        acc += ad * p;
+                    }
+                    let want = -(acc + bias[j]);
+                    let got = scores[b * f + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{sampling:?} D={d} feature {j} window {b}"
+                    );
+                    // and the exact formula, in f64
+                    let mut exact = 0f64;
+                    for di in 0..d {
+                        let mut th = map.phase[di] as f64;
+                        for k in 0..w {
+                            th += map.omega[di * w + k] as f64 * z[b + k] as f64;
+                        }
+                        exact += weight[j * d + di] as f64 * c as f64 * th.cos();
+                    }
+                    let exact = -(exact + bias[j] as f64);
+                    assert!(
+                        (got as f64 - exact).abs() < 1e-5,
+                        "{sampling:?} D={d}: {got} vs {exact}"
+                    );
+                }
+            }
         }
     }
 }

@@ -3,8 +3,9 @@
 //! The scorer evaluates `φ(z)_d = sqrt(2/D) cos(ω_d·z + phase_d)` for any frequencies and
 //! phases the model stores; this module draws them in one of two ways ([`RffSampling`]) and
 //! computes the training features with the scorer's f32 arithmetic (standardisation, the
-//! angle summed phase first and then in window order, [`trig::cos`]), so that the
-//! hyperplane is fitted to the very function the engine evaluates.
+//! angle summed phase first and then in window order, [`trig::cos`]; for cosine-sine pairs,
+//! [`trig::sincos_pairs`], the angle summed without its phase of 0 and [`trig::sincos`]),
+//! so that the hyperplane is fitted to the very function the engine evaluates.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -165,8 +166,8 @@ impl RffMap {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn cosines_avx2(&self, z: &[f32], theta: &mut Vec<f32>, out: &mut Vec<f32>) {
-        // only wider registers: trig::cos avoids fused multiply-adds, so the values are
-        // those of the portable code and of the scorer
+        // wider registers for the angles; the trigonometry dispatches by itself and avoids
+        // fused multiply-adds, so the values are those of the portable code and the scorer
         self.cosines(z, theta, out)
     }
 
@@ -176,6 +177,32 @@ impl RffMap {
         let n = (z.len() + 1).saturating_sub(w);
         out.clear();
         out.resize(n * d, 0.0);
+        if let Some(n_freq) = trig::sincos_pairs(&self.omega, &self.phase, w) {
+            // the caller's scratch holds the angles (then cosines) and, after them, the sines
+            theta.clear();
+            theta.resize(2 * n, 0.0);
+            let (angles, sines) = theta.split_at_mut(n);
+            for (i, om) in self.omega.chunks_exact(w).take(n_freq).enumerate() {
+                // the scorer's order: the window from oldest to newest, no phase
+                for (t, &zv) in angles.iter_mut().zip(&z[..n]) {
+                    *t = om[0] * zv;
+                }
+                for (k, &ok) in om.iter().enumerate().skip(1) {
+                    for (t, &zv) in angles.iter_mut().zip(&z[k..k + n]) {
+                        *t += ok * zv;
+                    }
+                }
+                trig::sincos_in_place(angles, sines);
+                for (j, (&c, &s)) in angles.iter().zip(sines.iter()).enumerate() {
+                    out[j * d + i] = c;
+                    // with D odd the last frequency has no sine
+                    if i + n_freq < d {
+                        out[j * d + i + n_freq] = s;
+                    }
+                }
+            }
+            return;
+        }
         theta.clear();
         theta.resize(n, 0.0);
         for di in 0..d {
@@ -188,9 +215,7 @@ impl RffMap {
                 }
             }
             // in place, contiguous, so that it vectorises; the strided copy comes after
-            for t in theta.iter_mut() {
-                *t = trig::cos(*t);
-            }
+            trig::cos_in_place(theta);
             for (j, &v) in theta.iter().enumerate() {
                 out[j * d + di] = v;
             }
