@@ -1,6 +1,7 @@
 //! The per-frame work of ingest, on one core: gzip inflate of one 25,000-feature frame
-//! exactly as the NestJS client sends it, JSON decode of the inflated body into model
-//! order (`decode_frame`), and both together.
+//! exactly as the NestJS client sends it (into a new buffer, as `serve` does, and into a
+//! reused one), JSON decode of the inflated body into model order (`decode_frame`), and
+//! both together.
 //!
 //! Two inputs, both encoded by the load generator's encoder (`loadgen::client_body`):
 //! `client`, values uniform in [0, 1) like the client's `Math.random()` (CONTRACT.md),
@@ -13,6 +14,7 @@ use common::uniform;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewatch::commands::loadgen::{client_body, FrameEncoder};
 use tidewatch::model::FeatureIndex;
+use tidewatch::source::decode::inflate_if_gzip_into;
 use tidewatch::source::{decode_frame, inflate_if_gzip, GeneratorConfig, KeyPolicy};
 
 const F: usize = 25_000;
@@ -53,6 +55,20 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(gz.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), gz, |b, gz| {
             b.iter(|| inflate_if_gzip(gz, MAX_INFLATED).expect("inflates").len())
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("gzip_inflate_into_25k");
+    for (name, gz) in &inputs {
+        group.throughput(Throughput::Bytes(gz.len() as u64));
+        let mut buf = Vec::new();
+        group.bench_with_input(BenchmarkId::from_parameter(name), gz, |b, gz| {
+            b.iter(|| {
+                inflate_if_gzip_into(gz, MAX_INFLATED, &mut buf)
+                    .expect("inflates")
+                    .len()
+            })
         });
     }
     group.finish();

@@ -111,6 +111,16 @@ impl FeatureIndex {
         }
     }
 
+    /// The pattern's text before and after `{i}` (`("feature_", "")` for the default
+    /// naming), or `None` when names are listed. A decoder that expects keys in model
+    /// order can then check a key against its position without building the name.
+    pub fn pattern_parts(&self) -> Option<(&str, &str)> {
+        match &self.kind {
+            IndexKind::Pattern { prefix, suffix } => Some((prefix, suffix)),
+            IndexKind::List { .. } => None,
+        }
+    }
+
     /// The index of the feature called `name`, if the model has one.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         match &self.kind {
@@ -161,6 +171,9 @@ mod tests {
         assert!(idx.is_name_of("feature_42", 42));
         assert!(!idx.is_name_of("feature_42", 41));
         assert_eq!(idx.name(5), "feature_5");
+        assert_eq!(idx.pattern_parts(), Some(("feature_", "")));
+        let idx = FeatureIndex::new(&FeatureNames::Pattern("s{i}.v".into()), 3).unwrap();
+        assert_eq!(idx.pattern_parts(), Some(("s", ".v")));
     }
 
     #[test]
@@ -168,6 +181,7 @@ mod tests {
         let idx = FeatureIndex::new(&FeatureNames::List(vec!["a".into(), "b".into()]), 2).unwrap();
         assert_eq!(idx.index_of("b"), Some(1));
         assert_eq!(idx.index_of("c"), None);
+        assert_eq!(idx.pattern_parts(), None);
         assert!(FeatureIndex::new(&FeatureNames::List(vec!["a".into(), "a".into()]), 2).is_err());
         assert!(FeatureIndex::new(&FeatureNames::List(vec!["a".into()]), 2).is_err());
     }
