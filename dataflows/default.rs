@@ -16,7 +16,7 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         .split_features(env.layout(scope))
         .window(env.window(1))
         .batch(env.batch_size())
-        .score(env.scorer(scope))
+        .score(env.scorer(scope), env.stats())
         .threshold(env.threshold())
         .merge_frames())
 }

@@ -3,14 +3,25 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
+/// The Unix time of this process's monotonic clock origin, in microseconds.
+fn origin() -> (Instant, u64) {
+    static ORIGIN: OnceLock<(Instant, u64)> = OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        (Instant::now(), unix)
+    })
 }
 
-/// Microseconds since this process's clock origin (monotonic).
+/// Microseconds since the Unix epoch, read from a monotonic clock anchored to the wall
+/// clock once per process: it never goes back within a process, and stamps taken by
+/// different processes of one machine (a frame received in one, scored in another)
+/// compare to within the clocks' agreement at start-up.
 pub fn now_us() -> u64 {
-    origin().elapsed().as_micros() as u64
+    let (at, unix) = origin();
+    unix + at.elapsed().as_micros() as u64
 }
 
 /// Unix time in milliseconds.

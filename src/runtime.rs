@@ -10,11 +10,12 @@ use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{ProbeHandle, Scope};
 
+use crate::gpu::ScoringBackend;
 use crate::layout::Layout;
-use crate::model::{Model, Scorer};
+use crate::model::Model;
 use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
 use crate::source::FrameSource;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{StageSummary, Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
 
 /// timely's cluster flags, spelled as in timely's own examples.
@@ -126,6 +127,14 @@ pub struct Settings {
     pub max_alert_features: usize,
     /// How fast the source is read.
     pub pacing: Pacing,
+    /// Where the run counts frames and records stage latencies, for a caller that watches
+    /// them live (`serve`'s `/metrics`); `None`: a fresh one, summed up in the report.
+    pub stats: Option<Arc<Stats>>,
+    /// Log one JSON metrics line this often (`METRICS_INTERVAL`); `None`: never.
+    pub metrics_interval: Option<Duration>,
+    /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
+    /// [`crate::gpu::resolve`]) and logs what it chose and why.
+    pub device: crate::server::Device,
 }
 
 impl Default for Settings {
@@ -137,6 +146,9 @@ impl Default for Settings {
             stride: None,
             max_alert_features: crate::alert::DEFAULT_MAX_FEATURES,
             pacing: Pacing::Unpaced,
+            stats: None,
+            metrics_interval: None,
+            device: crate::server::Device::Auto,
         }
     }
 }
@@ -184,6 +196,11 @@ impl Env {
         )
     }
 
+    /// Where this process counts frames and records stage latencies.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
     /// The probe on the pipeline's end (see [`Env::progress`]).
     pub fn probe(&self) -> &ProbeHandle<Time> {
         self.progress.probe()
@@ -202,9 +219,23 @@ impl Env {
         }
     }
 
-    /// A scorer for this worker's partition.
-    pub fn scorer(&self, scope: Scope<'_, Time>) -> Scorer {
-        Scorer::new(&self.model, self.layout(scope).range(scope.index()))
+    /// A scorer for this worker's partition, on the device of the settings: the CPU's, or
+    /// a GPU scorer with its own stream that keeps the anomalies at [`Env::threshold`].
+    ///
+    /// # Panics
+    /// When the GPU scorer cannot be made (device memory, say): the device was checked
+    /// usable at start-up, so this is the GPU failing, and the run reports the worker's
+    /// panic with the driver's error.
+    pub fn scorer(&self, scope: Scope<'_, Time>) -> ScoringBackend {
+        let range = self.layout(scope).range(scope.index());
+        // `auto` only reaches here when a variant is built outside [`run`]: the CPU, as
+        // nothing resolved it
+        let device = match self.settings.device {
+            crate::server::Device::Auto => crate::server::Device::Cpu,
+            d => d,
+        };
+        ScoringBackend::new(device, &self.model, range.clone(), self.threshold())
+            .unwrap_or_else(|e| panic!("scorer for features {range:?}: {e:#}"))
     }
 
     /// The threshold in force: the override, else the model's.
@@ -276,6 +307,8 @@ pub struct RunReport {
     pub stats: StatsSnapshot,
     /// Wall time of the run, seconds.
     pub seconds: f64,
+    /// Stage latencies recorded in this process.
+    pub latencies: Vec<StageSummary>,
 }
 
 impl RunReport {
@@ -304,7 +337,20 @@ pub fn run(
         );
     }
     let config = cluster.timely_config()?;
-    let stats = Arc::new(Stats::default());
+    let mut settings = settings;
+    let choice = crate::gpu::resolve(settings.device)?;
+    tracing::info!(
+        requested = ?choice.requested,
+        device = ?choice.used,
+        gpu = choice.gpu.as_ref().map(|g| g.name.as_str()),
+        reason = %choice.reason,
+        "scoring device"
+    );
+    settings.device = choice.used;
+    let stats = settings.stats.clone().unwrap_or_default();
+    let reporter = settings
+        .metrics_interval
+        .map(|every| crate::metrics::Reporter::start(Arc::clone(&stats), every));
     let settings = Arc::new(settings);
     let started = Instant::now();
     let worker_stats = Arc::clone(&stats);
@@ -336,19 +382,16 @@ pub fn run(
         );
         let probe = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<_> {
             let results = build(scope, &mut env)?.count_into(Arc::clone(&env.stats));
-            // Every worker must build the same operators (timely tracks progress per
-            // operator and peer); only worker 0, where verdicts are merged, calls the hook.
-            let results = match &sinks.on_result {
-                Some(hook) => {
-                    let hook = (index == 0).then(|| Arc::clone(hook));
-                    results.inspect(move |r| {
-                        if let Some(h) = &hook {
-                            h(r)
-                        }
-                    })
+            // Every worker of every process must build the same operators (timely tracks
+            // progress per operator and peer), whether or not its process has a hook: the
+            // hook operator is always there, and only worker 0, where verdicts are merged,
+            // calls a hook.
+            let hook = sinks.on_result.clone().filter(|_| index == 0);
+            let results = results.inspect(move |r| {
+                if let Some(h) = &hook {
+                    h(r)
                 }
-                None => results,
-            };
+            });
             let probe = env.probe().clone();
             results
                 .probe_with(&probe)
@@ -369,9 +412,11 @@ pub fn run(
             Err(panic) => bail!("worker {i} panicked: {panic}"),
         }
     }
+    drop(reporter);
     Ok(RunReport {
         stats: stats.snapshot(),
         seconds: started.elapsed().as_secs_f64(),
+        latencies: stats.latencies(),
     })
 }
 

@@ -20,9 +20,17 @@ pub struct FrameMeta {
     pub id: Option<String>,
     /// Which source produced the frame (an HTTP server, a file, a Kafka partition).
     pub source: u32,
-    /// Monotonic receive instant in microseconds since the process's clock origin
-    /// ([`crate::clock::now_us`]); only comparable within one process.
+    /// When the frame was received ([`crate::clock::now_us`]); 0 if unknown.
     pub received_us: u64,
+    /// When it was decoded; 0 if unknown.
+    #[serde(default)]
+    pub decoded_us: u64,
+    /// When it entered the dataflow; 0 until then.
+    #[serde(default)]
+    pub entered_us: u64,
+    /// When partition 0 had scored it; 0 until then.
+    #[serde(default)]
+    pub scored_us: u64,
 }
 
 /// One observation of every feature, in model feature order.
@@ -100,8 +108,23 @@ pub struct Scored {
     pub seqs: Vec<Seq>,
     /// Metadata of each window's last frame (partition 0 only).
     pub metas: Vec<Option<FrameMeta>>,
-    /// `B * F_part` scores.
+    /// `B * F_part` scores; empty when the scorer thresholded them itself (`compacted`).
     pub scores: Vec<f32>,
+    /// The anomalies alone, when the scorer thresholded on its device (the GPU) so that
+    /// only they came back; `None`: every score is in `scores`.
+    #[serde(default)]
+    pub compacted: Option<Compacted>,
+}
+
+/// Scores at or over a threshold, picked out where they were computed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Compacted {
+    /// The threshold applied: every score `>= threshold` of the batch is in `hits`, no
+    /// other.
+    pub threshold: f32,
+    /// `(window in the batch, feature offset in the partition, score)`, by window and
+    /// then by feature.
+    pub hits: Vec<(u32, u32, f32)>,
 }
 
 /// A feature over the threshold: global feature index and its score.

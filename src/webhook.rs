@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
+use crate::stats::{Stage, Stats};
 use crate::types::FrameResult;
 
 /// The receiving client's body limit: 100 KiB, measured after decompression.
@@ -60,6 +61,9 @@ pub struct WebhookConfig {
     /// On shutdown, how long deliveries still running may take before what is left is
     /// dead-lettered.
     pub drain_timeout: Duration,
+    /// Where deliveries are counted and timed (the run's, so that `/metrics` and the
+    /// periodic log line show them).
+    pub stats: Arc<Stats>,
 }
 
 impl Default for WebhookConfig {
@@ -76,6 +80,7 @@ impl Default for WebhookConfig {
             body_limit: CLIENT_BODY_LIMIT,
             max_features: crate::alert::DEFAULT_MAX_FEATURES,
             drain_timeout: Duration::from_secs(30),
+            stats: Arc::default(),
         }
     }
 }
@@ -171,6 +176,8 @@ impl Counters {
 struct Job {
     result: FrameResult,
     latency_ms: f64,
+    /// When worker 0 handed it over ([`clock::now_us`]).
+    handed_us: u64,
 }
 
 /// An alert being delivered, kept so that shutdown can dead-letter it if it runs out of time.
@@ -192,6 +199,9 @@ impl Shared {
     /// Appends one line to the dead-letter file and logs the failure as an error.
     fn dead_letter(&self, seq: u64, body: &[u8], attempts: u32, last_error: &str) {
         self.counters.dead_lettered.fetch_add(1, Relaxed);
+        self.config
+            .stats
+            .alert_dead_lettered(u64::from(attempts.saturating_sub(1)));
         tracing::error!(
             seq,
             attempts,
@@ -319,6 +329,7 @@ impl Webhook {
             let job = Job {
                 result: r.clone(),
                 latency_ms,
+                handed_us: clock::now_us(),
             };
             let refused = match tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 Some(tx) => match tx.try_send(job) {
@@ -431,6 +442,7 @@ async fn send_loop(
             }
         };
         let shared = Arc::clone(&shared);
+        let (received_us, handed_us) = (job.result.meta.received_us, job.handed_us);
         tokio::spawn(async move {
             let outcome = deliver(&shared, &body).await;
             let still_ours = shared
@@ -442,6 +454,11 @@ async fn send_loop(
             match outcome {
                 Ok(attempts) => {
                     shared.counters.delivered.fetch_add(1, Relaxed);
+                    let stats = &shared.config.stats;
+                    let now = clock::now_us();
+                    stats.alert_sent(u64::from(attempts.saturating_sub(1)));
+                    stats.record_since(Stage::Delivery, handed_us, now);
+                    stats.record_since(Stage::Alerted, received_us, now);
                     tracing::debug!(seq, attempts, "alert delivered");
                 }
                 // Otherwise a shutdown that ran out of time has dead-lettered it already.

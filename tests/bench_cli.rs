@@ -126,6 +126,33 @@ fn check_common(r: &Value, mode: &str) {
         assert!(rss > 0.0 && peak >= rss, "{r}");
     }
 
+    let stages: Vec<&Value> = r["stages"]
+        .as_array()
+        .expect("stage latencies")
+        .iter()
+        .collect();
+    let stage = |name: &str| {
+        *stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap_or_else(|| panic!("no stage {name} in {r}"))
+    };
+    assert_eq!(u(stage("decode"), "count"), FRAMES, "{r}");
+    assert_eq!(u(stage("queue"), "count"), FRAMES, "{r}");
+    let scored = u(r, "frames_scored");
+    for name in [
+        "window_batch_wait",
+        "threshold_to_sink",
+        "receive_to_scored",
+    ] {
+        assert_eq!(u(stage(name), "count"), scored, "{name}: {r}");
+    }
+    let s = stage("score");
+    assert!((1..=scored).contains(&u(s, "count")), "one per batch: {r}");
+    let e2e = stage("receive_to_scored");
+    assert!(u(e2e, "p50_us") <= u(e2e, "p99_us") && u(e2e, "p99_us") <= u(e2e, "max_us"));
+    assert!(u(e2e, "max_us") >= u(stage("decode"), "p50_us"), "{r}");
+
     let l = &r["latency_us"];
     assert_eq!(u(l, "count"), u(r, "frames_scored"), "one per verdict: {r}");
     let (p50, p99, max) = (u(l, "p50"), u(l, "p99"), u(l, "max"));
@@ -177,7 +204,14 @@ fn table_by_default_and_a_mismatched_feature_count_is_refused() {
         dir.path(),
         &["--model", model, "--frames", "10", "--ring", "4"],
     );
-    for row in ["frames/s", "feature values/s", "MB/s gzip", "RSS"] {
+    for row in [
+        "frames/s",
+        "feature values/s",
+        "MB/s gzip",
+        "RSS",
+        "stage (µs)",
+        "receive_to_scored",
+    ] {
         assert!(table.contains(row), "no {row:?} row in:\n{table}");
     }
 
@@ -200,5 +234,52 @@ fn table_by_default_and_a_mismatched_feature_count_is_refused() {
     assert!(
         err.contains("--features 25000") && err.contains("500 features"),
         "{err}"
+    );
+}
+
+/// With --metrics-interval the run logs JSON metrics lines: counters, resources and the
+/// stage percentiles, as `serve` does every METRICS_INTERVAL.
+#[test]
+fn metrics_lines_are_logged_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_in(dir.path());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+    c.args([
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--features",
+        &FEATURES.to_string(),
+        "--frames",
+        "30",
+        "--rate",
+        "100",
+        "--metrics-interval",
+        "50ms",
+        "--log-level",
+        "info",
+        "--json",
+    ])
+    .current_dir(dir.path());
+    for v in SETTINGS {
+        c.env_remove(v);
+    }
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "tidewatch::metrics")
+        .collect();
+    assert!(lines.len() >= 2, "a line every 50 ms over 0.3 s: {stderr}");
+    let last = &lines[lines.len() - 1]["fields"];
+    assert!(u(last, "frames_in") > 0, "{last}");
+    assert!(last["rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{last}");
+    let latency: Value = serde_json::from_str(last["latency_us"].as_str().unwrap()).unwrap();
+    assert!(u(&latency["decode"], "count") > 0, "{latency}");
+    assert!(
+        u(&latency["decode"], "p50") <= u(&latency["decode"], "max"),
+        "{latency}"
     );
 }

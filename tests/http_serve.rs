@@ -247,6 +247,19 @@ impl Client {
         self.send(req)
     }
 
+    /// GETs `path` and returns its status and text body (for non-JSON answers).
+    fn get_text(&self, addr: SocketAddr, path: &str) -> (u16, String) {
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .expect("the server answers");
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+
     fn get(&self, addr: SocketAddr, path: &str) -> Answer {
         self.send(self.http.get(format!("http://{addr}{path}")))
     }
@@ -719,4 +732,108 @@ fn a_frame_a_second_is_scored_without_waiting_for_a_full_batch() {
         std::thread::sleep(Duration::from_secs(1));
     }
     server.shutdown().unwrap();
+}
+
+/// The value of the Prometheus sample `name` (with its labels, exactly as exposed).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// `GET /metrics` counts what happened, by reason, and has a latency summary for every
+/// stage a frame went through, from decode to the alert accepted by the receiver.
+#[test]
+fn metrics_count_frames_refusals_alerts_and_stage_latencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (c, verdicts) = config(model(8), &receiver.base_url(), &dir);
+    let server = start(c);
+    let client = Client::new();
+    for seed in 0..3 {
+        let a = client.enqueue(server.addr(), gzip(frame_json(8, seed, "").as_bytes()), &[]);
+        assert_eq!(a.status, 202, "{}", a.body);
+    }
+    for body in [
+        b"{\"data\":".to_vec(),
+        b"{\"data\":".to_vec(),
+        b"[1]".to_vec(),
+    ] {
+        assert_eq!(client.enqueue(server.addr(), body, &[]).status, 400);
+    }
+    wait_until("three verdicts", || verdicts.lock().unwrap().len() == 3);
+    wait_until("three alerts", || receiver.alerts().len() == 3);
+    let (status, text) = client.get_text(server.addr(), "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, "tidewatch_frames_accepted_total"), 3.0);
+    assert_eq!(sample(&text, "tidewatch_frames_scored_total"), 3.0);
+    assert_eq!(sample(&text, "tidewatch_anomalous_frames_total"), 3.0);
+    assert_eq!(
+        sample(
+            &text,
+            "tidewatch_frames_rejected_total{reason=\"bad_json\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tidewatch_frames_rejected_total{reason=\"not_an_object\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "tidewatch_http_ingest_answers_total{code=\"4xx\"}"),
+        3.0
+    );
+    wait_until("deliveries counted", || {
+        let (_, t) = client.get_text(server.addr(), "/metrics");
+        sample(&t, "tidewatch_alerts_sent_total") == 3.0
+    });
+    let (_, text) = client.get_text(server.addr(), "/metrics");
+    assert_eq!(sample(&text, "tidewatch_queue_depth"), 0.0);
+    for stage in [
+        "decode",
+        "queue",
+        "window_batch_wait",
+        "receive_to_scored",
+        "threshold_to_sink",
+    ] {
+        let count = format!("tidewatch_stage_latency_microseconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(sample(&text, &count), 3.0, "{stage}");
+    }
+    for stage in ["alert_delivery", "receive_to_alert_sent"] {
+        let count = format!("tidewatch_stage_latency_microseconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(sample(&text, &count), 3.0, "{stage}");
+    }
+    let score = "tidewatch_stage_latency_microseconds_count{stage=\"score\"}";
+    assert!(
+        (1.0..=3.0).contains(&sample(&text, score)),
+        "one call per batch"
+    );
+    // end to end is at least as long as its first stage
+    let p = |stage: &str| {
+        sample(
+            &text,
+            &format!("tidewatch_stage_latency_max_microseconds{{stage=\"{stage}\"}}"),
+        )
+    };
+    assert!(p("receive_to_alert_sent") >= p("decode"), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes") > 0.0);
+    let report = server.shutdown().unwrap();
+    let stages: Vec<&str> = report
+        .run
+        .latencies
+        .iter()
+        .map(|l| l.stage.name())
+        .collect();
+    assert!(stages.contains(&"receive_to_scored"), "{stages:?}");
 }

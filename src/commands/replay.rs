@@ -65,6 +65,9 @@ pub struct ReplayArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often, e.g. `5s`.
+    #[arg(long, env = "METRICS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub metrics_interval: Option<std::time::Duration>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
@@ -91,6 +94,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         stride: args.stride,
         max_alert_features: args.max_alert_features,
         pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+        stats: None,
+        metrics_interval: args.metrics_interval,
+        device: crate::server::Device::Auto,
     };
     let make_source = source_factory(args, &model);
     let sinks = SinkSpec {
@@ -118,6 +124,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             s.anomalous_frames,
             s.anomalous_pairs
         );
+        eprint!("{}", crate::metrics::latency_table(&report.latencies));
     }
     Ok(())
 }

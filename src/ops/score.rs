@@ -1,32 +1,51 @@
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use std::sync::Arc;
+
 use super::Stream;
-use crate::model::Scorer;
+use crate::clock;
+use crate::gpu::{BatchScores, ScoringBackend};
+use crate::stats::{Stage, Stats};
 use crate::types::{Batch, Hit, PartHits, Scored};
 
 /// Scores batches of windows.
 pub trait ScoreOps<'s> {
-    /// Scores every window of every batch with `scorer` (`[B][W][F_part] -> [B][F_part]`).
-    fn score(self, scorer: Scorer) -> Stream<'s, Scored>;
+    /// Scores every window of every batch with `scorer` (`[B][W][F_part] -> [B][F_part]`):
+    /// a CPU [`crate::model::Scorer`] or a [`ScoringBackend`] (the GPU's thresholds on the
+    /// device and sends only the anomalies on, in [`Scored::compacted`]). Records into
+    /// `stats` how long each call took and (on partition 0, which carries the frames'
+    /// metadata) how long each window waited for it.
+    fn score<S: Into<ScoringBackend>>(self, scorer: S, stats: Arc<Stats>) -> Stream<'s, Scored>;
 }
 
 impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
-    fn score(self, scorer: Scorer) -> Stream<'s, Scored> {
+    fn score<S: Into<ScoringBackend>>(self, scorer: S, stats: Arc<Stats>) -> Stream<'s, Scored> {
+        let mut scorer = scorer.into();
         self.unary(Pipeline, "Score", move |_cap, _info| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
                     let mut session = output.session(&cap);
                     for batch in data {
-                        for b in batch.drain(..) {
-                            let mut scores = vec![0f32; b.len() * scorer.width()];
-                            scorer.score(&b.data, &mut scores);
+                        for mut b in batch.drain(..) {
+                            let began = clock::now_us();
+                            let (scores, compacted) = match scorer.score_batch(&b.data) {
+                                BatchScores::All(scores) => (scores, None),
+                                BatchScores::Compacted(c) => (Vec::new(), Some(c)),
+                            };
+                            let done = clock::now_us();
+                            stats.record(Stage::Score, done - began);
+                            for m in b.metas.iter_mut().flatten() {
+                                stats.record_since(Stage::Wait, m.entered_us, began);
+                                m.scored_us = done;
+                            }
                             session.give(Scored {
                                 part: b.part,
                                 lo: scorer.lo() as u32,
                                 seqs: b.seqs,
                                 metas: b.metas,
                                 scores,
+                                compacted,
                             });
                         }
                     }
@@ -40,7 +59,9 @@ impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
 pub trait ThresholdOps<'s> {
     /// One [`PartHits`] per window with at least one score `>= threshold`, and one for
     /// every window that carries frame metadata (partition 0), so that the merge hears of
-    /// every scored frame.
+    /// every scored frame. Batches thresholded on the device ([`Scored::compacted`]) give
+    /// the same hits, provided the device's threshold was not above this one (which
+    /// [`crate::runtime::Env::scorer`] ensures: it passes the same threshold).
     fn threshold(self, threshold: f32) -> Stream<'s, PartHits>;
 }
 
@@ -55,17 +76,39 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                             let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
                             let log = BatchLog::start(&s);
                             let mut anomalous = 0usize;
+                            if let Some(c) = &s.compacted {
+                                assert!(
+                                    c.threshold <= threshold,
+                                    "scores were thresholded at {} on the device, above the threshold {threshold}",
+                                    c.threshold
+                                );
+                            }
+                            // the device's hits, by window: a cursor over them
+                            let mut device_hits = s.compacted.as_ref().map(|c| c.hits.as_slice());
                             for (i, (seq, meta)) in s.seqs.into_iter().zip(s.metas).enumerate() {
-                                let row = &s.scores[i * width..(i + 1) * width];
-                                let hits: Vec<Hit> = row
-                                    .iter()
-                                    .enumerate()
-                                    .filter(|(_, &score)| score >= threshold)
-                                    .map(|(j, &score)| Hit {
-                                        feature: s.lo + j as u32,
-                                        score,
-                                    })
-                                    .collect();
+                                let hits: Vec<Hit> = match &mut device_hits {
+                                    Some(rest) => {
+                                        let n = rest.iter().take_while(|h| h.0 as usize == i).count();
+                                        let (mine, later) = rest.split_at(n);
+                                        *rest = later;
+                                        mine.iter()
+                                            .filter(|h| h.2 >= threshold)
+                                            .map(|&(_, j, score)| Hit {
+                                                feature: s.lo + j,
+                                                score,
+                                            })
+                                            .collect()
+                                    }
+                                    None => s.scores[i * width..(i + 1) * width]
+                                        .iter()
+                                        .enumerate()
+                                        .filter(|(_, &score)| score >= threshold)
+                                        .map(|(j, &score)| Hit {
+                                            feature: s.lo + j as u32,
+                                            score,
+                                        })
+                                        .collect(),
+                                };
                                 anomalous += hits.len();
                                 if !hits.is_empty() || meta.is_some() {
                                     session.give(PartHits { seq, meta, hits });

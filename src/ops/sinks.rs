@@ -7,18 +7,24 @@ use timely::dataflow::operators::Inspect;
 
 use super::Stream;
 use crate::alert::Alert;
-use crate::stats::Stats;
+use crate::stats::{Stage, Stats};
 use crate::types::FrameResult;
 
 /// Counts verdicts into the run's [`Stats`].
 pub trait StatsOps<'s> {
-    /// Counts every verdict passing by, and passes it on.
+    /// Counts every verdict passing by and records its latencies (scored → here, the
+    /// hand-off to the sinks that follow, and receive → verdict), and passes it on.
     fn count_into(self, stats: Arc<Stats>) -> Stream<'s, FrameResult>;
 }
 
 impl<'s> StatsOps<'s> for Stream<'s, FrameResult> {
     fn count_into(self, stats: Arc<Stats>) -> Stream<'s, FrameResult> {
-        self.inspect(move |r| stats.frame_scored(r.hits.len()))
+        self.inspect(move |r| {
+            stats.frame_scored(r.hits.len());
+            let now = crate::clock::now_us();
+            stats.record_since(Stage::Sink, r.meta.scored_us, now);
+            stats.record_since(Stage::Scored, r.meta.received_us, now);
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use super::{Stream, Time};
 use crate::source::{FrameSource, Pull, Sequencing};
-use crate::stats::Stats;
+use crate::stats::{Stage, Stats};
 use crate::types::Frame;
 
 /// How fast a source is read.
@@ -205,6 +205,12 @@ pub fn frame_source<'s>(
                     }
                     match s.pull() {
                         Pull::Frame(mut frame) => {
+                            let m = &mut frame.meta;
+                            m.entered_us = crate::clock::now_us();
+                            if m.received_us != 0 {
+                                stats.record_since(Stage::Decode, m.received_us, m.decoded_us);
+                            }
+                            stats.record_since(Stage::Queue, m.decoded_us, m.entered_us);
                             frame.seq = numbering.stamp(frame.seq);
                             c.downgrade(&frame.seq);
                             stats.frame_in();

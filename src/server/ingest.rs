@@ -184,6 +184,9 @@ where
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
         }
         Err(resp) => {
+            if let Some(r) = resp.extensions().get::<super::RefusalReason>() {
+                shared.stats.refused(r.0);
+            }
             let counter = match resp.status() {
                 StatusCode::TOO_MANY_REQUESTS => &counters.throttled,
                 StatusCode::SERVICE_UNAVAILABLE => &counters.unavailable,
@@ -277,6 +280,8 @@ where
             id: decoded.id,
             source: 0,
             received_us,
+            decoded_us: clock::now_us(),
+            ..FrameMeta::default()
         },
         values,
     };

@@ -75,6 +75,7 @@ fn new_frame(values: Vec<f32>, id: Option<String>, event_ms: Option<i64>) -> Fra
             id,
             source: 0,
             received_us: clock::now_us(),
+            ..FrameMeta::default()
         },
         values,
     }
