@@ -10,7 +10,10 @@ pub mod clock;
 pub mod commands;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
+pub mod gpu;
+pub mod kafka;
 pub mod layout;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod resources;

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Most features listed in one alert (the count is always complete).
     #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
+    /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often; `0s`
+    /// turns it off.
+    #[arg(long, env = "METRICS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub metrics_interval: std::time::Duration,
     /// Do not post alerts at all (they still go to --output / --stdout).
     #[arg(long)]
     pub no_webhook: bool,
@@ -121,6 +125,9 @@ pub struct ServeArgs {
     /// tokio threads serving HTTP and sending alerts.
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: crate::kafka::KafkaArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
@@ -173,10 +180,12 @@ impl ServeArgs {
         config.addr = SocketAddr::new(self.host, self.port);
         config.device = self.device;
         config.settings = Settings {
+            device: self.device,
             dataflow: self.dataflow.clone(),
             batch_size: self.batch_size,
             threshold: self.threshold,
             max_alert_features: self.max_alert_features,
+            metrics_interval: Some(self.metrics_interval).filter(|d| !d.is_zero()),
             ..Settings::default()
         };
         config.cluster = self.cluster.clone();
@@ -187,6 +196,9 @@ impl ServeArgs {
             unknown: self.unknown_features,
             missing: self.missing_features,
         };
+        config.kafka = self
+            .kafka
+            .to_config(config.key_policy, self.max_inflated_bytes)?;
         config.http_threads = self.http_threads.max(1);
         config.webhook = (!self.no_webhook).then_some(webhook);
         config.sinks = SinkSpec {

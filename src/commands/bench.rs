@@ -9,6 +9,10 @@
 //! on loopback and the load generator posts the same ring to it: the whole path,
 //! HTTP included, in one process.
 //!
+//! With `--kafka BROKERS`, the ring is first produced (--frames of it, default 1,000) to a
+//! fresh topic, and then the dataflow reads the topic with every worker, decoding as
+//! `serve --kafka-brokers` does, until it has read it all.
+//!
 //! Encoding is not measured: the ring is encoded before the clock starts, by the same
 //! encoder as `loadgen` ([`loadgen::FrameEncoder`]).
 
@@ -37,6 +41,7 @@ use crate::server::{self, ModelSpec, ServeConfig};
 use crate::source::{
     decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
 };
+use crate::stats::StageSummary;
 use crate::types::{Frame, FrameMeta, FrameResult};
 
 /// How long a run lasts when neither --frames nor --duration is given.
@@ -82,6 +87,13 @@ pub struct BenchArgs {
     /// counts show how many were refused).
     #[arg(long)]
     pub http: bool,
+    /// From Kafka at these brokers: produce --frames frames (default 1,000) to a fresh
+    /// topic, then time the dataflow reading them on every worker (one process).
+    #[arg(long, value_name = "BROKERS", conflicts_with = "http")]
+    pub kafka: Option<String>,
+    /// --kafka: partitions of the fresh topic.
+    #[arg(long, default_value_t = 4)]
+    pub kafka_partitions: usize,
     /// --http: requests in flight at once at most.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -94,12 +106,24 @@ pub struct BenchArgs {
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
+    /// Scoring device: `auto` (the GPU when usable), `cuda` (fail without one) or `cpu`.
+    #[arg(
+        long,
+        env = "DEFAULT_DEVICE",
+        value_enum,
+        default_value = "auto",
+        ignore_case = true
+    )]
+    pub device: server::Device,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub synthetic: SyntheticArgs,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often, e.g. `5s`.
+    #[arg(long, env = "METRICS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub metrics_interval: Option<Duration>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
@@ -129,6 +153,8 @@ pub struct BenchReport {
     pub dataflow: String,
     /// Windows per scoring call at most.
     pub batch_size: usize,
+    /// Where scoring ran: `cpu`, or `cuda (<GPU name>)`.
+    pub device: String,
     /// Distinct pre-encoded frames cycled.
     pub ring: usize,
     /// Offered frames per second (open loop), or `None` for as fast as taken.
@@ -167,8 +193,25 @@ pub struct BenchReport {
     /// Receive → verdict latency over scored frames (receive: when the source handed
     /// the frame out, before decoding; HTTP: when the request arrived).
     pub latency_us: Option<Latency>,
+    /// Latency of each stage of the path, recorded by the engine in this process.
+    pub stages: Vec<StageSummary>,
     /// HTTP facts (with --http).
     pub http: Option<HttpFigures>,
+    /// Kafka facts (with --kafka).
+    pub kafka: Option<KafkaFigures>,
+}
+
+/// What producing the frames took with --kafka (not part of the measured run).
+#[derive(Clone, Debug, Serialize)]
+pub struct KafkaFigures {
+    /// The fresh topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: usize,
+    /// Frames produced.
+    pub produced: u64,
+    /// Producing them took this long, seconds (confirmations included).
+    pub produce_seconds: f64,
 }
 
 /// Latency percentiles in microseconds (HDR histogram, 3 significant figures).
@@ -223,10 +266,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.n_features()
         );
     }
+    let device = crate::gpu::resolve(args.device)?;
     let settings = Settings {
+        device: device.used,
         dataflow: args.dataflow.clone(),
         batch_size: args.batch_size,
         pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+        metrics_interval: args.metrics_interval,
         ..Settings::default()
     };
     if !args.cluster.is_leader() {
@@ -244,13 +290,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ring = FrameEncoder::new(args.synthetic.config(features))?.ring(args.ring);
     let ring_facts = RingFacts::measure(&ring, &model)?;
     let probe = Arc::new(Probe::default());
-    let mut report = if args.http {
+    let mut report = if let Some(brokers) = &args.kafka {
+        run_kafka(args, brokers, &model, settings, ring, Arc::clone(&probe))?
+    } else if args.http {
         let mean_wire = ring_facts.mean_wire;
         run_http(args, &model, settings, ring, mean_wire, Arc::clone(&probe))?
     } else {
         run_in_process(args, &model, settings, ring, Arc::clone(&probe))?
     };
     report.model = dir.display().to_string();
+    report.device = match &device.gpu {
+        Some(g) if device.used == server::Device::Cuda => format!("cuda ({})", g.name),
+        _ => "cpu".into(),
+    };
     report.mean_frame_bytes = ring_facts.mean_wire;
     report.mean_json_bytes = ring_facts.mean_json;
     report.latency_us = probe.latency();
@@ -429,6 +481,8 @@ impl FrameSource for RingSource {
                     id: d.id,
                     source: 0,
                     received_us,
+                    decoded_us: clock::now_us(),
+                    ..FrameMeta::default()
                 },
                 values,
             }),
@@ -465,6 +519,7 @@ fn base_report(
         processes: args.cluster.processes.max(1),
         dataflow: args.dataflow.clone(),
         batch_size: args.batch_size,
+        device: String::new(),
         ring: args.ring,
         offered_rate: args.rate,
         frames: 0,
@@ -482,7 +537,9 @@ fn base_report(
         rss_mib: None,
         peak_rss_mib: None,
         latency_us: None,
+        stages: Vec::new(),
         http: None,
+        kafka: None,
     }
 }
 
@@ -573,11 +630,20 @@ impl BenchReport {
                 ),
             ));
         }
+        if let Some(k) = &self.kafka {
+            rows.push((
+                "Kafka",
+                format!(
+                    "topic {} ({} partitions); producing {} frames beforehand took {:.2} s",
+                    k.topic, k.partitions, k.produced, k.produce_seconds
+                ),
+            ));
+        }
         let rate = self
             .offered_rate
             .map_or("unpaced".to_string(), |r| format!("offered {r} frames/s"));
         let mut out = format!(
-            "tidewatch bench ({}, {rate}): {} features, window {}, {} worker(s) ({} thread(s) × {} process(es)), dataflow {}, batch {}, ring {}\n  model {}\n",
+            "tidewatch bench ({}, {rate}): {} features, window {}, {} worker(s) ({} thread(s) × {} process(es)), dataflow {}, batch {}, ring {}\n  model {}\n  device {}\n",
             self.mode,
             self.features,
             self.window,
@@ -587,7 +653,8 @@ impl BenchReport {
             self.dataflow,
             self.batch_size,
             self.ring,
-            self.model
+            self.model,
+            self.device
         );
         let width = rows
             .iter()
@@ -597,6 +664,11 @@ impl BenchReport {
         for (k, v) in rows {
             let pad = width - k.chars().count();
             let _ = writeln!(out, "  {k}{}  {v}", " ".repeat(pad));
+        }
+        if !self.stages.is_empty() {
+            for line in crate::metrics::latency_table(&self.stages).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
         }
         out.truncate(out.trim_end().len());
         out
@@ -644,6 +716,7 @@ fn run_in_process(
     let run = runtime::run(&args.cluster, Arc::clone(model), settings, factory, sinks)?;
     let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
     let mut report = base_report(args, model.n_features(), model.window(), "in-process");
+    report.stages = run.latencies;
     report.frames = run.stats.frames_in;
     report.frames_scored = run.stats.frames_scored;
     report.anomalous_frames = run.stats.anomalous_frames;
@@ -705,6 +778,7 @@ fn run_http(
         (t.saturating_sub(start_us) as f64 / 1e6).max(sent_for)
     });
     let mut report = base_report(args, model.n_features(), model.window(), "http");
+    report.stages = served.run.latencies.clone();
     let s = &served.run.stats;
     report.frames = s.frames_in;
     report.frames_scored = s.frames_scored;
@@ -720,6 +794,81 @@ fn run_http(
         statuses: load.statuses,
         answer_latency_ms: load.latency_ms,
     });
+    Ok(report.with_rates(seconds, cpu))
+}
+
+/// `--kafka`: the ring produced to a fresh topic, then read by every worker of this
+/// process until the topic's end.
+fn run_kafka(
+    args: &BenchArgs,
+    brokers: &str,
+    model: &Arc<Model>,
+    settings: Settings,
+    ring: Vec<Encoded>,
+    probe: Arc<Probe>,
+) -> anyhow::Result<BenchReport> {
+    use crate::kafka::load::{produce, ProduceSpec};
+    use crate::kafka::{KafkaInput, KafkaInputConfig};
+    if args.cluster.processes > 1 {
+        bail!("bench --kafka runs in one process: use -w for more workers");
+    }
+    if args.duration.is_some() {
+        bail!("bench --kafka reads a fixed number of frames: use --frames, not --duration");
+    }
+    let frames = args.frames.unwrap_or(1_000);
+    let topic = format!(
+        "tidewatch-bench-{}-{}",
+        std::process::id(),
+        clock::unix_ms()
+    );
+    let spec = ProduceSpec {
+        brokers: brokers.to_string(),
+        topic: topic.clone(),
+        partitions: args.kafka_partitions.max(1),
+        frames: Some(frames),
+        duration: None,
+        rate: None,
+    };
+    let produced = produce(&spec, |k| {
+        let (body, injected) = &ring[(k % ring.len() as u64) as usize];
+        (k.to_string(), body.to_vec(), *injected)
+    })?;
+    let mut config = KafkaInputConfig::new(brokers, &topic);
+    config.group = topic.clone();
+    config.until_end = true;
+    let input = KafkaInput::new(config, model.feature_index(), None)?;
+    let sinks = SinkSpec {
+        on_result: Some(probe.hook()),
+        ..SinkSpec::default()
+    };
+    let cpu_before = cpu_seconds();
+    let run = runtime::run(
+        &args.cluster,
+        Arc::clone(model),
+        settings,
+        input.factory(),
+        sinks,
+    )?;
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
+    let counters = input.counters();
+    let mut report = base_report(args, model.n_features(), model.window(), "kafka");
+    report.stages = run.latencies;
+    report.frames = run.stats.frames_in;
+    report.frames_scored = run.stats.frames_scored;
+    report.anomalous_frames = run.stats.anomalous_frames;
+    report.wire_bytes = counters.snapshot().bytes;
+    report.kafka = Some(KafkaFigures {
+        topic,
+        partitions: spec.partitions,
+        produced: produced.sent,
+        produce_seconds: produced.seconds,
+    });
+    // From the first message taken to the last verdict: consumer start-up (metadata,
+    // offsets, assignment) is not what is measured.
+    let seconds = match (counters.first_message_us(), probe.last_verdict_us()) {
+        (Some(first), Some(last)) if last > first => (last - first) as f64 / 1e6,
+        _ => run.seconds,
+    };
     Ok(report.with_rates(seconds, cpu))
 }
 
@@ -741,12 +890,16 @@ mod tests {
             ring: 3,
             rate: None,
             http: false,
+            kafka: None,
+            kafka_partitions: 4,
             concurrency: 4,
             queue_max_size: 100,
             dataflow: crate::dataflows::DEFAULT.into(),
             batch_size: 64,
+            device: server::Device::Cpu,
             synthetic: SyntheticArgs::default(),
             json: false,
+            metrics_interval: None,
             cluster: ClusterArgs::default(),
             help: None,
         }

@@ -1,7 +1,8 @@
 //! `tidewatch loadgen`: sends frames the way seed 001's NestJS client does (25,000
 //! features as compact JSON, gzip, `Content-Type: application/x-www-form-urlencoded`, no
 //! `Content-Encoding`, keep-alive) at a fixed rate or as fast as the server answers, and
-//! reports status counts and latency percentiles.
+//! reports status counts and latency percentiles. With `--kafka`, it produces the
+//! frames to a Kafka topic instead (see [`crate::kafka::load`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,6 +54,25 @@ pub struct LoadgenArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Produce the frames to Kafka at these bootstrap brokers (`host:port,...`) instead
+    /// of posting them over HTTP; the report counts delivery confirmations.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// --kafka: the topic (created with --kafka-partitions partitions if it is missing).
+    #[arg(long, default_value = "tidewatch-frames")]
+    pub kafka_topic: String,
+    /// --kafka: partitions of a topic that has to be created; frames are dealt to the
+    /// partitions round-robin.
+    #[arg(long, default_value_t = 4)]
+    pub kafka_partitions: usize,
+    /// --kafka: message format: the client's JSON gzip-compressed, plain, or tidewatch's
+    /// binary frame.
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub kafka_format: crate::kafka::load::WireFormat,
+    /// --kafka: frame ids (JSON `"id"`, binary header, message key) are this prefix and
+    /// the frame number.
+    #[arg(long, default_value = "frame-")]
+    pub id_prefix: String,
 }
 
 impl LoadgenArgs {
@@ -69,6 +89,11 @@ impl LoadgenArgs {
             ring: 0,
             timeout: 50.0,
             json: false,
+            kafka: None,
+            kafka_topic: "tidewatch-frames".to_string(),
+            kafka_partitions: 4,
+            kafka_format: crate::kafka::load::WireFormat::Gzip,
+            id_prefix: "frame-".to_string(),
         }
     }
 }
@@ -131,6 +156,15 @@ impl LoadReport {
 
 /// Runs `tidewatch loadgen`.
 pub fn run(args: &LoadgenArgs) -> anyhow::Result<()> {
+    if let Some(brokers) = &args.kafka {
+        let report = run_kafka(args, brokers)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.summary());
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -143,6 +177,32 @@ pub fn run(args: &LoadgenArgs) -> anyhow::Result<()> {
         println!("{}", report.summary());
     }
     Ok(())
+}
+
+/// `loadgen --kafka`: the same frames, one message each, keyed by frame id.
+fn run_kafka(args: &LoadgenArgs, brokers: &str) -> anyhow::Result<LoadReport> {
+    use crate::kafka::load::{produce, MessageEncoder, ProduceSpec};
+    check(args)?;
+    let mut encoder = MessageEncoder::new(
+        args.synthetic.config(args.features),
+        args.kafka_format,
+        &args.id_prefix,
+    )?;
+    let spec = ProduceSpec {
+        brokers: brokers.to_string(),
+        topic: args.kafka_topic.clone(),
+        partitions: args.kafka_partitions,
+        frames: args.frames,
+        duration: args.duration,
+        rate: args.rate,
+    };
+    if args.ring > 0 {
+        // Ids repeat where the ring wraps, as the frames do.
+        let ring: Vec<_> = (0..args.ring).map(|_| encoder.next_message()).collect();
+        produce(&spec, |k| ring[(k % ring.len() as u64) as usize].clone())
+    } else {
+        produce(&spec, |_| encoder.next_message())
+    }
 }
 
 /// Frames ready to send: either encoded on the fly by one thread, or a fixed ring.

@@ -1,5 +1,7 @@
 //! `tidewatch serve`: seed 001's AI engine over HTTP (see CONTRACT.md): frames in on
 //! `POST /data-enqueue`, alerts out to the NestJS server, probes for the orchestrator.
+//! With `--kafka-brokers`, frames come from a Kafka topic instead, read by every worker
+//! of every process, and alerts (and verdicts) also go to Kafka topics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +30,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         return Err(e.context("start-up failed"));
     }
     // stdout: stderr carries the JSON logs, one object per line.
-    println!(
-        "tidewatch serve: ready on http://{} (POST /data-enqueue, GET /health/live, GET /health/ready)",
-        handle.addr()
-    );
+    match &args.kafka.kafka_topic {
+        Some(topic) if args.kafka.enabled() => println!(
+            "tidewatch serve: ready on http://{} (GET /health/live, GET /health/ready, GET /metrics); frames from Kafka topic {topic}",
+            handle.addr()
+        ),
+        _ => println!(
+            "tidewatch serve: ready on http://{} (POST /data-enqueue, GET /health/live, GET /health/ready, GET /metrics)",
+            handle.addr()
+        ),
+    }
     let why = handle.wait_for_signal(&mut signals);
     tracing::info!(reason = why, "shutting down");
     let report = handle.shutdown()?;
@@ -45,23 +53,101 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         report.webhook.map(|w| w.delivered).unwrap_or(0),
         report.webhook.map(|w| w.dead_lettered).unwrap_or(0),
     );
+    if let Some(k) = &report.kafka {
+        print_kafka(k);
+    }
+    print!("{}", crate::metrics::latency_table(&report.run.latencies));
     Ok(())
 }
 
+fn print_kafka(k: &crate::kafka::KafkaReport) {
+    let i = &k.input;
+    let o = k.output.unwrap_or_default();
+    println!(
+        "tidewatch serve: Kafka: {} frames read, {} messages skipped ({} dead-lettered), {} offset commits ({} failed); produced {} (failed {}, refused {})",
+        i.frames, i.skipped, i.dead_lettered, i.commits, i.commit_failures, o.delivered, o.failed, o.refused
+    );
+}
+
 /// A process other than 0: scores its share of the features for the frames process 0
-/// receives, and ends when process 0's input does.
+/// receives, and ends when process 0's input does. With Kafka it also reads its share of
+/// the partitions, until SIGINT/SIGTERM (send it to every process).
 fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result<()> {
     let server::ModelSpec::Dir(dir) = &config.model else {
         bail!("a follower process loads its model from a directory");
     };
     let model =
         Arc::new(Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?);
-    runtime::run(
+    let sinks = SinkSpec::default();
+    let Some(kafka) = &config.kafka else {
+        runtime::run(
+            &args.cluster,
+            model,
+            config.settings,
+            runtime::no_input(),
+            sinks,
+        )?;
+        return Ok(());
+    };
+    let outbox = kafka.outbox(false)?;
+    let input = kafka.input(&model, outbox.clone())?;
+    stop_on_signal(Arc::clone(&input))?;
+    let run = runtime::run(
         &args.cluster,
         model,
         config.settings,
-        runtime::no_input(),
-        SinkSpec::default(),
-    )?;
+        input.factory(),
+        sinks,
+    );
+    if let Some(o) = &outbox {
+        o.flush(Duration::from_secs(30));
+    }
+    let run = run?;
+    println!(
+        "tidewatch serve (process {}): stopped after {:.1} s",
+        args.cluster.process, run.seconds
+    );
+    print_kafka(&crate::kafka::KafkaReport {
+        input: input.counters().snapshot(),
+        output: outbox.map(|o| o.stats()),
+    });
+    Ok(())
+}
+
+/// Stops `input` on the first SIGINT or SIGTERM, so that the process drains, commits and
+/// exits like process 0 does.
+fn stop_on_signal(input: Arc<crate::kafka::KafkaInput>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("tidewatch-signals".into())
+        .spawn(move || {
+            #[cfg(unix)]
+            let why = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                }
+            });
+            #[cfg(not(unix))]
+            let why = runtime.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            });
+            tracing::info!(reason = why, "shutting down");
+            input.stop();
+        })
+        .context("starting the signal thread")?;
     Ok(())
 }

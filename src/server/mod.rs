@@ -29,9 +29,11 @@ use tokio::sync::{oneshot, watch};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::kafka::{KafkaInput, KafkaReport, KafkaServeConfig, Outbox};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
 use crate::source::{FrameSource, KeyPolicy};
+use crate::stats::Stats;
 use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
 
 pub use ingest::IngestSource;
@@ -40,7 +42,8 @@ pub use ingest::IngestSource;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
-    /// The GPU where this build can use one, else the CPU.
+    /// The GPU where this build (feature `gpu`) and machine can use one, else the CPU;
+    /// start-up logs which and why.
     #[default]
     Auto,
     /// The GPU; start-up fails if it cannot be used.
@@ -89,6 +92,9 @@ pub struct ServeConfig {
     pub sinks: SinkSpec,
     /// On shutdown, how long requests under way may take to finish.
     pub http_drain_timeout: Duration,
+    /// Frames from Kafka instead of `POST /data-enqueue` (which then does not exist), and
+    /// verdicts to Kafka topics.
+    pub kafka: Option<KafkaServeConfig>,
 }
 
 impl ServeConfig {
@@ -112,6 +118,7 @@ impl ServeConfig {
             webhook: Some(WebhookConfig::default()),
             sinks: SinkSpec::default(),
             http_drain_timeout: Duration::from_secs(10),
+            kafka: None,
         }
     }
 }
@@ -171,6 +178,8 @@ struct Ready {
 /// State shared by handlers, the dataflow thread and the handle.
 struct Shared {
     phase: watch::Sender<Phase>,
+    /// The run's counters and stage latencies.
+    stats: Arc<Stats>,
     http: HttpCounters,
     /// Whether shutdown began, and the queue to close: one lock, so that a dataflow that
     /// starts while shutdown begins cannot miss it.
@@ -181,6 +190,8 @@ struct Shared {
 struct Lifecycle {
     stopping: bool,
     ingress: Option<Arc<ingest::Ingress>>,
+    /// The Kafka input, to stop on shutdown.
+    kafka: Option<Arc<KafkaInput>>,
 }
 
 impl Shared {
@@ -198,6 +209,9 @@ pub struct ServeReport {
     pub http: HttpStats,
     /// Alert deliveries, if alerts were posted.
     pub webhook: Option<WebhookStats>,
+    /// Kafka input and output, if frames came from Kafka.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaReport>,
 }
 
 /// SIGINT and SIGTERM, caught (see [`ServerHandle::catch_signals`]).
@@ -219,12 +233,23 @@ pub struct ServerHandle {
     dataflow: Option<std::thread::JoinHandle<anyhow::Result<RunReport>>>,
     webhook: Option<Webhook>,
     http_drain_timeout: Duration,
+    /// The process's Kafka producer (alerts, verdicts, dead letters), if any.
+    outbox: Option<Arc<Outbox>>,
+    /// Whether frames come from Kafka.
+    kafka: bool,
 }
 
 /// Binds the address, starts answering, and starts loading the model and the dataflow
 /// in the background (see [`ServerHandle::wait_ready`]). Fails if the address cannot be
 /// bound. Call it from outside any tokio runtime: the server brings its own.
-pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
+pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
+    // One set of counters and latencies for the dataflow, the handlers and the alert
+    // senders, so that `/metrics` shows them all.
+    let stats = config.settings.stats.clone().unwrap_or_default();
+    config.settings.stats = Some(Arc::clone(&stats));
+    if let Some(w) = config.webhook.as_mut() {
+        w.stats = Arc::clone(&stats);
+    }
     if !config.cluster.is_leader() {
         bail!(
             "the HTTP server runs in process 0 only (this is process {})",
@@ -244,6 +269,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     let (phase, _) = watch::channel(Phase::Loading);
     let shared = Arc::new(Shared {
         phase,
+        stats,
         http: HttpCounters::default(),
         lifecycle: Mutex::new(Lifecycle::default()),
     });
@@ -251,9 +277,26 @@ pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         Some(w) => Some(Webhook::start(w, runtime.handle())?),
         None => None,
     };
+    let outbox = match &config.kafka {
+        Some(k) => k.outbox(true)?,
+        None => None,
+    };
+    let kafka_hook = match (&config.kafka, &outbox) {
+        (Some(k), Some(outbox)) if k.topics.any() => Some(crate::kafka::result_hook(
+            Arc::clone(outbox),
+            k.topics.clone(),
+            config.settings.max_alert_features,
+            config
+                .webhook
+                .as_ref()
+                .map_or(crate::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
+        )),
+        _ => None,
+    };
+    let kafka = config.kafka.is_some();
     let (stop_http, stopped) = oneshot::channel::<()>();
     let http_task = runtime.spawn(
-        warp::serve(routes(Arc::clone(&shared)))
+        warp::serve(routes(Arc::clone(&shared), !kafka))
             .incoming(listener)
             .graceful(async {
                 let _ = stopped.await;
@@ -261,15 +304,16 @@ pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
             .run(),
     );
     let hook = combine_hooks(
-        webhook.as_ref().map(Webhook::hook),
+        combine_hooks(webhook.as_ref().map(Webhook::hook), kafka_hook),
         config.sinks.on_result.clone(),
     );
     let dataflow_shared = Arc::clone(&shared);
+    let dataflow_outbox = outbox.clone();
     let http_drain_timeout = config.http_drain_timeout;
     let dataflow = std::thread::Builder::new()
         .name("tidewatch-dataflow".into())
         .spawn(move || {
-            let result = run_dataflow(config, &dataflow_shared, hook);
+            let result = run_dataflow(config, &dataflow_shared, hook, dataflow_outbox);
             match &result {
                 Ok(_) => {
                     dataflow_shared.phase.send_replace(Phase::Stopping);
@@ -295,6 +339,8 @@ pub fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         dataflow: Some(dataflow),
         webhook,
         http_drain_timeout,
+        outbox,
+        kafka,
     })
 }
 
@@ -314,6 +360,7 @@ fn run_dataflow(
     config: ServeConfig,
     shared: &Arc<Shared>,
     hook: Option<ResultHook>,
+    outbox: Option<Arc<Outbox>>,
 ) -> anyhow::Result<RunReport> {
     let (model, model_path) = match &config.model {
         ModelSpec::Loaded(m) => (Arc::clone(m), None),
@@ -339,9 +386,74 @@ fn run_dataflow(
         ingress: Arc::clone(&ingress),
         facts,
     });
+    let factory = match &config.kafka {
+        Some(kafka) => kafka_factory(kafka, &model, outbox, shared, ready)?,
+        None => http_factory(source, shared, ready),
+    };
+    let sinks = SinkSpec {
+        on_result: hook,
+        ..config.sinks.clone()
+    };
+    // the device resolved above, so that the dataflow scores where /health/ready says
+    let settings = Settings {
+        device: device.device(),
+        ..config.settings.clone()
+    };
+    runtime::run(&config.cluster, model, settings, factory, sinks)
+}
+
+/// Frames from Kafka on every worker; ready once worker 0 has opened its share.
+fn kafka_factory(
+    kafka: &KafkaServeConfig,
+    model: &Model,
+    outbox: Option<Arc<Outbox>>,
+    shared: &Arc<Shared>,
+    ready: Arc<Ready>,
+) -> anyhow::Result<SourceFactory> {
+    // HTTP ingest is off (its route does not exist); nothing will use this queue.
+    ready.ingress.close();
+    let input = kafka.input(model, outbox)?;
+    {
+        let mut life = shared.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        if life.stopping {
+            // Shut down before we were ready: every source ends at once.
+            input.stop();
+        }
+        life.kafka = Some(Arc::clone(&input));
+    }
+    let open = input.factory();
+    let factory_shared = Arc::clone(shared);
+    Ok(Arc::new(move |slot: runtime::WorkerSlot| {
+        let source = open(slot)?;
+        if slot.index == 0 {
+            let life = factory_shared
+                .lifecycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !life.stopping {
+                factory_shared
+                    .phase
+                    .send_replace(Phase::Ready(Arc::clone(&ready)));
+                tracing::info!(
+                    topic = %input.config().topic,
+                    brokers = %input.config().brokers,
+                    "ready"
+                );
+            }
+        }
+        Ok(source)
+    }))
+}
+
+/// Frames from `POST /data-enqueue`, read by worker 0; ready once it has taken the queue.
+fn http_factory(
+    source: ingest::IngestSource,
+    shared: &Arc<Shared>,
+    ready: Arc<Ready>,
+) -> SourceFactory {
     let slot = Mutex::new(Some(source));
     let factory_shared = Arc::clone(shared);
-    let factory: SourceFactory = runtime::on_worker_zero(move || {
+    runtime::on_worker_zero(move || {
         let source = slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -362,18 +474,7 @@ fn run_dataflow(
             tracing::info!(queue_max_size = ready.ingress.capacity(), "ready");
         }
         Ok(Box::new(source) as Box<dyn FrameSource>)
-    });
-    let sinks = SinkSpec {
-        on_result: hook,
-        ..config.sinks.clone()
-    };
-    runtime::run(
-        &config.cluster,
-        model,
-        config.settings.clone(),
-        factory,
-        sinks,
-    )
+    })
 }
 
 impl ServerHandle {
@@ -494,15 +595,20 @@ impl ServerHandle {
                 );
             }
         }
-        if let Some(ingress) = self
-            .shared
-            .lifecycle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ingress
-            .take()
-        {
-            ingress.close();
+        let kafka_input = {
+            let mut life = self
+                .shared
+                .lifecycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(ingress) = life.ingress.take() {
+                ingress.close();
+            }
+            life.kafka.take()
+        };
+        if let Some(input) = &kafka_input {
+            // Each source stops reading, the dataflow drains, and the sources commit.
+            input.stop();
         }
         let run = match self.dataflow.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
@@ -510,12 +616,27 @@ impl ServerHandle {
             None => Err(anyhow!("no dataflow")),
         };
         let webhook = self.webhook.take().map(|w| runtime.block_on(w.close()));
+        // The sources flushed the producer before their last commits; this covers a
+        // process whose workers read no partition.
+        let outbox = self.outbox.take();
+        if let Some(o) = &outbox {
+            if !o.flush(Duration::from_secs(30)) {
+                tracing::error!("some Kafka messages were not confirmed by the broker in 30 s");
+            }
+        }
+        let kafka = self.kafka.then(|| KafkaReport {
+            input: kafka_input
+                .map(|i| i.counters().snapshot())
+                .unwrap_or_default(),
+            output: outbox.map(|o| o.stats()),
+        });
         runtime.shutdown_timeout(Duration::from_secs(1));
         let run = run?;
         let report = ServeReport {
             run,
             http: self.shared.http.snapshot(),
             webhook,
+            kafka,
         };
         tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "stopped");
         Ok(report)
@@ -534,10 +655,20 @@ impl Drop for ServerHandle {
 /// else gets a JSON 404/405.
 fn routes(
     shared: Arc<Shared>,
+    ingest: bool,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     let state = warp::any().map(move || Arc::clone(&shared));
+    // With frames from Kafka the ingest route does not exist (404).
     let enqueue = warp::path!("data-enqueue")
+        .and(warp::any().and_then(move || async move {
+            if ingest {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        }))
+        .untuple_one()
         .and(warp::post())
         .and(state.clone())
         .and(warp::header::headers_cloned())
@@ -548,21 +679,56 @@ fn routes(
         .map(probes::live);
     let ready = warp::path!("health" / "ready")
         .and(warp::get())
-        .and(state)
+        .and(state.clone())
         .map(probes::ready);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(state)
+        .map(metrics_reply);
     enqueue
         .or(live)
         .unify()
         .or(ready)
+        .unify()
+        .or(metrics)
         .unify()
         .recover(rejection)
         .unify()
 }
 
 /// A JSON error answer: `{"detail": ..., "error": ...}` (`detail` as the seed answered).
-fn error_reply(status: StatusCode, kind: &str, detail: &str) -> warp::reply::Response {
+/// The `error` of a refusal, kept on the response so the handler can count it by reason.
+#[derive(Clone, Copy, Debug)]
+struct RefusalReason(&'static str);
+
+fn error_reply(status: StatusCode, kind: &'static str, detail: &str) -> warp::reply::Response {
     let body = serde_json::json!({ "detail": detail, "error": kind });
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+    let mut resp = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    resp.extensions_mut().insert(RefusalReason(kind));
+    resp
+}
+
+/// `GET /metrics`: counters, queue depth and stage latencies in Prometheus' text format.
+fn metrics_reply(shared: Arc<Shared>) -> warp::reply::Response {
+    let ingress = shared
+        .lifecycle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ingress
+        .clone();
+    let h = shared.http.snapshot();
+    let extra = crate::metrics::Extra {
+        queue_depth: ingress.as_ref().map(|i| i.queued() as u64),
+        queue_capacity: ingress.as_ref().map(|i| i.capacity() as u64),
+        http: Some([
+            ("202", h.accepted),
+            ("4xx", h.rejected),
+            ("429", h.throttled),
+            ("503", h.unavailable),
+        ]),
+    };
+    let text = crate::metrics::prometheus(&shared.stats, &extra);
+    warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
 }
 
 async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {

@@ -1,0 +1,705 @@
+//! Kafka in and out against a real broker (tansu, started by `scripts/kafka-broker.sh`,
+//! which exports its address as `TIDEWATCH_KAFKA_BROKERS`), with the `tidewatch` binary
+//! run as a user runs it. Without the variable each test says it was skipped and passes;
+//! CI always sets it. Every test uses topics and groups of its own, so they run in
+//! parallel.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tidewatch::commands::loadgen::client_json;
+use tidewatch::kafka::load::{produce, ProduceSpec};
+use tidewatch::kafka::{binary, client_config, decode_message, partition_count};
+use tidewatch::model::FeatureIndex;
+use tidewatch::source::KeyPolicy;
+use tidewatch::types::Frame;
+
+/// Features and window of the test model: small, so that a run takes seconds.
+const F: usize = 20;
+const W: usize = 5;
+
+/// The variables `serve` reads; removed from children so the caller's environment
+/// cannot change what a test sees.
+const SETTINGS: &[&str] = &[
+    "APP_HOST",
+    "APP_PORT",
+    "NESTJS_URL",
+    "QUEUE_MAX_SIZE",
+    "INFERENCE_BATCH_SIZE",
+    "DEFAULT_MODEL_NAME",
+    "DEFAULT_DEVICE",
+    "THRESHOLD",
+    "DEAD_LETTER_PATH",
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "KAFKA_GROUP",
+    "KAFKA_DEAD_LETTER_TOPIC",
+    "ALERTS_KAFKA_TOPIC",
+    "RESULTS_KAFKA_TOPIC",
+];
+
+fn brokers() -> Option<String> {
+    match std::env::var("TIDEWATCH_KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ => {
+            eprintln!("skipped: no broker (run scripts/kafka-broker.sh)");
+            None
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tw-{what}-{}-{nanos}", std::process::id())
+}
+
+fn model(dir: &Path) -> PathBuf {
+    let path = dir.join("model");
+    common::random_rff_model(F, W, 11).save(&path).unwrap();
+    path
+}
+
+/// Frame `k` as a message: gzip JSON, plain JSON or binary in turn, keyed by its id.
+fn message(k: u64, frame: &Frame) -> (String, Vec<u8>, u64) {
+    let id = frame.meta.id.clone().unwrap();
+    let payload = match k % 3 {
+        2 => {
+            let mut out = Vec::new();
+            binary::encode(&frame.values, k, None, Some(&id), &mut out).unwrap();
+            out
+        }
+        n => {
+            let mut json = String::new();
+            client_json(&frame.values, &mut json);
+            let json = format!("{{\"id\":\"{id}\",{}", &json[1..]);
+            if n == 0 {
+                use std::io::Write;
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(json.as_bytes()).unwrap();
+                gz.finish().unwrap()
+            } else {
+                json.into_bytes()
+            }
+        }
+    };
+    (id, payload, 0)
+}
+
+/// Produces `frames` to `topic` (created with `partitions`): frame k to partition
+/// k % partitions. `replace` swaps the payload of some frames (poison).
+fn produce_frames(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    frames: &[Frame],
+    rate: Option<f64>,
+    replace: &BTreeMap<u64, Vec<u8>>,
+) {
+    let spec = ProduceSpec {
+        brokers: brokers.to_string(),
+        topic: topic.to_string(),
+        partitions,
+        frames: Some(frames.len() as u64),
+        duration: None,
+        rate,
+    };
+    let report = produce(&spec, |k| {
+        let (key, payload, n) = message(k, &frames[k as usize]);
+        (key, replace.get(&k).cloned().unwrap_or(payload), n)
+    })
+    .unwrap();
+    assert_eq!(
+        report.statuses.get("delivered"),
+        Some(&(frames.len() as u64)),
+        "{report:?}"
+    );
+}
+
+/// One message read back.
+#[derive(Clone, Debug)]
+struct Msg {
+    partition: i32,
+    offset: i64,
+    key: String,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+}
+
+/// Every message of `topic` from the beginning, read until `enough` says so (or the
+/// deadline passes, then whatever was read).
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    enough: impl Fn(&[Msg]) -> bool,
+) -> Vec<Msg> {
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        match partition_count(brokers, topic).unwrap() {
+            Some(n) => break n,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => return Vec::new(),
+        }
+    };
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while !enough(&out) && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(Msg {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(e)) => eprintln!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The offsets `group` has committed on `topic`'s partitions (missing: none committed).
+fn committed(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let partitions = partition_count(brokers, topic).unwrap().unwrap();
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    c.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A running `tidewatch serve` with its output collected.
+struct Served {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    fn start(model: &Path, brokers: &str, topic: &str, group: &str, extra: &[&str]) -> Served {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        for v in SETTINGS {
+            cmd.env_remove(v);
+        }
+        let mut child = cmd
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-webhook",
+            ])
+            .arg("--model")
+            .arg(model)
+            .args(["--kafka-brokers", brokers, "--kafka-topic", topic])
+            .args(["--kafka-group", group])
+            .args(extra)
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&text);
+            let reader = std::thread::spawn(move || {
+                for l in BufReader::new(pipe).lines() {
+                    let mut t = sink.lock().unwrap();
+                    t.push_str(&l.unwrap());
+                    t.push('\n');
+                }
+            });
+            (text, reader)
+        };
+        let (stdout, r1) = collect(Box::new(child.stdout.take().unwrap()));
+        let (stderr, r2) = collect(Box::new(child.stderr.take().unwrap()));
+        Served {
+            child,
+            stdout,
+            stderr,
+            readers: vec![r1, r2],
+        }
+    }
+
+    fn signal(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    /// Waits for the process to end; returns (stdout, stderr) after checking it exited 0.
+    fn wait(mut self) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                panic!(
+                    "serve did not stop within 60 s:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let (out, err) = (
+            self.stdout.lock().unwrap().clone(),
+            self.stderr.lock().unwrap().clone(),
+        );
+        assert!(status.success(), "serve exited {status}:\n{out}\n{err}");
+        (out, err)
+    }
+
+    /// SIGTERM, then [`Served::wait`].
+    fn stop(self) -> (String, String) {
+        self.signal();
+        self.wait()
+    }
+}
+
+/// Frame ids of the verdicts on a results topic, counted.
+fn scored(results: &[Msg]) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for m in results {
+        assert_eq!(m.json()["id"].as_str(), Some(m.key.as_str()), "keyed by id");
+        *ids.entry(m.key.clone()).or_default() += 1;
+    }
+    ids
+}
+
+/// JSON log events of a process with the given message.
+fn events(stderr: &str, message: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .collect()
+}
+
+/// 4 partitions, read by two workers of one process and by two processes: every frame is
+/// scored exactly once (but the first W-1, which only fill the first window), each
+/// worker reads its own partitions, every anomalous frame's alert arrives on the alert
+/// topic with the webhook's body keyed by frame id, and the final commit covers
+/// everything.
+#[cfg(unix)]
+#[test]
+fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let topic = unique("frames");
+    let n = 120;
+    let frames = common::random_frames(n, F, 5);
+    produce_frames(&brokers, &topic, 4, &frames, None, &BTreeMap::new());
+    let ids: BTreeSet<String> = frames.iter().map(|f| f.meta.id.clone().unwrap()).collect();
+
+    let hosts = dir.path().join("hosts.txt");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port()),
+    )
+    .unwrap();
+    let hostfile = hosts.to_str().unwrap();
+    for layout in ["threads", "processes"] {
+        let (group, results, alerts) = (unique("g"), unique("results"), unique("alerts"));
+        let outputs = [
+            "--results-kafka-topic",
+            results.as_str(),
+            "--alerts-kafka-topic",
+            alerts.as_str(),
+        ];
+        let served: Vec<Served> = if layout == "threads" {
+            let args = [&outputs[..], &["-w", "2"]].concat();
+            vec![Served::start(&model, &brokers, &topic, &group, &args)]
+        } else {
+            (0..2)
+                .map(|p| {
+                    let p = p.to_string();
+                    let args = [&outputs[..], &["-n", "2", "-p", &p, "-h", hostfile]].concat();
+                    Served::start(&model, &brokers, &topic, &group, &args)
+                })
+                .collect()
+        };
+        let expected = n - (W - 1);
+        let got = read_topic(&brokers, &results, Duration::from_secs(90), |m| {
+            m.len() >= expected
+        });
+        // Anything more than expected would come within a moment: wait for it.
+        std::thread::sleep(Duration::from_millis(500));
+        let got = read_topic(&brokers, &results, Duration::from_secs(5), |m| {
+            m.len() > got.len()
+        });
+        for s in &served {
+            s.signal();
+        }
+        let logs: Vec<(String, String)> = served.into_iter().map(Served::wait).collect();
+        let counts = scored(&got);
+        assert_eq!(got.len(), expected, "{layout}: one verdict per frame");
+        assert!(counts.keys().all(|k| ids.contains(k)), "{layout}");
+
+        // Each of the two workers read two partitions: p % 2 == worker.
+        let mut read: Vec<(u64, u64)> = logs
+            .iter()
+            .flat_map(|(_, err)| events(err, "reading partition"))
+            .map(|e| {
+                (
+                    e["fields"]["worker"].as_u64().unwrap(),
+                    e["fields"]["partition"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        read.sort();
+        assert_eq!(read, vec![(0, 0), (0, 2), (1, 1), (1, 3)], "{layout}");
+        if layout == "processes" {
+            assert!(
+                logs[1].1.contains("\"worker\":1"),
+                "process 1 hosts worker 1"
+            );
+        }
+
+        // Alerts: exactly the anomalous verdicts, as the webhook would post them.
+        let anomalous: BTreeSet<String> = got
+            .iter()
+            .filter(|m| m.json()["anomaly_detected"] == true)
+            .map(|m| m.key.clone())
+            .collect();
+        assert!(!anomalous.is_empty(), "the random model flags frames");
+        assert!(anomalous.len() < expected, "and passes others");
+        let alert_msgs = read_topic(&brokers, &alerts, Duration::from_secs(30), |m| {
+            m.len() >= anomalous.len()
+        });
+        let mut alerted = BTreeSet::new();
+        for m in &alert_msgs {
+            let body = tidewatch::alert::check_like_client(
+                Some("application/json"),
+                &m.payload,
+                tidewatch::webhook::CLIENT_BODY_LIMIT,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&m.payload)));
+            assert_eq!(body["id"].as_str(), Some(m.key.as_str()));
+            assert!(body["latency_ms"].is_number(), "the webhook's body");
+            alerted.insert(m.key.clone());
+        }
+        assert_eq!(alert_msgs.len(), anomalous.len(), "{layout}");
+        assert_eq!(alerted, anomalous, "{layout}");
+
+        // Drained and committed to the end of every partition.
+        let c = committed(&brokers, &group, &topic);
+        assert_eq!(c, (0..4).map(|p| (p, (n / 4) as i64)).collect(), "{layout}");
+        assert!(
+            logs[0].0.contains(&format!("{n} frames read")) || layout == "processes",
+            "{}",
+            logs[0].0
+        );
+    }
+}
+
+/// kill -9 in mid-stream: whatever the group had committed was scored and its verdict
+/// was on the results topic; after a restart every frame is scored at least once with
+/// no gap (only the first run's first W-1 frames fill a window without a verdict).
+#[cfg(unix)]
+#[test]
+fn a_consumer_killed_mid_stream_resumes_and_skips_nothing() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let (topic, group, results) = (unique("frames"), unique("g"), unique("results"));
+    let n = 400;
+    let frames = common::random_frames(n, F, 7);
+    // The topic exists before serve starts; frames arrive while it runs.
+    tidewatch::kafka::ensure_topic(&brokers, &topic, 4).unwrap();
+    let producer = {
+        let (brokers, topic, frames) = (brokers.clone(), topic.clone(), frames.clone());
+        std::thread::spawn(move || {
+            produce_frames(&brokers, &topic, 4, &frames, Some(150.0), &BTreeMap::new())
+        })
+    };
+    let args = ["--results-kafka-topic", results.as_str(), "-w", "2"];
+    let mut first = Served::start(&model, &brokers, &topic, &group, &args);
+    let before = read_topic(&brokers, &results, Duration::from_secs(60), |m| {
+        m.len() >= 120
+    });
+    first.child.kill().unwrap(); // SIGKILL: no drain, no last commit
+    first.child.wait().unwrap();
+    assert!(before.len() >= 120, "the first run scored frames");
+
+    // At-least-once: every message below the committed offsets has its verdict already.
+    let input = read_topic(&brokers, &topic, Duration::from_secs(30), |m| m.len() >= n);
+    assert_eq!(input.len(), n, "all frames produced");
+    let id_at: BTreeMap<(i32, i64), String> = input
+        .iter()
+        .map(|m| ((m.partition, m.offset), m.key.clone()))
+        .collect();
+    let warmup = |id: &String| {
+        input
+            .iter()
+            .any(|m| &m.key == id && m.offset < (W - 1) as i64)
+    };
+    let done_before = read_topic(&brokers, &results, Duration::from_secs(5), |_| false);
+    let scored_before = scored(&done_before);
+    let c = committed(&brokers, &group, &topic);
+    assert!(
+        c.values().sum::<i64>() > 0,
+        "offsets were committed mid-stream: {c:?}"
+    );
+    let mut unscored_committed = Vec::new();
+    for (&(p, o), id) in &id_at {
+        if c.get(&p).is_some_and(|&end| o < end) && !scored_before.contains_key(id) {
+            unscored_committed.push(id.clone());
+        }
+    }
+    assert!(
+        unscored_committed.len() < W && unscored_committed.iter().all(warmup),
+        "committed but never scored: {unscored_committed:?}"
+    );
+
+    let second = Served::start(&model, &brokers, &topic, &group, &args);
+    producer.join().unwrap();
+    let all_ids: BTreeSet<String> = id_at.values().cloned().collect();
+    let covered = |m: &[Msg]| {
+        let s = scored(m);
+        all_ids.iter().filter(|id| !s.contains_key(*id)).count() < W
+    };
+    let after = read_topic(&brokers, &results, Duration::from_secs(90), covered);
+    let (_, err) = second.stop();
+    let s = scored(&after);
+    let missing: Vec<&String> = all_ids.iter().filter(|id| !s.contains_key(*id)).collect();
+    assert!(
+        missing.len() < W && missing.iter().all(|id| warmup(id)),
+        "never scored: {missing:?}"
+    );
+    // The second run started from the committed offsets (less the window), not from
+    // the beginning.
+    let resumed = events(&err, "reading partition");
+    assert_eq!(resumed.len(), 4, "{err}");
+    for e in resumed {
+        let p = e["fields"]["partition"].as_i64().unwrap() as i32;
+        let start = e["fields"]["start"].as_i64().unwrap();
+        if let Some(&o) = c.get(&p) {
+            assert_eq!(start, (o - (W as i64 - 1)).max(0), "partition {p}: {e}");
+        }
+    }
+}
+
+/// Messages that do not decode (bad JSON; a binary frame of the wrong size) are logged
+/// with partition and offset, copied to the dead-letter topic, skipped, and committed
+/// past; the frames around them are scored.
+#[cfg(unix)]
+#[test]
+fn poison_messages_are_skipped_reported_and_dead_lettered() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let (topic, group) = (unique("frames"), unique("g"));
+    let (results, dead) = (unique("results"), unique("dead"));
+    let n = 40;
+    let frames = common::random_frames(n, F, 9);
+    let mut wrong_size = Vec::new();
+    binary::encode(&[1.0; F + 1], 21, None, Some("frame-21"), &mut wrong_size).unwrap();
+    let poison = BTreeMap::from([(10u64, b"{not json".to_vec()), (21, wrong_size)]);
+    produce_frames(&brokers, &topic, 2, &frames, None, &poison);
+    let served = Served::start(
+        &model,
+        &brokers,
+        &topic,
+        &group,
+        &[
+            "--results-kafka-topic",
+            &results,
+            "--kafka-dead-letter-topic",
+            &dead,
+        ],
+    );
+    let expected = n - poison.len() - (W - 1);
+    let got = read_topic(&brokers, &results, Duration::from_secs(90), |m| {
+        m.len() >= expected
+    });
+    let (out, err) = served.stop();
+    assert_eq!(got.len(), expected);
+    let s = scored(&got);
+    assert!(!s.contains_key("frame-10") && !s.contains_key("frame-21"));
+
+    // frame 10: partition 0 offset 5; frame 21: partition 1 offset 10
+    let skipped = events(&err, "skipped a Kafka message that does not decode");
+    let at: BTreeSet<(i64, i64)> = skipped
+        .iter()
+        .map(|e| {
+            (
+                e["fields"]["partition"].as_i64().unwrap(),
+                e["fields"]["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(at, BTreeSet::from([(0, 5), (1, 10)]), "{err}");
+    assert!(skipped
+        .iter()
+        .all(|e| e["fields"]["dead_letter"] == dead.as_str()));
+    assert!(
+        err.contains("21 features, the model 20"),
+        "the problem is named"
+    );
+
+    let letters = read_topic(&brokers, &dead, Duration::from_secs(30), |m| m.len() >= 2);
+    assert_eq!(letters.len(), 2);
+    let origins: BTreeSet<&str> = letters
+        .iter()
+        .map(|m| m.headers["tidewatch-origin"].as_str())
+        .collect();
+    assert_eq!(
+        origins,
+        BTreeSet::from([format!("{topic}/0/5").as_str(), &format!("{topic}/1/10")])
+    );
+    let bad_json = letters.iter().find(|m| m.key == "frame-10").unwrap();
+    assert_eq!(bad_json.payload, b"{not json");
+    assert!(!bad_json.headers["tidewatch-error"].is_empty());
+
+    assert_eq!(
+        committed(&brokers, &group, &topic),
+        BTreeMap::from([(0, 20), (1, 20)]),
+        "committed past the poison"
+    );
+    assert!(
+        out.contains("2 messages skipped (2 dead-lettered)"),
+        "{out}"
+    );
+}
+
+/// `loadgen --kafka` writes decodable frames round-robin over the partitions, and
+/// `bench --kafka` reads a topic through the dataflow and reports frames/s.
+#[test]
+fn loadgen_and_bench_use_a_topic() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let topic = unique("loadgen");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--kafka", &brokers, "--kafka-topic", &topic])
+        .args(["--kafka-format", "binary", "--frames", "30", "--json"])
+        .args(["--features", &F.to_string(), "--id-prefix", "lg-"])
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], 30);
+    assert_eq!(report["statuses"]["delivered"], 30);
+    let msgs = read_topic(&brokers, &topic, Duration::from_secs(30), |m| m.len() >= 30);
+    assert_eq!(msgs.len(), 30);
+    let index = FeatureIndex::numbered(F);
+    let mut per_partition = BTreeMap::<i32, usize>::new();
+    for m in &msgs {
+        let mut values = Vec::new();
+        let d = decode_message(
+            &m.payload,
+            &index,
+            KeyPolicy::default(),
+            1 << 20,
+            &mut values,
+        )
+        .unwrap();
+        assert_eq!(d.id.as_deref(), Some(m.key.as_str()));
+        *per_partition.entry(m.partition).or_default() += 1;
+    }
+    assert_eq!(
+        per_partition,
+        BTreeMap::from([(0, 8), (1, 8), (2, 7), (3, 7)])
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "bench", "--kafka", &brokers, "--frames", "60", "--ring", "8",
+        ])
+        .args(["--features", &F.to_string(), "-w", "2", "--json", "--model"])
+        .arg(&model)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mode"], "kafka");
+    assert_eq!(report["frames"], 60);
+    assert_eq!(report["frames_scored"], 60 - (W as u64 - 1));
+    assert!(report["frames_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["wire_bytes"].as_u64().unwrap() > 0);
+}
