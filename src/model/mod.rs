@@ -11,7 +11,7 @@ mod scorer;
 pub mod trig;
 
 pub use names::{FeatureIndex, FeatureNames};
-pub use scorer::Scorer;
+pub use scorer::{Folded, Scorer, FOLDED_BLOCK};
 
 use std::path::{Path, PathBuf};
 

@@ -63,6 +63,40 @@ struct Rff {
     pairs: Option<usize>,
 }
 
+/// Features per block of [`Folded::Rff`]'s weights (and of its padded per-feature arrays).
+pub const FOLDED_BLOCK: usize = LANES;
+
+/// A [`Scorer`]'s folded parameters ([`Scorer::folded`]), borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum Folded<'a> {
+    /// The linear model.
+    Linear {
+        /// `[W][F_part]`, calibration scale folded in.
+        weight_t: &'a [f32],
+        /// `[F_part]`, `(bias + offset) * scale`.
+        bias: &'a [f32],
+    },
+    /// The kernel model, features in blocks of [`FOLDED_BLOCK`]; the tail block padded
+    /// with features whose mean, 1/std, weights and bias are 0.
+    Rff {
+        /// `[blocks][FOLDED_BLOCK]`.
+        mean: &'a [f32],
+        /// `[blocks][FOLDED_BLOCK]`.
+        inv_std: &'a [f32],
+        /// `[D][W]`.
+        omega: &'a [f32],
+        /// `[D]`.
+        phase: &'a [f32],
+        /// `[blocks][D][FOLDED_BLOCK]`, `sqrt(2/D)` and calibration scale folded in.
+        weight: &'a [f32],
+        /// `[blocks][FOLDED_BLOCK]`, `(bias + offset) * scale`.
+        bias: &'a [f32],
+        /// The number of frequencies when the components are cosine-sine pairs
+        /// ([`trig::sincos_pairs`]); `None`: one cosine per component.
+        pairs: Option<usize>,
+    },
+}
+
 impl Scorer {
     /// A scorer for features `range` of `model`.
     pub fn new(model: &Model, range: Range<usize>) -> Scorer {
@@ -146,6 +180,24 @@ impl Scorer {
     /// Window length.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// The parameters as this scorer's kernels read them, calibration (and the kernel
+    /// model's `sqrt(2/D)`) folded in: what a device scorer uploads, so that it computes
+    /// the same numbers from the same folded values.
+    pub fn folded(&self) -> Folded<'_> {
+        match &self.kind {
+            Kind::Linear { weight_t, bias } => Folded::Linear { weight_t, bias },
+            Kind::Rff(r) => Folded::Rff {
+                mean: &r.mean,
+                inv_std: &r.inv_std,
+                omega: &r.omega,
+                phase: &r.phase,
+                weight: &r.weight,
+                bias: &r.bias,
+                pairs: r.pairs,
+            },
+        }
     }
 
     /// Scores `windows` (`[B][W][F_part]`) into `out` (`[B][F_part]`, overwritten).

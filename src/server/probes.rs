@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::bail;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::Reply;
@@ -25,7 +24,20 @@ pub(super) struct DeviceFacts {
     /// Whether scoring uses it.
     gpu_used: bool,
     /// Why the GPU is or is not used.
-    note: &'static str,
+    note: String,
+    /// The GPU scoring uses (name, UUID, compute capability, memory at start-up); the
+    /// memory in use now is added per request (`memory_used_bytes`).
+    gpu: Option<crate::gpu::GpuInfo>,
+    /// Where scoring runs, for the dataflow's settings.
+    #[serde(skip)]
+    device: Device,
+}
+
+impl DeviceFacts {
+    /// Where scoring runs: [`Device::Cpu`] or [`Device::Cuda`].
+    pub(super) fn device(&self) -> Device {
+        self.device
+    }
 }
 
 /// NVIDIA GPUs the kernel driver lists; cheap (a directory listing), and needs no driver
@@ -36,24 +48,30 @@ fn visible_gpus() -> usize {
         .unwrap_or(0)
 }
 
-/// Checks that the requested device can score. This build's scorer runs on the CPU, so
-/// `auto` means the CPU and `cuda` is refused rather than silently run elsewhere.
+/// Checks that the requested device can score ([`crate::gpu::resolve`]): `auto` takes the
+/// GPU when one is usable and says why not otherwise; `cuda` without a usable GPU (or in
+/// a build without the `gpu` feature) is refused rather than silently run elsewhere.
 pub(super) fn resolve_device(requested: Device) -> anyhow::Result<DeviceFacts> {
     let gpus = visible_gpus();
-    let note = "this build scores on the CPU (no GPU scorer compiled in)";
-    if requested == Device::Cuda {
-        bail!(
-            "DEFAULT_DEVICE=cuda, but {note}; {} GPU(s) visible. Use DEFAULT_DEVICE=auto or cpu",
-            gpus
-        );
-    }
+    let choice = crate::gpu::resolve(requested)
+        .map_err(|e| anyhow::anyhow!("{e} ({gpus} NVIDIA GPU(s) visible to the kernel)"))?;
+    let gpu_used = choice.used == Device::Cuda;
+    tracing::info!(
+        requested = ?requested,
+        device = ?choice.used,
+        gpu = choice.gpu.as_ref().map(|g| g.name.as_str()),
+        reason = %choice.reason,
+        "scoring device chosen"
+    );
     Ok(DeviceFacts {
         requested,
-        used: "cpu",
-        gpu_available: gpus > 0,
+        used: if gpu_used { "cuda" } else { "cpu" },
+        gpu_available: gpus > 0 || choice.gpu.is_some(),
         gpu_count: gpus,
-        gpu_used: false,
-        note,
+        gpu_used,
+        note: choice.reason,
+        gpu: choice.gpu.filter(|_| gpu_used),
+        device: choice.used,
     })
 }
 
@@ -97,6 +115,10 @@ pub(super) fn ready(shared: Arc<Shared>) -> warp::reply::Response {
                 "capacity": ready.ingress.capacity(),
                 "queued": ready.ingress.queued(),
             });
+            if let Some(g) = crate::gpu::sample() {
+                body["device"]["memory_used_bytes"] = g.memory_used_bytes.into();
+                body["device"]["memory_total_bytes"] = g.memory_total_bytes.into();
+            }
             (StatusCode::OK, body)
         }
         Phase::Loading => (
