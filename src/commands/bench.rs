@@ -39,7 +39,8 @@ use crate::runtime::{
 };
 use crate::server::{self, ModelSpec, ServeConfig};
 use crate::source::{
-    decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
+    decode_body, decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing,
+    SourceError,
 };
 use crate::stats::StageSummary;
 use crate::types::{Frame, FrameMeta, FrameResult};
@@ -470,8 +471,13 @@ impl FrameSource for RingSource {
             .wire_bytes
             .fetch_add(body.len() as u64, Relaxed);
         let mut values = Vec::with_capacity(self.index.len());
-        let decoded = inflate_if_gzip(body, MAX_INFLATED)
-            .and_then(|json| decode_frame(&json, &self.index, KeyPolicy::default(), &mut values));
+        let decoded = decode_body(
+            body,
+            MAX_INFLATED,
+            &self.index,
+            KeyPolicy::default(),
+            &mut values,
+        );
         match decoded {
             Ok(d) => Pull::Frame(Frame {
                 seq: 0,

@@ -22,7 +22,7 @@ use super::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
 use crate::clock;
 use crate::model::FeatureIndex;
 use crate::source::{
-    decode_frame, inflate_if_gzip, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
+    decode_frame, with_inflated, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
 };
 use crate::types::{Frame, FrameMeta};
 
@@ -43,15 +43,17 @@ pub fn decode_message(
     max_inflated: usize,
     values: &mut Vec<f32>,
 ) -> Result<Decoded, String> {
-    let bytes = inflate_if_gzip(payload, max_inflated).map_err(|e| e.to_string())?;
-    if binary::is_binary(&bytes) {
-        let h = binary::decode(&bytes, index.len(), values).map_err(|e| e.to_string())?;
-        return Ok(Decoded {
-            id: Some(h.id.map_or_else(|| h.seq.to_string(), String::from)),
-            event_ms: h.event_ms,
-        });
-    }
-    decode_frame(&bytes, index, policy, values).map_err(|e| e.to_string())
+    with_inflated(payload, max_inflated, |bytes| {
+        if binary::is_binary(bytes) {
+            let h = binary::decode(bytes, index.len(), values).map_err(|e| e.to_string())?;
+            return Ok(Decoded {
+                id: Some(h.id.map_or_else(|| h.seq.to_string(), String::from)),
+                event_ms: h.event_ms,
+            });
+        }
+        decode_frame(bytes, index, policy, values).map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())?
 }
 
 /// Settings of the Kafka input.

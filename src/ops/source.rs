@@ -32,7 +32,7 @@ const IDLE_RECHECK: Duration = Duration::from_millis(1);
 /// everywhere. With several workers or processes a slower one would otherwise let slices
 /// pile up in the exchange channels without bound while the source keeps reading (and an
 /// HTTP queue never fills, so clients never hear 429).
-pub const MAX_IN_FLIGHT: usize = 128;
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// What the source operators of one worker share with the runtime: the probe on the
 /// pipeline's end (which frames have their verdicts everywhere) and the sources that ran

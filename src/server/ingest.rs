@@ -15,9 +15,7 @@ use warp::Reply;
 use super::{error_reply, Phase, ServeConfig, Shared};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
-use crate::source::{
-    decode_frame, inflate_if_gzip, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing,
-};
+use crate::source::{decode_body, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing};
 use crate::types::{Frame, FrameMeta, Seq};
 
 /// What the client is told to wait before sending again after a 429 or 503, in seconds.
@@ -246,9 +244,8 @@ where
     let index = Arc::clone(&ingress.index);
     let (policy, max_inflated) = (ingress.policy, ingress.max_inflated);
     let decoded = tokio::task::spawn_blocking(move || {
-        let json = inflate_if_gzip(&body, max_inflated)?;
         let mut values = Vec::with_capacity(index.len());
-        let d = decode_frame(&json, &index, policy, &mut values)?;
+        let d = decode_body(&body, max_inflated, &index, policy, &mut values)?;
         Ok::<_, DecodeError>((d, values))
     })
     .await;

@@ -160,6 +160,37 @@ pub fn inflate_if_gzip(bytes: &[u8], max_inflated: usize) -> Result<Cow<'_, [u8]
     Ok(Cow::Owned(out))
 }
 
+/// Calls `f` with the body inflated (if it is gzip) into a buffer this thread keeps from
+/// frame to frame, so that a decoder thread allocates no inflate buffer per frame.
+pub fn with_inflated<R>(
+    bytes: &[u8],
+    max_inflated: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, DecodeError> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let json = inflate_if_gzip_into(bytes, max_inflated, &mut buf)?;
+        Ok(f(json))
+    })
+}
+
+/// Inflates (if gzip) and decodes one frame into `values`: [`with_inflated`] and
+/// [`decode_frame`], as HTTP ingest and `bench` do for every frame.
+pub fn decode_body(
+    bytes: &[u8],
+    max_inflated: usize,
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    values: &mut Vec<f32>,
+) -> Result<Decoded, DecodeError> {
+    with_inflated(bytes, max_inflated, |json| {
+        decode_frame(json, index, policy, values)
+    })?
+}
+
 /// [`inflate_if_gzip`] into `buf`, whose allocation is reused from frame to frame: gzip
 /// bodies are inflated into `buf` (replacing what it held), other bodies are returned
 /// as they are and `buf` is left alone. On error `buf` holds garbage.

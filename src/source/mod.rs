@@ -10,7 +10,8 @@ pub mod file;
 pub mod generator;
 
 pub use decode::{
-    decode_frame, inflate_if_gzip, DecodeError, Decoded, KeyPolicy, MissingKeys, UnknownKeys,
+    decode_body, decode_frame, inflate_if_gzip, with_inflated, DecodeError, Decoded, KeyPolicy,
+    MissingKeys, UnknownKeys,
 };
 pub use file::{read_matrix, FrameWriter, Matrix};
 pub use generator::{AnomalyKind, Generator, GeneratorConfig, GeneratorSource, Injection};
