@@ -14,7 +14,8 @@ type Pending = (Capability<Time>, Option<FrameMeta>, Vec<Hit>);
 /// Merges what every partition found in a frame into one verdict.
 pub trait MergeOps<'s> {
     /// Gathers [`PartHits`] on worker 0 and emits one [`FrameResult`] per scored frame,
-    /// in frame order, once the frontier says every partition has reported it.
+    /// in frame order and stamped with its seq, once the frontier says every partition
+    /// has reported it.
     fn merge_frames(self) -> Stream<'s, FrameResult>;
 }
 
@@ -54,6 +55,11 @@ impl<'s> MergeOps<'s> for Stream<'s, PartHits> {
                     // frame was not scored (it had no complete window).
                     let Some(meta) = meta else { continue };
                     hits.sort_unstable_by_key(|h| h.feature);
+                    // Stamped with the frame's own seq, not the earliest report's time:
+                    // operators downstream take their input sorted by stamp, so this is
+                    // what keeps verdicts (and alert lines) in frame order when several
+                    // are waiting at once.
+                    let cap = cap.delayed(&seq.max(*cap.time()));
                     output.session(&cap).give(FrameResult { seq, meta, hits });
                 }
             }
