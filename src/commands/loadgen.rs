@@ -130,6 +130,22 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+impl Percentiles {
+    /// The percentiles of a histogram of microseconds, in milliseconds (zeros if empty).
+    pub fn of_us(hist: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        if hist.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(hist.value_at_quantile(0.5)),
+            p90: ms(hist.value_at_quantile(0.9)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            max: ms(hist.max()),
+        }
+    }
+}
+
 impl LoadReport {
     /// The report as a few human lines.
     pub fn summary(&self) -> String {
@@ -419,17 +435,7 @@ async fn send(args: &LoadgenArgs, feed: Feed) -> anyhow::Result<LoadReport> {
         sent += n;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let ms = |us: u64| us as f64 / 1000.0;
-    let latency_ms = if hist.is_empty() {
-        Percentiles::default()
-    } else {
-        Percentiles {
-            p50: ms(hist.value_at_quantile(0.5)),
-            p90: ms(hist.value_at_quantile(0.9)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            max: ms(hist.max()),
-        }
-    };
+    let latency_ms = Percentiles::of_us(&hist);
     Ok(LoadReport {
         sent,
         statuses,

@@ -241,17 +241,7 @@ pub fn produce(
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .expect("set above");
-    let ms = |us: u64| us as f64 / 1000.0;
-    let latency_ms = if hist.is_empty() {
-        Percentiles::default()
-    } else {
-        Percentiles {
-            p50: ms(hist.value_at_quantile(0.5)),
-            p90: ms(hist.value_at_quantile(0.9)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            max: ms(hist.max()),
-        }
-    };
+    let latency_ms = Percentiles::of_us(&hist);
     let statuses = std::mem::take(&mut *tally.statuses.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(LoadReport {
         sent,
