@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::gpu::ScoringBackend;
@@ -392,14 +392,15 @@ pub fn run(
                     h(r)
                 }
             });
-            let probe = env.probe().clone();
-            results
-                .probe_with(&probe)
+            env.progress
+                .watch(results)
                 .sink_alert_lines(out, env.settings.max_alert_features);
-            Ok(probe)
+            Ok(env.probe().clone())
         })?;
+        // Every source, timer and channel wakes the worker when it has work, so it sleeps
+        // until then: an idle engine uses no CPU, and nothing waits for a timeout.
         while !probe.done() {
-            worker.step_or_park(Some(Duration::from_millis(10)));
+            worker.step_or_park(None);
         }
         env.progress.finish();
         failure.map_or(Ok(()), Err)

@@ -272,7 +272,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         device: device.used,
         dataflow: args.dataflow.clone(),
         batch_size: args.batch_size,
-        pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+        pacing: pacing(args),
         metrics_interval: args.metrics_interval,
         ..Settings::default()
     };
@@ -497,6 +497,20 @@ impl FrameSource for RingSource {
                 problem: e.to_string(),
             }),
         }
+    }
+}
+
+/// How the dataflow's sources are paced for --rate: in process and from Kafka, every
+/// worker of this process reads, and they take turns so that together they offer the
+/// rate, evenly spaced; over HTTP the load generator offers it, and the dataflow takes
+/// frames as they come.
+fn pacing(args: &BenchArgs) -> Pacing {
+    match args.rate {
+        Some(rate) if !args.http => Pacing::Shared {
+            rate,
+            readers: args.cluster.threads.max(1),
+        },
+        _ => Pacing::Unpaced,
     }
 }
 

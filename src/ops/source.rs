@@ -2,9 +2,14 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{ProbeHandle, Scope};
+use timely::progress::Antichain;
+use timely::scheduling::{Activator, SyncActivator};
 
 use super::{Stream, Time};
 use crate::source::{FrameSource, Pull, Sequencing};
@@ -18,14 +23,42 @@ pub enum Pacing {
     Unpaced,
     /// At most this many frames per second, evenly spaced.
     Rate(f64),
+    /// At most `rate` frames per second in all from `readers` workers that read in turn
+    /// (workers `0 .. readers`, as [`Sequencing::Interleaved`] deals frames): worker `i`'s
+    /// `n`-th frame is due `(n * readers + i) / rate` seconds after it starts, so that
+    /// together they offer `rate`, evenly spaced, instead of `readers` frames at once.
+    Shared {
+        /// Frames per second, all readers together.
+        rate: f64,
+        /// Workers reading.
+        readers: usize,
+    },
+}
+
+impl Pacing {
+    /// When the `n`-th frame of worker `index` is due, counted from its start; `None`
+    /// unpaced.
+    fn due(&self, n: u64, index: usize) -> Option<Duration> {
+        let (slot, rate) = match *self {
+            Pacing::Unpaced => return None,
+            Pacing::Rate(rate) => (n as f64, rate),
+            Pacing::Shared { rate, readers } => {
+                let readers = readers.max(1);
+                ((n * readers as u64 + (index % readers) as u64) as f64, rate)
+            }
+        };
+        Some(Duration::from_secs_f64(slot / rate))
+    }
 }
 
 /// Frames pulled in one activation at most, so a fast source leaves the worker time to
 /// score what it already produced.
 const PULLS_PER_ACTIVATION: usize = 64;
 
-/// How soon to ask an idle push source again (push sources do not wake the worker yet).
-/// Under [`Sequencing::Clock`] it is also how far an idle worker's time may lag the clock.
+/// How soon to ask an idle source again when it cannot wake its worker
+/// ([`FrameSource::wake_with`]). Under [`Sequencing::Clock`] it is also how far an idle
+/// worker's time may lag the clock, so such a source is asked this often even if it wakes
+/// its worker: the other workers' frames wait for its time to pass theirs.
 const IDLE_RECHECK: Duration = Duration::from_millis(1);
 
 /// Frames admitted at most, per reading worker, before the oldest of them has its verdict
@@ -35,12 +68,17 @@ const IDLE_RECHECK: Duration = Duration::from_millis(1);
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// What the source operators of one worker share with the runtime: the probe on the
-/// pipeline's end (which frames have their verdicts everywhere) and the sources that ran
-/// out, kept until the run is over so they can be told that all their frames settled.
+/// pipeline's end (which frames have their verdicts everywhere), the sources that ran
+/// out, kept until the run is over so they can be told that all their frames settled,
+/// and the source operators to wake when that frontier moves.
 #[derive(Clone, Default)]
 pub struct Progress {
     probe: ProbeHandle<Time>,
     finished: Rc<RefCell<Vec<Exhausted>>>,
+    sources: Rc<RefCell<Vec<Activator>>>,
+    /// Whether [`Progress::watch`] follows the pipeline's end; if not, a source that has
+    /// [`MAX_IN_FLIGHT`] frames out looks again on a timer.
+    watched: Rc<std::cell::Cell<bool>>,
 }
 
 /// A source that ran out, with the number of frames it yielded.
@@ -55,6 +93,32 @@ impl Progress {
     /// The probe the runtime attaches to the variant's results.
     pub fn probe(&self) -> &ProbeHandle<Time> {
         &self.probe
+    }
+
+    /// Probes `results`, the pipeline's end, with [`Progress::probe`], and wakes this
+    /// worker's source operators whenever their frontier moves: frames settled, so a
+    /// source hears of it ([`FrameSource::settled`]) and, if it had [`MAX_IN_FLIGHT`]
+    /// frames out, reads on, at once rather than at its next frame or timer.
+    pub fn watch<'s, D: 'static>(&self, results: Stream<'s, D>) -> Stream<'s, D> {
+        use timely::dataflow::operators::Probe;
+        let sources = Rc::clone(&self.sources);
+        self.watched.set(true);
+        results.probe_with(&self.probe).unary_frontier(
+            Pipeline,
+            "WakeSources",
+            move |_cap, _info| {
+                let mut seen: Antichain<Time> = Antichain::from_elem(Time::MIN);
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| output.session(&cap).give_container(data));
+                    if frontier.frontier() != seen.borrow() {
+                        seen = frontier.frontier().to_owned();
+                        for source in sources.borrow().iter() {
+                            source.activate();
+                        }
+                    }
+                }
+            },
+        )
     }
 
     /// Tells every exhausted source that all the frames it yielded have settled. Call once
@@ -138,12 +202,31 @@ impl Numbering {
     }
 }
 
+/// Wakes a source operator from another thread (an HTTP handler that queued a frame).
+struct WakeOperator(SyncActivator);
+
+impl Wake for WakeOperator {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Fails only once the worker is gone, when there is nothing left to wake.
+        let _ = self.0.activate();
+    }
+}
+
 /// A stream of frames read from `source` on this worker, each stamped with a logical time
 /// (its `seq`) as the source's [`Sequencing`] says. A worker given no source releases its
 /// capability at once and contributes nothing, so frames can enter on one worker, or on
 /// several, while every worker keeps the frontier moving. With `progress`, at most
 /// [`MAX_IN_FLIGHT`] frames of this source are in the dataflow at once, and the source
-/// hears which of its frames have settled ([`FrameSource::settled`]).
+/// hears which of its frames have settled ([`FrameSource::settled`]) as soon as
+/// [`Progress::watch`] sees them settle.
+///
+/// The operator runs only when there is something to do: a frame is due ([`Pacing`]),
+/// the source woke it ([`FrameSource::wake_with`]), or frames settled. Only a source that
+/// cannot wake it, or that numbers by [`Sequencing::Clock`], is polled while idle.
 pub fn frame_source<'s>(
     scope: Scope<'s, Time>,
     source: Option<Box<dyn FrameSource>>,
@@ -157,8 +240,18 @@ pub fn frame_source<'s>(
         scope,
         "FrameSource",
         move |cap, info| {
-            let activator = scope.activator_for(info.address);
+            let activator = scope.activator_for(Rc::clone(&info.address));
             let mut src = src;
+            // Whether an idle source must be asked again on a timer: it cannot wake this
+            // operator, or its time must follow the clock while idle.
+            let poll_when_idle = src.as_mut().is_some_and(|s| {
+                let sync = scope.worker().sync_activator_for(info.address.to_vec());
+                let wakes = s.wake_with(Waker::from(Arc::new(WakeOperator(sync))));
+                !wakes || s.sequencing() == Sequencing::Clock
+            });
+            if let (Some(p), Some(_)) = (&progress, &src) {
+                p.sources.borrow_mut().push(activator.clone());
+            }
             let mut numbering = Numbering::new(
                 src.as_ref().map_or(Sequencing::Dense, |s| s.sequencing()),
                 index,
@@ -173,6 +266,9 @@ pub fn frame_source<'s>(
             let mut in_flight: VecDeque<Time> = VecDeque::new();
             let mut settled: u64 = 0;
             let mut started: Option<Instant> = None;
+            // the due time a timer is already set for, so that activations before it (a
+            // frame settled) do not set more
+            let mut alarm: Option<Instant> = None;
             move |output| {
                 let (Some(c), Some(s)) = (cap.as_mut(), src.as_mut()) else {
                     cap = None;
@@ -190,16 +286,24 @@ pub fn frame_source<'s>(
                 }
                 let start = *started.get_or_insert_with(Instant::now);
                 for _ in 0..PULLS_PER_ACTIVATION {
-                    if progress.is_some() && in_flight.len() >= MAX_IN_FLIGHT {
-                        activator.activate_after(IDLE_RECHECK);
+                    if let Some(p) = progress
+                        .as_ref()
+                        .filter(|_| in_flight.len() >= MAX_IN_FLIGHT)
+                    {
+                        if !p.watched.get() {
+                            activator.activate_after(IDLE_RECHECK);
+                        }
                         return;
                     }
-                    if let Pacing::Rate(rate) = pacing {
-                        let due = start + Duration::from_secs_f64(numbering.yielded as f64 / rate);
+                    if let Some(after) = pacing.due(numbering.yielded, index) {
+                        let due = start + after;
                         let now = Instant::now();
                         if due > now {
                             c.downgrade(&numbering.idle());
-                            activator.activate_after(due - now);
+                            if alarm != Some(due) {
+                                activator.activate_after(due - now);
+                                alarm = Some(due);
+                            }
                             return;
                         }
                     }
@@ -224,7 +328,9 @@ pub fn frame_source<'s>(
                         }
                         Pull::Idle => {
                             c.downgrade(&numbering.idle());
-                            activator.activate_after(IDLE_RECHECK);
+                            if poll_when_idle {
+                                activator.activate_after(IDLE_RECHECK);
+                            }
                             return;
                         }
                         Pull::Done => {
@@ -245,6 +351,149 @@ pub fn frame_source<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{channel, Receiver, TryRecvError};
+    use std::sync::{Condvar, Mutex};
+    use timely::dataflow::operators::Inspect;
+
+    #[test]
+    fn shared_pacing_deals_the_rate_in_turn() {
+        let shared = Pacing::Shared {
+            rate: 2.0,
+            readers: 2,
+        };
+        let due = |n, i| shared.due(n, i).unwrap().as_secs_f64();
+        assert_eq!(
+            [due(0, 0), due(0, 1), due(1, 0), due(1, 1)],
+            [0.0, 0.5, 1.0, 1.5]
+        );
+        assert_eq!(
+            Pacing::Rate(2.0).due(3, 1),
+            Some(Duration::from_secs_f64(1.5))
+        );
+        assert_eq!(Pacing::Unpaced.due(3, 0), None);
+    }
+
+    /// What the pushing thread and the test see of a [`Pushed`] source.
+    #[derive(Default)]
+    struct Shared {
+        waker: Mutex<Option<Waker>>,
+        settled: Mutex<u64>,
+        settled_moved: Condvar,
+        idle_pulls: AtomicUsize,
+    }
+
+    impl Shared {
+        fn wake(&self) {
+            if let Some(w) = self.waker.lock().unwrap().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// A push source fed by another thread, which wakes the dataflow after each frame.
+    struct Pushed {
+        rx: Receiver<Frame>,
+        shared: Arc<Shared>,
+    }
+
+    impl FrameSource for Pushed {
+        fn pull(&mut self) -> Pull {
+            match self.rx.try_recv() {
+                Ok(f) => Pull::Frame(f),
+                Err(TryRecvError::Empty) => {
+                    self.shared.idle_pulls.fetch_add(1, Ordering::Relaxed);
+                    Pull::Idle
+                }
+                Err(TryRecvError::Disconnected) => Pull::Done,
+            }
+        }
+
+        fn settled(&mut self, n: u64) {
+            *self.shared.settled.lock().unwrap() = n;
+            self.shared.settled_moved.notify_all();
+        }
+
+        fn wake_with(&mut self, waker: Waker) -> bool {
+            *self.shared.waker.lock().unwrap() = Some(waker);
+            true
+        }
+    }
+
+    /// A source that wakes its worker is asked again only when woken or when its frames
+    /// settle: the worker sleeps in between (no timer), and still hears every frame, every
+    /// settlement (the pushing thread ends the input only after all three settled) and
+    /// the end of the input.
+    #[test]
+    fn a_waking_source_is_not_polled_and_hears_its_frames_settle() {
+        const FRAMES: u64 = 3;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = channel();
+        let source = Pushed {
+            rx,
+            shared: Arc::clone(&shared),
+        };
+        let pusher = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for _ in 0..FRAMES {
+                    // idle a while first, so that a source polled on a timer would show it
+                    std::thread::sleep(Duration::from_millis(20));
+                    tx.send(Frame::default()).unwrap();
+                    shared.wake();
+                }
+                let mut settled = shared.settled.lock().unwrap();
+                while *settled < FRAMES {
+                    settled = shared.settled_moved.wait(settled).unwrap();
+                }
+                drop(settled);
+                drop(tx);
+                shared.wake();
+            })
+        };
+        // execute_directly wants a Sync closure, and a receiver is not
+        let source = Mutex::new(Some(Box::new(source) as Box<dyn FrameSource>));
+        let (done, finished) = channel();
+        std::thread::spawn(move || {
+            let seqs = timely::execute_directly(move |worker| {
+                let progress = Progress::new();
+                let seen = Rc::new(RefCell::new(Vec::new()));
+                let probe = worker.dataflow::<Time, _, _>(|scope| {
+                    let sink = Rc::clone(&seen);
+                    let frames = frame_source(
+                        scope,
+                        source.lock().unwrap().take(),
+                        Pacing::Unpaced,
+                        Arc::new(Stats::default()),
+                        Some(progress.clone()),
+                    )
+                    .inspect(move |f| sink.borrow_mut().push(f.seq));
+                    progress.watch(frames);
+                    progress.probe().clone()
+                });
+                while !probe.done() {
+                    worker.step_or_park(None);
+                }
+                progress.finish();
+                let seqs = seen.borrow().clone();
+                seqs
+            });
+            let _ = done.send(seqs);
+        });
+        let seqs = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the dataflow never finished: a wake-up was lost");
+        pusher.join().unwrap();
+        assert_eq!(seqs, (0..FRAMES).collect::<Vec<_>>());
+        assert_eq!(*shared.settled.lock().unwrap(), FRAMES);
+        // Woken once per frame and once per frontier move; a timer would have asked about
+        // every millisecond of the 60 ms idle.
+        let idle = shared.idle_pulls.load(Ordering::Relaxed);
+        assert!(
+            idle <= 4 * FRAMES as usize + 2,
+            "asked {idle} times while idle"
+        );
+    }
 
     #[test]
     fn clock_slots_are_unique_per_worker_and_never_go_back() {

@@ -36,15 +36,24 @@ impl<'s> SplitOps<'s> for Stream<'s, Frame> {
                                 });
                                 continue;
                             }
-                            let mut meta = Some(frame.meta);
-                            for part in 0..layout.parts {
+                            for part in 1..layout.parts {
                                 session.give(Slice {
                                     seq: frame.seq,
                                     part: part as u32,
-                                    meta: meta.take(),
+                                    meta: None,
                                     values: frame.values[layout.range(part)].to_vec(),
                                 });
                             }
+                            // Partition 0 is the front of the frame: it keeps the frame's
+                            // own buffer instead of a copy.
+                            let mut values = frame.values;
+                            values.truncate(layout.range(0).end);
+                            session.give(Slice {
+                                seq: frame.seq,
+                                part: 0,
+                                meta: Some(frame.meta),
+                                values,
+                            });
                         }
                     }
                 });

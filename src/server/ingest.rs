@@ -2,9 +2,10 @@
 //! threads, number the frame and queue it for worker 0, all without ever waiting for the
 //! dataflow.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -33,6 +34,8 @@ pub(super) struct Ingress {
     /// Numbering and sending under one lock, so that frames enter the queue in seq order
     /// (the source requires increasing seqs) and a refused frame uses up no seq.
     queue: Mutex<Option<Queue>>,
+    /// Wakes worker 0 for each frame queued and when the queue closes.
+    doorbell: Arc<Doorbell>,
     decode_permits: Semaphore,
     /// Bodies being read or decoded at once: each holds up to `max_body` bytes, so this
     /// bounds the memory of uploads in flight however many clients connect.
@@ -47,10 +50,27 @@ struct Queue {
     next: Seq,
 }
 
+/// The dataflow's waker, once worker 0 has built its source; rung from the handlers.
+#[derive(Default)]
+struct Doorbell(Mutex<Option<Waker>>);
+
+impl Doorbell {
+    fn ring(&self) {
+        if let Some(w) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    fn hang(&self, waker: Waker) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
+    }
+}
+
 /// The dataflow side of the ingest queue: worker 0 pulls decoded frames from it.
 pub struct IngestSource {
     rx: Receiver<Frame>,
     queued: Arc<AtomicUsize>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl FrameSource for IngestSource {
@@ -69,6 +89,13 @@ impl FrameSource for IngestSource {
     fn sequencing(&self) -> Sequencing {
         Sequencing::Assigned
     }
+
+    /// Frames queued before this are pulled at the source's first activation, which
+    /// every operator gets; later ones ring.
+    fn wake_with(&mut self, waker: Waker) -> bool {
+        self.doorbell.hang(waker);
+        true
+    }
 }
 
 impl Ingress {
@@ -76,6 +103,7 @@ impl Ingress {
         let capacity = config.queue_max_size.max(1);
         let (tx, rx) = sync_channel(capacity);
         let queued = Arc::new(AtomicUsize::new(0));
+        let doorbell = Arc::new(Doorbell::default());
         let ingress = Arc::new(Ingress {
             index: Arc::new(model.feature_index()),
             policy: config.key_policy,
@@ -84,16 +112,27 @@ impl Ingress {
             capacity,
             queued: Arc::clone(&queued),
             queue: Mutex::new(Some(Queue { tx, next: 0 })),
+            doorbell: Arc::clone(&doorbell),
             decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
             body_permits: Semaphore::new(capacity + 4 * config.decode_concurrency.max(1)),
         });
-        (ingress, IngestSource { rx, queued })
+        let source = IngestSource {
+            rx,
+            queued,
+            doorbell,
+        };
+        (ingress, source)
     }
 
     /// Closes the queue: later frames are refused (503); the dataflow finishes what was
     /// queued and then sees the end of its input.
     pub(super) fn close(&self) {
-        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if queue.is_some() {
+            // Rung once the sender is gone, so that the source, woken, sees the end.
+            drop(queue);
+            self.doorbell.ring();
+        }
     }
 
     pub(super) fn capacity(&self) -> usize {
@@ -108,8 +147,14 @@ impl Ingress {
         self.queued() >= self.capacity
     }
 
-    /// Numbers `frame` and queues it; `Err` says why it was refused.
-    fn enqueue(&self, mut frame: Frame) -> Result<Seq, Refusal> {
+    /// Numbers `frame`, queues it and wakes the dataflow; `Err` says why it was refused.
+    fn enqueue(&self, frame: Frame) -> Result<Seq, Refusal> {
+        let seq = self.send(frame)?;
+        self.doorbell.ring();
+        Ok(seq)
+    }
+
+    fn send(&self, mut frame: Frame) -> Result<Seq, Refusal> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let Some(q) = queue.as_mut() else {
             return Err(Refusal::Closed);
@@ -133,9 +178,30 @@ impl Ingress {
     }
 }
 
+impl Drop for Ingress {
+    /// Dropped without [`Ingress::close`] (the server never became ready), the queue still
+    /// ends, and the source must hear of it.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 enum Refusal {
     Full,
     Closed,
+    /// The handler was dropped (its client went away) while the frame was decoded: never
+    /// answered.
+    Abandoned,
+}
+
+/// Marks a handler gone when dropped, so that the decoding thread does not queue a frame
+/// whose client will never hear that it was accepted (and may send it again).
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The handler of `POST /data-enqueue`.
@@ -197,7 +263,7 @@ where
 }
 
 async fn accept<S, B>(
-    ingress: &Ingress,
+    ingress: &Arc<Ingress>,
     headers: &HeaderMap,
     body: S,
     (received_ms, received_us): (i64, u64),
@@ -241,16 +307,36 @@ where
         .acquire()
         .await
         .expect("the decode semaphore is never closed");
-    let index = Arc::clone(&ingress.index);
-    let (policy, max_inflated) = (ingress.policy, ingress.max_inflated);
-    let decoded = tokio::task::spawn_blocking(move || {
-        let mut values = Vec::with_capacity(index.len());
-        let d = decode_body(&body, max_inflated, &index, policy, &mut values)?;
-        Ok::<_, DecodeError>((d, values))
+    let queue = Arc::clone(ingress);
+    let gone = Arc::new(AtomicBool::new(false));
+    let _waiting = Waiting(Arc::clone(&gone));
+    // Queued from the decoding thread, not after a hop back to the async task: the frame
+    // reaches the dataflow without waiting for the runtime to poll this handler again.
+    let queued = tokio::task::spawn_blocking(move || {
+        let mut values = Vec::with_capacity(queue.index.len());
+        let (policy, max_inflated) = (queue.policy, queue.max_inflated);
+        let decoded = decode_body(&body, max_inflated, &queue.index, policy, &mut values)?;
+        let frame = Frame {
+            seq: 0,
+            meta: FrameMeta {
+                received_ms,
+                event_ms: decoded.event_ms,
+                id: decoded.id,
+                source: 0,
+                received_us,
+                decoded_us: clock::now_us(),
+                ..FrameMeta::default()
+            },
+            values,
+        };
+        if gone.load(Ordering::Relaxed) {
+            return Ok(Err(Refusal::Abandoned));
+        }
+        Ok::<_, DecodeError>(queue.enqueue(frame))
     })
     .await;
     drop(permit);
-    let (decoded, values) = match decoded {
+    let queued = match queued {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, kind = e.kind(), "frame refused");
@@ -269,22 +355,9 @@ where
             ));
         }
     };
-    let frame = Frame {
-        seq: 0,
-        meta: FrameMeta {
-            received_ms,
-            event_ms: decoded.event_ms,
-            id: decoded.id,
-            source: 0,
-            received_us,
-            decoded_us: clock::now_us(),
-            ..FrameMeta::default()
-        },
-        values,
-    };
-    ingress.enqueue(frame).map_err(|r| match r {
+    queued.map_err(|r| match r {
         Refusal::Full => queue_full(ingress),
-        Refusal::Closed => unavailable("shutting down"),
+        Refusal::Closed | Refusal::Abandoned => unavailable("shutting down"),
     })
 }
 

@@ -68,6 +68,16 @@ pub trait FrameSource: Send {
     fn settled(&mut self, n: u64) {
         let _ = n;
     }
+
+    /// Offers the source a `waker` to call, from any thread, whenever it may have more to
+    /// give after answering [`Pull::Idle`]: a frame arrived, or its input ended. A source
+    /// that will call it returns `true`, and its worker then sleeps while the source is
+    /// idle instead of asking again; one that returns `false` (the default) is asked again
+    /// about every millisecond while idle.
+    fn wake_with(&mut self, waker: std::task::Waker) -> bool {
+        let _ = waker;
+        false
+    }
 }
 
 /// A record that could not be turned into a frame.
