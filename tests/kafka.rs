@@ -342,11 +342,53 @@ fn events(stderr: &str, message: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The address `serve` printed in its ready line (`ready on http://ADDR (...`).
+fn ready_addr(served: &Served) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = served.stdout.lock().unwrap().clone();
+        if let Some(rest) = out.split("ready on http://").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve printed no ready line: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /metrics` of the server at `addr`, in Prometheus' text format.
+fn scrape(addr: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("serve answers /metrics");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.text().await.unwrap()
+    })
+}
+
+/// The value of the Prometheus sample `name` (with its labels, exactly as exposed).
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// 4 partitions, read by two workers of one process and by two processes: every frame is
 /// scored exactly once (but the first W-1, which only fill the first window), each
-/// worker reads its own partitions, every anomalous frame's alert arrives on the alert
-/// topic with the webhook's body keyed by frame id, and the final commit covers
-/// everything.
+/// worker reads its own partitions, every verdict on the results topic carries the
+/// frame's seq, id, count of anomalous features and those features, every anomalous
+/// frame's alert arrives on the alert topic with the webhook's body keyed by frame id,
+/// process 0's `/metrics` counts exactly the alerts on the topic as sent (with their
+/// delivery latencies), and the final commit covers everything.
 #[cfg(unix)]
 #[test]
 fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
@@ -402,6 +444,28 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
         let got = read_topic(&brokers, &results, Duration::from_secs(5), |m| {
             m.len() > got.len()
         });
+        // Alerts: exactly the anomalous verdicts. Read while serve still runs, so that
+        // its /metrics can be compared with them.
+        let anomalous: BTreeSet<String> = got
+            .iter()
+            .filter(|m| m.json()["anomaly_detected"] == true)
+            .map(|m| m.key.clone())
+            .collect();
+        let alert_msgs = read_topic(&brokers, &alerts, Duration::from_secs(30), |m| {
+            m.len() >= anomalous.len()
+        });
+        // An alert counts once the broker's acknowledgement reached the producer, which
+        // may come a moment after a reader sees the message.
+        let addr = ready_addr(&served[0]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let metrics = loop {
+            let text = scrape(&addr);
+            let sent = sample(&text, "tidewatch_alerts_sent_total");
+            if sent >= alert_msgs.len() as u64 || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         for s in &served {
             s.signal();
         }
@@ -409,6 +473,23 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
         let counts = scored(&got);
         assert_eq!(got.len(), expected, "{layout}: one verdict per frame");
         assert!(counts.keys().all(|k| ids.contains(k)), "{layout}");
+        // Each verdict: the frame's seq and id, whether it is anomalous, how many
+        // features are, and those features with their scores (all of them: F is under
+        // the list's cap).
+        let mut seqs = BTreeSet::new();
+        for m in &got {
+            let v = m.json();
+            seqs.insert(v["seq"].as_u64().expect("a verdict has its seq"));
+            let listed = v["anomalous_features"].as_array().unwrap();
+            let n = v["num_anomalous_features"].as_u64().unwrap();
+            assert_eq!(n, listed.len() as u64, "{layout}: {v}");
+            assert_eq!(v["anomaly_detected"], n > 0, "{layout}: {v}");
+            for f in listed {
+                assert!((f["feature_idx"].as_u64().unwrap() as usize) < F, "{v}");
+                assert!(f["score"].as_f64().unwrap() >= 0.0, "{v}");
+            }
+        }
+        assert_eq!(seqs.len(), got.len(), "{layout}: one seq per verdict");
 
         // Each of the two workers read two partitions: p % 2 == worker.
         let mut read: Vec<(u64, u64)> = logs
@@ -430,17 +511,12 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
             );
         }
 
-        // Alerts: exactly the anomalous verdicts, as the webhook would post them.
-        let anomalous: BTreeSet<String> = got
-            .iter()
-            .filter(|m| m.json()["anomaly_detected"] == true)
-            .map(|m| m.key.clone())
-            .collect();
+        // Alerts: exactly the anomalous verdicts, as the webhook would post them, with
+        // the features and seq of the frame's verdict.
         assert!(!anomalous.is_empty(), "the random model flags frames");
         assert!(anomalous.len() < expected, "and passes others");
-        let alert_msgs = read_topic(&brokers, &alerts, Duration::from_secs(30), |m| {
-            m.len() >= anomalous.len()
-        });
+        let verdict_of: BTreeMap<&str, Value> =
+            got.iter().map(|m| (m.key.as_str(), m.json())).collect();
         let mut alerted = BTreeSet::new();
         for m in &alert_msgs {
             let body = tidewatch::alert::check_like_client(
@@ -451,10 +527,38 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
             .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&m.payload)));
             assert_eq!(body["id"].as_str(), Some(m.key.as_str()));
             assert!(body["latency_ms"].is_number(), "the webhook's body");
+            let v = &verdict_of[m.key.as_str()];
+            for field in ["seq", "num_anomalous_features", "anomalous_features"] {
+                assert_eq!(body[field], v[field], "{layout}: {field} of {}", m.key);
+            }
             alerted.insert(m.key.clone());
         }
         assert_eq!(alert_msgs.len(), anomalous.len(), "{layout}");
         assert_eq!(alerted, anomalous, "{layout}");
+
+        // /metrics of process 0 (which merges verdicts and produces alerts) counts the
+        // alerts on the topic as sent, none retried or dead-lettered (no webhook), and
+        // times the delivery of each.
+        let alerts_n = alert_msgs.len() as u64;
+        assert_eq!(
+            sample(&metrics, "tidewatch_alerts_sent_total"),
+            alerts_n,
+            "{layout}: {metrics}"
+        );
+        assert_eq!(sample(&metrics, "tidewatch_alerts_retried_total"), 0);
+        assert_eq!(sample(&metrics, "tidewatch_alerts_dead_lettered_total"), 0);
+        for stage in ["alert_delivery", "receive_to_alert_sent"] {
+            let count = format!("tidewatch_stage_latency_microseconds_count{{stage=\"{stage}\"}}");
+            assert_eq!(sample(&metrics, &count), alerts_n, "{layout}: {stage}");
+        }
+        assert_eq!(
+            sample(&metrics, "tidewatch_frames_scored_total"),
+            expected as u64
+        );
+        assert_eq!(
+            sample(&metrics, "tidewatch_anomalous_frames_total"),
+            anomalous.len() as u64
+        );
 
         // Drained and committed to the end of every partition.
         let c = committed(&brokers, &group, &topic);

@@ -81,8 +81,10 @@ pub struct KafkaArgs {
     /// Topic the alerts go to (the webhook's body, keyed by frame id); empty: none.
     #[arg(long, env = "ALERTS_KAFKA_TOPIC", default_value = DEFAULT_ALERTS_TOPIC)]
     pub alerts_kafka_topic: String,
-    /// Topic every frame's verdict goes to (for downstream storage, as seed 003's
-    /// inference-results), keyed by frame id.
+    /// Topic every frame's verdict goes to, anomalous or not (for downstream storage, as
+    /// seed 003's inference-results), keyed by frame id: the alert body's shape with
+    /// `anomaly_detected` true or false, the count of features over the threshold, and
+    /// those features with their scores (at most --max-alert-features of them).
     #[arg(long, env = "RESULTS_KAFKA_TOPIC")]
     pub results_kafka_topic: Option<String>,
 }

@@ -1,5 +1,11 @@
 //! The producer side of `serve`: one [`Outbox`] per process, through which alerts,
 //! verdicts and dead letters go to Kafka without ever blocking a worker.
+//!
+//! An alert counts as sent (`tidewatch_alerts_sent_total`, and the `alert_delivery` and
+//! `receive_to_alert_sent` stages) when the broker acknowledges it, as a webhook alert
+//! does when the receiver accepts it; one the producer gives up on (after librdkafka's
+//! own retries) or refuses at once counts as dead-lettered and is logged whole as an
+//! error.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,6 +22,7 @@ use super::{client_config, MAX_MESSAGE_BYTES};
 use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
+use crate::stats::{Stage, Stats};
 use crate::types::FrameResult;
 use crate::webhook::AlertBody;
 
@@ -66,6 +73,49 @@ impl Shared {
     }
 }
 
+/// What the delivery report of one message needs.
+struct Receipt {
+    ticket: u64,
+    /// Set for an alert: counted and timed when the broker acknowledges it.
+    alert: Option<AlertReceipt>,
+}
+
+/// An alert on its way to the broker, with the stamps its delivery is timed from (as the
+/// webhook times its alerts).
+struct AlertReceipt {
+    stats: Arc<Stats>,
+    /// When the frame was received ([`clock::now_us`]; 0: unknown).
+    received_us: u64,
+    /// When the verdict hook handed the alert to the producer.
+    handed_us: u64,
+}
+
+impl AlertReceipt {
+    /// The broker acknowledged the alert. librdkafka retries on its own and does not say
+    /// how often, so no retries are counted.
+    fn sent(&self) {
+        let now = clock::now_us();
+        self.stats.alert_sent(0);
+        self.stats
+            .record_since(Stage::Delivery, self.handed_us, now);
+        self.stats
+            .record_since(Stage::Alerted, self.received_us, now);
+    }
+
+    /// The alert will never reach the topic: counted as dead-lettered, and the whole
+    /// alert goes into the error line (the only place it is kept).
+    fn given_up(&self, topic: &str, key: &[u8], payload: &[u8], error: &dyn std::fmt::Display) {
+        self.stats.alert_dead_lettered(0);
+        tracing::error!(
+            topic,
+            key = %String::from_utf8_lossy(key),
+            error = %error,
+            alert = %String::from_utf8_lossy(payload),
+            "alert not delivered to Kafka; the alert is only in this log line"
+        );
+    }
+}
+
 struct OutboxContext {
     shared: Arc<Shared>,
 }
@@ -73,24 +123,31 @@ struct OutboxContext {
 impl ClientContext for OutboxContext {}
 
 impl ProducerContext for OutboxContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<Receipt>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ticket: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, receipt: Box<Receipt>) {
         match result {
             Ok(_) => {
                 self.shared.delivered.fetch_add(1, Relaxed);
+                if let Some(a) = &receipt.alert {
+                    a.sent();
+                }
             }
             Err((e, m)) => {
                 self.shared.failed.fetch_add(1, Relaxed);
-                tracing::error!(
-                    topic = m.topic(),
-                    key = %String::from_utf8_lossy(m.key().unwrap_or_default()),
-                    error = %e,
-                    "a message could not be delivered to Kafka"
-                );
+                let key = m.key().unwrap_or_default();
+                match &receipt.alert {
+                    Some(a) => a.given_up(m.topic(), key, m.payload().unwrap_or_default(), e),
+                    None => tracing::error!(
+                        topic = m.topic(),
+                        key = %String::from_utf8_lossy(key),
+                        error = %e,
+                        "a message could not be delivered to Kafka"
+                    ),
+                }
             }
         }
-        self.shared.confirm(ticket as u64);
+        self.shared.confirm(receipt.ticket);
     }
 }
 
@@ -138,13 +195,27 @@ impl Outbox {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Option<u64> {
+        self.send_with(topic, key, payload, headers, None)
+    }
+
+    /// [`Outbox::send`], and for an alert (`alert` set) counts and times it once the
+    /// broker acknowledges it, or counts it dead-lettered if it is refused or fails.
+    fn send_with(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        alert: Option<AlertReceipt>,
+    ) -> Option<u64> {
         let ticket = self
             .shared
             .gate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .issue();
-        let mut record = BaseRecord::with_opaque_to(topic, ticket as usize).payload(payload);
+        let receipt = Box::new(Receipt { ticket, alert });
+        let mut record = BaseRecord::with_opaque_to(topic, receipt).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -153,15 +224,19 @@ impl Outbox {
         }
         match self.producer.send(record) {
             Ok(()) => Some(ticket),
-            Err((e, _)) => {
+            Err((e, record)) => {
                 self.shared.refused.fetch_add(1, Relaxed);
-                tracing::error!(
-                    topic,
-                    key = %String::from_utf8_lossy(key.unwrap_or_default()),
-                    bytes = payload.len(),
-                    error = %e,
-                    "Kafka producer refused a message"
-                );
+                let key = key.unwrap_or_default();
+                match &record.delivery_opaque.alert {
+                    Some(a) => a.given_up(topic, key, payload, &e),
+                    None => tracing::error!(
+                        topic,
+                        key = %String::from_utf8_lossy(key),
+                        bytes = payload.len(),
+                        error = %e,
+                        "Kafka producer refused a message"
+                    ),
+                }
                 self.shared.confirm(ticket);
                 None
             }
@@ -234,37 +309,182 @@ pub fn frame_key(r: &FrameResult) -> String {
     r.meta.id.clone().unwrap_or_else(|| r.seq.to_string())
 }
 
-/// A verdict hook (for worker 0) that sends, keyed by frame id: to `topics.alerts` the
-/// webhook's alert body of each anomalous frame (at most `max_features` features and
-/// `body_limit` bytes); to `topics.results` every frame's verdict, in the same shape with
-/// `anomaly_detected` true or false (the features over the threshold and their scores:
-/// the dataflow carries only those out of the workers).
+/// A verdict hook (for worker 0) that sends, keyed by frame id:
+///
+/// - to `topics.alerts` the webhook's alert body of each anomalous frame (at most
+///   `max_features` features and `body_limit` bytes), counted in `stats` as sent (with
+///   its `alert_delivery` and `receive_to_alert_sent` latencies) once the broker
+///   acknowledges it, or as dead-lettered if the producer gives up on it;
+/// - to `topics.results` every frame's verdict, anomalous or not, in the same shape:
+///   `seq`, `id`, `timestamp`, `received_at`, `anomaly_detected` true or false,
+///   `num_anomalous_features` (always the full count) and `anomalous_features`, the
+///   features over the threshold with their scores, highest first, at most
+///   `max_features` of them. Scores under the threshold are not sent: the dataflow
+///   carries only the anomalies out of the workers.
 pub fn result_hook(
     outbox: Arc<Outbox>,
     topics: ResultTopics,
     max_features: usize,
     body_limit: usize,
+    stats: Arc<Stats>,
 ) -> ResultHook {
     Arc::new(move |r: &FrameResult| {
-        let latency_ms = clock::now_us().saturating_sub(r.meta.received_us) as f64 / 1000.0;
+        let now = clock::now_us();
+        let latency_ms = now.saturating_sub(r.meta.received_us) as f64 / 1000.0;
         let key = frame_key(r);
         if let (Some(topic), true) = (&topics.alerts, r.is_anomalous()) {
             let body = AlertBody::encode(r, latency_ms, max_features, body_limit);
-            outbox.send(topic, Some(key.as_bytes()), &body, None);
+            let receipt = AlertReceipt {
+                stats: Arc::clone(&stats),
+                received_us: r.meta.received_us,
+                handed_us: now,
+            };
+            outbox.send_with(topic, Some(key.as_bytes()), &body, None, Some(receipt));
         }
         if let Some(topic) = &topics.results {
-            let mut alert = Alert::new(r, max_features);
-            alert.anomaly_detected = r.is_anomalous();
-            let body =
-                serde_json::to_vec(&AlertBody { alert, latency_ms }).expect("verdicts serialise");
+            let body = verdict_body(r, latency_ms, max_features);
             outbox.send(topic, Some(key.as_bytes()), &body, None);
         }
     })
 }
 
+/// A frame's message on the results topic: the alert body's shape, with
+/// `anomaly_detected` saying whether any feature is over the threshold.
+fn verdict_body(r: &FrameResult, latency_ms: f64, max_features: usize) -> Vec<u8> {
+    let mut alert = Alert::new(r, max_features);
+    alert.anomaly_detected = r.is_anomalous();
+    serde_json::to_vec(&AlertBody { alert, latency_ms }).expect("verdicts serialise")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{FrameMeta, Hit};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    fn verdict(seq: u64, hits: &[(u32, f32)]) -> FrameResult {
+        FrameResult {
+            seq,
+            meta: FrameMeta {
+                received_ms: 1_795_428_000_123,
+                received_us: clock::now_us(),
+                id: Some(format!("f{seq}")),
+                ..FrameMeta::default()
+            },
+            hits: hits
+                .iter()
+                .map(|&(feature, score)| Hit { feature, score })
+                .collect(),
+        }
+    }
+
+    fn stage_count(stats: &Stats, stage: Stage) -> u64 {
+        stats
+            .histograms()
+            .into_iter()
+            .find(|(s, _)| *s == stage)
+            .map_or(0, |(_, h)| h.len())
+    }
+
+    /// Against librdkafka's mock broker: an alert acknowledged by the broker counts as
+    /// sent, with its delivery and end-to-end latencies; verdicts on the results topic
+    /// and normal frames count as no alert.
+    #[test]
+    fn alerts_count_as_sent_once_the_broker_acknowledges_them() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("alerts", 2, 1).unwrap();
+        mock.create_topic("results", 2, 1).unwrap();
+        let outbox = Outbox::new(&mock.bootstrap_servers()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let topics = ResultTopics {
+            alerts: Some("alerts".into()),
+            results: Some("results".into()),
+        };
+        let hook = result_hook(Arc::clone(&outbox), topics, 10, 1 << 20, Arc::clone(&stats));
+        hook(&verdict(1, &[(3, 1.5), (7, 2.0)]));
+        hook(&verdict(2, &[]));
+        hook(&verdict(3, &[(0, 9.0)]));
+        assert!(outbox.flush(Duration::from_secs(30)), "the broker confirms");
+        assert_eq!(outbox.stats().delivered, 5, "2 alerts and 3 verdicts");
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.alerts_sent, s.alerts_retried, s.alerts_dead_lettered),
+            (2, 0, 0)
+        );
+        assert_eq!(stage_count(&stats, Stage::Delivery), 2);
+        assert_eq!(stage_count(&stats, Stage::Alerted), 2);
+    }
+
+    /// An alert the broker refuses for good, or the producer refuses at once, counts as
+    /// dead-lettered and not as sent; a failed message that is no alert counts as neither.
+    #[test]
+    fn alerts_that_fail_count_as_dead_lettered() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("alerts", 1, 1).unwrap();
+        let outbox = Outbox::new(&mock.bootstrap_servers()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let topics = ResultTopics {
+            alerts: Some("alerts".into()),
+            results: None,
+        };
+        let hook = result_hook(Arc::clone(&outbox), topics, 10, 1 << 20, Arc::clone(&stats));
+        // A permanent error for the next two produce requests: an alert, then a dead
+        // letter of the input (no alert).
+        let too_large = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+        mock.request_errors(RDKafkaApiKey::Produce, &[too_large]);
+        hook(&verdict(1, &[(3, 1.5)]));
+        assert!(outbox.flush(Duration::from_secs(30)));
+        mock.request_errors(RDKafkaApiKey::Produce, &[too_large]);
+        outbox.send("alerts", Some(b"k"), b"not an alert", None);
+        assert!(outbox.flush(Duration::from_secs(30)));
+        assert_eq!(outbox.stats().failed, 2, "{:?}", outbox.stats());
+        // Over the producer's message limit: refused at once.
+        let receipt = AlertReceipt {
+            stats: Arc::clone(&stats),
+            received_us: clock::now_us(),
+            handed_us: clock::now_us(),
+        };
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            outbox.send_with("alerts", None, &huge, None, Some(receipt)),
+            None
+        );
+        assert_eq!(outbox.stats().refused, 1);
+        // and the broker being well again, the next alert goes through
+        hook(&verdict(2, &[(1, 4.0)]));
+        assert!(outbox.flush(Duration::from_secs(30)));
+        let s = stats.snapshot();
+        assert_eq!((s.alerts_sent, s.alerts_dead_lettered), (1, 2), "{s:?}");
+        assert_eq!(stage_count(&stats, Stage::Delivery), 1);
+    }
+
+    /// A verdict on the results topic says whether the frame is anomalous, how many
+    /// features are, and lists them (up to the cap) with the frame's seq and id.
+    #[test]
+    fn verdicts_carry_seq_id_count_and_hits() {
+        let normal: serde_json::Value =
+            serde_json::from_slice(&verdict_body(&verdict(4, &[]), 0.5, 2)).unwrap();
+        assert_eq!(normal["anomaly_detected"], false);
+        assert_eq!(normal["num_anomalous_features"], 0);
+        assert_eq!(normal["anomalous_features"], serde_json::json!([]));
+        assert_eq!(
+            (normal["seq"].as_u64(), normal["id"].as_str()),
+            (Some(4), Some("f4"))
+        );
+        let hits = verdict(5, &[(1, 1.0), (2, 3.0), (9, 2.0)]);
+        let v: serde_json::Value = serde_json::from_slice(&verdict_body(&hits, 0.5, 2)).unwrap();
+        assert_eq!(v["anomaly_detected"], true);
+        assert_eq!(
+            v["num_anomalous_features"], 3,
+            "the full count past the cap"
+        );
+        assert_eq!(
+            v["anomalous_features"],
+            serde_json::json!([{"feature_idx": 2, "score": 3.0}, {"feature_idx": 9, "score": 2.0}])
+        );
+        assert_eq!((v["seq"].as_u64(), v["id"].as_str()), (Some(5), Some("f5")));
+    }
 
     #[test]
     fn the_watermark_waits_for_the_oldest_ticket() {

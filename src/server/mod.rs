@@ -290,6 +290,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
                 .webhook
                 .as_ref()
                 .map_or(crate::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
+            Arc::clone(&shared.stats),
         )),
         _ => None,
     };
