@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::model::Model;
 use crate::runtime::{ClusterArgs, Settings, SinkSpec};
-use crate::server::{Device, ModelSpec, ServeConfig};
+use crate::server::{ModelSpec, ServeConfig};
 use crate::source::{KeyPolicy, MissingKeys, UnknownKeys};
 use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
 
@@ -54,15 +54,9 @@ pub struct ServeArgs {
     /// Model directory, or the name of one under models/.
     #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
     pub model: String,
-    /// Scoring device.
-    #[arg(
-        long,
-        env = "DEFAULT_DEVICE",
-        value_enum,
-        default_value = "auto",
-        ignore_case = true
-    )]
-    pub device: Device,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub device: crate::commands::DeviceArgs,
     /// Attempts per alert in all (0 counts as 1).
     #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
     pub max_retries: u32,
@@ -178,9 +172,9 @@ impl ServeArgs {
         }
         let mut config = ServeConfig::new(ModelSpec::Dir(Model::resolve(&self.model)));
         config.addr = SocketAddr::new(self.host, self.port);
-        config.device = self.device;
+        config.device = self.device.device;
         config.settings = Settings {
-            device: self.device,
+            device: self.device.device,
             dataflow: self.dataflow.clone(),
             batch_size: self.batch_size,
             threshold: self.threshold,
@@ -213,6 +207,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::Device;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::loadgen::{self, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
-use super::SyntheticArgs;
+use super::{DeviceArgs, SyntheticArgs};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
 use crate::ops::Pacing;
@@ -107,15 +107,9 @@ pub struct BenchArgs {
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
-    /// Scoring device: `auto` (the GPU when usable), `cuda` (fail without one) or `cpu`.
-    #[arg(
-        long,
-        env = "DEFAULT_DEVICE",
-        value_enum,
-        default_value = "auto",
-        ignore_case = true
-    )]
-    pub device: server::Device,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub synthetic: SyntheticArgs,
@@ -267,7 +261,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.n_features()
         );
     }
-    let device = crate::gpu::resolve(args.device)?;
+    let device = crate::gpu::resolve(args.device.device)?;
     let settings = Settings {
         device: device.used,
         dataflow: args.dataflow.clone(),
@@ -916,7 +910,9 @@ mod tests {
             queue_max_size: 100,
             dataflow: crate::dataflows::DEFAULT.into(),
             batch_size: 64,
-            device: server::Device::Cpu,
+            device: DeviceArgs {
+                device: server::Device::Cpu,
+            },
             synthetic: SyntheticArgs::default(),
             json: false,
             metrics_interval: None,

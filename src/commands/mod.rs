@@ -8,7 +8,22 @@ pub mod replay;
 pub mod serve;
 pub mod train;
 
+use crate::server::Device;
 use crate::source::{AnomalyKind, GeneratorConfig};
+
+/// The scoring device flag (`DEFAULT_DEVICE`), shared by every command that scores.
+#[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceArgs {
+    /// Scoring device: `auto` (the GPU when usable), `cuda` (fail without one) or `cpu`.
+    #[arg(
+        long,
+        env = "DEFAULT_DEVICE",
+        value_enum,
+        default_value = "auto",
+        ignore_case = true
+    )]
+    pub device: Device,
+}
 
 /// The synthetic generator's flags, shared by every command that can make data.
 #[derive(clap::Args, Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::SyntheticArgs;
+use super::{DeviceArgs, SyntheticArgs};
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
@@ -41,6 +41,9 @@ pub struct ReplayArgs {
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub device: DeviceArgs,
     /// Anomaly threshold on (calibrated) scores; default: the model's.
     #[arg(long, env = "THRESHOLD")]
     pub threshold: Option<f32>,
@@ -96,7 +99,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
         stats: None,
         metrics_interval: args.metrics_interval,
-        device: crate::server::Device::Auto,
+        device: args.device.device,
     };
     let make_source = source_factory(args, &model);
     let sinks = SinkSpec {
