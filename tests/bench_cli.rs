@@ -15,6 +15,7 @@ const SETTINGS: &[&str] = &[
     "QUEUE_MAX_SIZE",
     "INFERENCE_BATCH_SIZE",
     "LOG_LEVEL",
+    "THRESHOLD",
 ];
 
 const FEATURES: usize = 500;
@@ -183,6 +184,36 @@ fn http_report_is_consistent() {
     assert_eq!(statuses["202"], FRAMES, "{r}");
     let a = &h["answer_latency_ms"];
     assert!(f(a, "p50") > 0.0 && f(a, "p50") <= f(a, "max"), "{r}");
+}
+
+/// `--http --alerts`: every anomalous frame's alert reaches the loopback receiver, the
+/// sender and the receiver agree on the count, and the report times their delivery.
+#[test]
+fn http_alerts_reach_the_receiver_and_are_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every feature over the threshold: every scored frame alerts.
+    let r = json_report(dir.path(), &["--http", "--alerts", "--threshold=-1e30"]);
+    check_common(&r, "http");
+    let scored = u(&r, "frames_scored");
+    assert_eq!(u(&r, "anomalous_frames"), scored, "{r}");
+    let a = &r["http"]["alerts"];
+    assert_eq!(u(a, "sent"), scored, "{r}");
+    assert_eq!(u(a, "received"), scored, "{r}");
+    assert_eq!(u(a, "refused"), 0, "{r}");
+    assert_eq!(u(a, "dead_lettered"), 0, "{r}");
+    let stages = r["stages"].as_array().unwrap();
+    for name in ["alert_delivery", "receive_to_alert_sent"] {
+        let s = stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap_or_else(|| panic!("no stage {name} in {r}"));
+        assert_eq!(u(s, "count"), scored, "{name}: {r}");
+    }
+
+    // Without --alerts nothing is sent, and the report says so by leaving alerts out.
+    let r = json_report(dir.path(), &["--http", "--threshold=-1e30"]);
+    assert!(r["http"]["alerts"].is_null(), "{r}");
+    assert_eq!(u(&r, "anomalous_frames"), u(&r, "frames_scored"), "{r}");
 }
 
 #[test]

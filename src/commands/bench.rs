@@ -29,6 +29,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::loadgen::{self, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
+use super::receiver::AlertReceiver;
 use super::{DeviceArgs, SyntheticArgs};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
@@ -44,6 +45,7 @@ use crate::source::{
 };
 use crate::stats::StageSummary;
 use crate::types::{Frame, FrameMeta, FrameResult};
+use crate::webhook::WebhookConfig;
 
 /// How long a run lasts when neither --frames nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -88,6 +90,14 @@ pub struct BenchArgs {
     /// counts show how many were refused).
     #[arg(long)]
     pub http: bool,
+    /// --http: deliver alerts to a receiver on loopback that answers like the NestJS
+    /// server (as in `demo`), so that the report times alert delivery and receive →
+    /// alert sent; without it alerts are not sent.
+    #[arg(long, requires = "http")]
+    pub alerts: bool,
+    /// Anomaly threshold on (calibrated) scores; default: the model's.
+    #[arg(long, env = "THRESHOLD")]
+    pub threshold: Option<f32>,
     /// From Kafka at these brokers: produce --frames frames (default 1,000) to a fresh
     /// topic, then time the dataflow reading them on every worker (one process).
     #[arg(long, value_name = "BROKERS", conflicts_with = "http")]
@@ -240,6 +250,23 @@ pub struct HttpFigures {
     /// Answer latency percentiles in ms (the 202 comes once a frame is queued, before
     /// it is scored).
     pub answer_latency_ms: Percentiles,
+    /// With --alerts: what became of the alerts.
+    pub alerts: Option<AlertFigures>,
+}
+
+/// Alerts delivered to the loopback receiver with `--http --alerts`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AlertFigures {
+    /// Accepted by the receiver, as the sender counted them.
+    pub sent: u64,
+    /// Accepted, as the receiver counted them.
+    pub received: u64,
+    /// Refused by the receiver (too large, or invalid for the client).
+    pub refused: u64,
+    /// Retries of failed attempts.
+    pub retried: u64,
+    /// Given up on, into the dead-letter file.
+    pub dead_lettered: u64,
 }
 
 /// Runs `tidewatch bench` and prints its report (process 0 only).
@@ -266,6 +293,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         device: device.used,
         dataflow: args.dataflow.clone(),
         batch_size: args.batch_size,
+        threshold: args.threshold,
         pacing: pacing(args),
         metrics_interval: args.metrics_interval,
         ..Settings::default()
@@ -643,6 +671,15 @@ impl BenchReport {
                     l.p50, l.p90, l.p99, l.max
                 ),
             ));
+            if let Some(a) = h.alerts {
+                rows.push((
+                    "alerts",
+                    format!(
+                        "{} sent, {} received ({} refused), {} retried, {} dead-lettered",
+                        a.sent, a.received, a.refused, a.retried, a.dead_lettered
+                    ),
+                ));
+            }
         }
         if let Some(k) = &self.kafka {
             rows.push((
@@ -753,8 +790,22 @@ fn run_http(
     config.settings = settings;
     config.cluster = args.cluster.clone();
     config.queue_max_size = args.queue_max_size;
-    // Alerts are not what is measured, and nothing listens for them.
-    config.webhook = None;
+    // The receiver shares the load generator's runtime; serve brings its own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
+    let receiver = if args.alerts {
+        Some(rt.block_on(AlertReceiver::start(Arc::new(|_: &serde_json::Value| {})))).transpose()?
+    } else {
+        None
+    };
+    config.webhook = receiver.as_ref().map(|r| WebhookConfig {
+        url: r.url(),
+        dead_letter: std::env::temp_dir().join("tidewatch-bench-dead-letter.jsonl"),
+        ..WebhookConfig::default()
+    });
     config.sinks = SinkSpec {
         on_result: Some(probe.hook()),
         ..SinkSpec::default()
@@ -772,18 +823,18 @@ fn run_http(
         synthetic: args.synthetic.clone(),
         ..LoadgenArgs::to(format!("http://{}/data-enqueue", handle.addr()))
     };
-    // The load generator's own runtime: serve brings its own and must not run inside one.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the load generator's runtime")?;
     let cpu_before = cpu_seconds();
     let start_us = clock::now_us();
     let load = rt.block_on(loadgen::drive_ring(&load, ring));
     // Shut down even if the load failed, so that the dataflow's threads end.
     let served = handle.shutdown();
     let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
+    // serve's shutdown drained the deliveries, so the receiver's counts are final.
+    let received = receiver.map(|r| {
+        let counts = (r.accepted(), r.refused());
+        r.stop();
+        counts
+    });
     let load = load?;
     let served = served?;
     // From the first request to the last verdict; the server's drain is not counted.
@@ -807,6 +858,13 @@ fn run_http(
         sent_bytes: (load.mean_body_bytes * load.sent as f64).round() as u64,
         statuses: load.statuses,
         answer_latency_ms: load.latency_ms,
+        alerts: received.map(|(received, refused)| AlertFigures {
+            sent: s.alerts_sent,
+            received,
+            refused,
+            retried: s.alerts_retried,
+            dead_lettered: s.alerts_dead_lettered,
+        }),
     });
     Ok(report.with_rates(seconds, cpu))
 }
@@ -913,6 +971,8 @@ mod tests {
             device: DeviceArgs {
                 device: server::Device::Cpu,
             },
+            alerts: false,
+            threshold: None,
             synthetic: SyntheticArgs::default(),
             json: false,
             metrics_interval: None,

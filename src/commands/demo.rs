@@ -1,26 +1,21 @@
 //! `tidewatch demo`: the whole of seed 001 in one process, with no outside service: an
 //! alert receiver that checks alerts like the NestJS client and prints one line per
 //! alert, `serve` in front of the model, and the load generator sending frames with
-//! injected anomalies. Ends with totals.
+//! injected anomalies. Ends with totals and the per-stage latency table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use bytes::Bytes;
-use warp::http::{HeaderMap, StatusCode};
-use warp::Filter;
-
-use crate::alert::{check_like_client, Refusal};
 use crate::commands::loadgen::{self, LoadgenArgs};
+use crate::commands::receiver::AlertReceiver;
 use crate::commands::SyntheticArgs;
 use crate::model::Model;
 use crate::runtime::ClusterArgs;
 use crate::server::{self, ModelSpec, ServeConfig};
-use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::webhook::WebhookConfig;
+use anyhow::Context;
 
 /// Flags of `tidewatch demo`.
 #[derive(clap::Args, Clone, Debug)]
@@ -79,9 +74,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let received = Arc::new(AtomicU64::new(0));
-    let (receiver_addr, stop_receiver) = rt.block_on(alert_receiver(Arc::clone(&received)))?;
-    let alert_url = join_url(&format!("http://{receiver_addr}"), "/api/v1/alert");
+    let receiver = rt.block_on(AlertReceiver::start(Arc::new(print_alert)))?;
+    let alert_url = receiver.url();
     println!("  alert receiver (checks alerts like the NestJS client): {alert_url}");
 
     let mut config = ServeConfig::new(ModelSpec::Loaded(Arc::clone(&model)));
@@ -121,7 +115,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     let load = rt.block_on(loadgen::drive(&load));
     let report = handle.shutdown();
-    let _ = stop_receiver.send(());
+    let received = (receiver.accepted(), receiver.refused());
+    receiver.stop();
     let load = load?;
     let report = report?;
     let s = &report.run.stats;
@@ -135,9 +130,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         s.anomalous_frames
     );
     println!(
-        "alerts: {} sent, {} received by the receiver, {} dead-lettered{}",
+        "alerts: {} sent, {} received by the receiver ({} refused), {} dead-lettered{}",
         w.delivered,
-        received.load(Ordering::Relaxed),
+        received.0,
+        received.1,
         w.dead_lettered,
         if w.dead_lettered > 0 {
             format!(" (see {})", args.dead_letter.display())
@@ -145,66 +141,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    // The stages from receive to alert accepted by the receiver, as `serve` prints them.
+    print!("{}", crate::metrics::latency_table(&report.run.latencies));
     Ok(())
 }
 
-/// Starts the alert receiver on a free loopback port; returns its address and a switch
-/// that stops it.
-async fn alert_receiver(
-    received: Arc<AtomicU64>,
-) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the alert receiver")?;
-    let addr = listener.local_addr()?;
-    let route = warp::path!("api" / "v1" / "alert")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::bytes())
-        .map(move |headers: HeaderMap, body: Bytes| receive(&headers, &body, &received));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        warp::serve(route)
-            .incoming(listener)
-            .graceful(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
-    Ok((addr, stop))
-}
-
-/// One alert: checked the way the NestJS client checks it, then printed on one line.
-fn receive(
-    headers: &HeaderMap,
-    body: &[u8],
-    received: &AtomicU64,
-) -> warp::reply::WithStatus<warp::reply::Json> {
-    let reply = |status: StatusCode, v: serde_json::Value| {
-        warp::reply::with_status(warp::reply::json(&v), status)
-    };
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
-    let a = match check_like_client(content_type, body, CLIENT_BODY_LIMIT) {
-        Ok(a) => a,
-        Err(Refusal::TooLarge) => {
-            println!(
-                "receiver: refused an alert of {} bytes (over 100 KiB)",
-                body.len()
-            );
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({"error": "too large"}),
-            );
-        }
-        Err(Refusal::Invalid) => {
-            println!("receiver: refused an invalid alert");
-            return reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({"error": "invalid"}),
-            );
-        }
-    };
-    received.fetch_add(1, Ordering::Relaxed);
+/// Prints one accepted alert on one line.
+fn print_alert(a: &serde_json::Value) {
     let top: Vec<String> = a["anomalous_features"]
         .as_array()
         .into_iter()
@@ -226,5 +169,4 @@ fn receive(
         top.join(", "),
         a["latency_ms"].as_f64().unwrap_or(f64::NAN)
     );
-    reply(StatusCode::CREATED, serde_json::json!({"status": "ok"}))
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod generate;
 pub mod loadgen;
+pub mod receiver;
 pub mod replay;
 pub mod serve;
 pub mod train;

@@ -632,7 +632,10 @@ impl ServerHandle {
             output: outbox.map(|o| o.stats()),
         });
         runtime.shutdown_timeout(Duration::from_secs(1));
-        let run = run?;
+        let mut run = run?;
+        // Deliveries finished after the dataflow did: count and time them too.
+        run.stats = self.shared.stats.snapshot();
+        run.latencies = self.shared.stats.latencies();
         let report = ServeReport {
             run,
             http: self.shared.http.snapshot(),
