@@ -338,7 +338,7 @@ pub fn run(
     }
     let config = cluster.timely_config()?;
     let mut settings = settings;
-    let choice = crate::gpu::resolve(settings.device)?;
+    let choice = crate::gpu::fit_to_model(crate::gpu::resolve(settings.device)?, &model)?;
     tracing::info!(
         requested = ?choice.requested,
         device = ?choice.used,

@@ -39,8 +39,13 @@ use tidewatch::source::FrameSource;
 use tidewatch::train::rff::{RffMap, RffSampling};
 use tidewatch::types::FrameResult;
 
-/// Says on the real stderr (not captured by the test harness) that a test is skipped.
+/// Says on the real stderr (not captured by the test harness) that a test is skipped;
+/// with `TIDEWATCH_REQUIRE_GPU=1` (on a machine that has a GPU) a skip is a failure, so
+/// that a missing driver or NVRTC cannot pass for parity.
 fn skip(test: &str, why: &str) {
+    if std::env::var_os("TIDEWATCH_REQUIRE_GPU").is_some_and(|v| v == "1") {
+        panic!("{test}: TIDEWATCH_REQUIRE_GPU=1 but {why}");
+    }
     let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
 }
 
@@ -320,8 +325,16 @@ fn paired_rff_parity_with_cpu() {
         return;
     }
     // D = 32 as the shipped model; D = 7: the last frequency without its sine; W = 30 and
-    // D = 300: the sines no longer fit in shared memory and are computed twice.
-    for (f, w, d) in [(1001, 5, 32), (4099, 5, 32), (33, 5, 7), (1001, 30, 300)] {
+    // D = 300: the sines no longer fit in shared memory and are computed twice; W = 100
+    // and W = 200: blocks of 64 and of 32 threads, for the windows to fit.
+    for (f, w, d) in [
+        (1001, 5, 32),
+        (4099, 5, 32),
+        (33, 5, 7),
+        (1001, 30, 300),
+        (101, 100, 9),
+        (65, 200, 8),
+    ] {
         let model = paired_rff_model(f, w, d, f as u64);
         let Params::Rff { omega, phase, .. } = &model.params else {
             unreachable!()
@@ -352,10 +365,18 @@ fn a_storm_of_anomalies_is_complete() {
     let mut gpu = GpuScorer::new(&model, 0..f, f32::MIN).unwrap();
     let hits = gpu.score_compacted(&windows).unwrap();
     assert_eq!(hits.hits.len(), b * f, "every score is over f32::MIN");
+    let cpu_scorer = Scorer::new(&model, 0..f);
     let mut cpu = vec![0f32; b * f];
-    Scorer::new(&model, 0..f).score(&windows, &mut cpu);
-    for (i, &(wi, fi, _)) in hits.hits.iter().enumerate() {
+    cpu_scorer.score(&windows, &mut cpu);
+    let tol = tolerances(&cpu_scorer, &windows);
+    for (i, &(wi, fi, s)) in hits.hits.iter().enumerate() {
         assert_eq!((wi as usize, fi as usize), (i / f, i % f));
+        let diff = (f64::from(cpu[i]) - f64::from(s)).abs();
+        assert!(
+            diff <= tol[i],
+            "window {wi} feature {fi}: CPU {} GPU {s}",
+            cpu[i]
+        );
     }
 }
 
@@ -459,4 +480,45 @@ fn without_a_gpu_cuda_is_refused_and_auto_takes_the_cpu() {
         format!("{err:#}").contains("DEFAULT_DEVICE=cuda"),
         "{err:#}"
     );
+}
+
+/// A model the GPU cannot score (an RFF window longer than its kernel takes) sends `auto`
+/// to the CPU, saying why, and stops `cuda` with the reason; a linear model of the same
+/// window stays on the GPU. Needs no GPU: the choice is checked before any is touched.
+#[test]
+fn a_model_the_gpu_cannot_score_sends_auto_to_the_cpu() {
+    let choice = |requested| gpu::DeviceChoice {
+        requested,
+        used: Device::Cuda,
+        gpu: None,
+        reason: "a GPU is usable".into(),
+    };
+    let long = paired_rff_model(3, 400, 4, 1);
+    let auto = gpu::fit_to_model(choice(Device::Auto), &long).unwrap();
+    assert_eq!(auto.used, Device::Cpu);
+    assert!(auto.reason.contains("window 400"), "{}", auto.reason);
+    let err = gpu::fit_to_model(choice(Device::Cuda), &long)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DEFAULT_DEVICE=cuda") && err.contains("window 400"),
+        "{err}"
+    );
+    let linear = linear_model(3, 400, 1);
+    let kept = gpu::fit_to_model(choice(Device::Cuda), &linear).unwrap();
+    assert_eq!(kept.used, Device::Cuda);
+}
+
+/// More workers than features leaves a worker without features: its backend needs no
+/// GPU and scores empty batches. Needs no GPU.
+#[test]
+fn a_worker_without_features_needs_no_gpu() {
+    let model = linear_model(2, 5, 1);
+    let mut backend = gpu::ScoringBackend::new(Device::Cuda, &model, 2..2, 0.0).unwrap();
+    assert!(matches!(backend, gpu::ScoringBackend::Cpu(_)));
+    assert_eq!(backend.width(), 0);
+    match backend.score_batch(&[]) {
+        gpu::BatchScores::All(scores) => assert!(scores.is_empty()),
+        gpu::BatchScores::Compacted(c) => assert!(c.hits.is_empty()),
+    }
 }

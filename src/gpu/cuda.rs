@@ -100,7 +100,7 @@ fn init() -> Result<Gpu, String> {
     })?;
     let module = ctx
         .load_module(nvrtc::Ptx::from_src(ptx))
-        .map_err(|e| format!("loading the kernels' PTX: {e}"))?;
+        .map_err(|e| format!("loading the kernels' PTX: {e} ({})", versions()))?;
     let function = |n: &str| {
         module
             .load_function(n)
@@ -119,6 +119,27 @@ fn init() -> Result<Gpu, String> {
         },
         ctx,
     })
+}
+
+/// NVRTC's and the driver's CUDA versions, for a PTX the driver refuses: PTX from an
+/// NVRTC newer than the driver does not load (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+fn versions() -> String {
+    let (mut major, mut minor, mut driver) = (0, 0, 0);
+    // SAFETY: both only write the integers passed; the libraries are loaded by now (the
+    // kernels compiled and a context exists).
+    let nvrtc = unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    let drv = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+    let nvrtc = if nvrtc == nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        format!("{major}.{minor}")
+    } else {
+        "unknown".into()
+    };
+    let driver = if drv == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        format!("{}.{}", driver / 1000, driver % 1000 / 10)
+    } else {
+        "unknown".into()
+    };
+    format!("NVRTC {nvrtc}, driver CUDA {driver}: NVRTC must not be newer than the driver")
 }
 
 /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as NVML and `nvidia-smi -L` spell it.
@@ -221,6 +242,19 @@ pub struct GpuScorer {
 }
 
 impl GpuScorer {
+    /// Whether the GPU scorer can score `model`: an RFF window's standardised values
+    /// live in a block's shared memory, which bounds the window length.
+    pub fn supports(model: &Model) -> Result<(), String> {
+        let window = model.window();
+        let longest = SHARED_BYTES / (32 * 4);
+        match model.meta.kind {
+            crate::model::ModelKind::Rff if window > longest => Err(format!(
+                "window {window} is too long for the GPU scorer's RFF kernel (at most {longest})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A scorer for features `range` of `model` that keeps scores `>= threshold`: folds
     /// the weights as [`Scorer::new`] does, uploads them once, and opens its stream.
     pub fn new(model: &Model, range: Range<usize>, threshold: f32) -> anyhow::Result<GpuScorer> {
@@ -255,11 +289,8 @@ impl GpuScorer {
                 while block > 32 && window * block * 4 > SHARED_BYTES {
                     block /= 2;
                 }
-                if window * block * 4 > SHARED_BYTES {
-                    bail!(
-                        "window {window} is too long for the GPU scorer (at most {})",
-                        SHARED_BYTES / (32 * 4)
-                    );
+                if let Err(why) = GpuScorer::supports(model) {
+                    bail!("{why}");
                 }
                 let n_sines = pairs.map_or(0, |n| d - n);
                 let store_sines = (window + n_sines) * block * 4 <= SHARED_BYTES;
@@ -382,24 +413,33 @@ impl GpuScorer {
                     self.hit_index_dev.as_ref().expect("allocated"),
                     self.hit_score_dev.as_ref().expect("allocated"),
                 );
-                let (idx_host, score_host) = (
-                    self.hit_index_host.as_mut().expect("allocated"),
-                    self.hit_score_host.as_mut().expect("allocated"),
-                );
+                // Only the `count` hits cross the bus: cudarc copies as much as the
+                // destination holds, so the destinations are the pinned buffers' first
+                // `count` entries, not the whole buffers.
+                let idx = &mut self
+                    .hit_index_host
+                    .as_mut()
+                    .expect("allocated")
+                    .as_mut_slice()
+                    .context("pinned anomaly buffer")?[..count];
+                let scores = &mut self
+                    .hit_score_host
+                    .as_mut()
+                    .expect("allocated")
+                    .as_mut_slice()
+                    .context("pinned anomaly buffer")?[..count];
                 self.stream
-                    .memcpy_dtoh(&idx_dev.slice(0..count), idx_host)
+                    .memcpy_dtoh(&idx_dev.slice(0..count), idx)
                     .context("copying anomalies back")?;
                 self.stream
-                    .memcpy_dtoh(&score_dev.slice(0..count), score_host)
+                    .memcpy_dtoh(&score_dev.slice(0..count), scores)
                     .context("copying anomalies back")?;
                 self.stream
                     .synchronize()
                     .context("copying anomalies back")?;
-                let idx = &idx_host.as_slice()?[..count];
-                let scores = &score_host.as_slice()?[..count];
                 out.hits = idx
                     .iter()
-                    .zip(scores)
+                    .zip(scores.iter())
                     .map(|(&i, &s)| (i / width, i % width, s))
                     .collect();
                 // warps finish in any order: restore the CPU's (window, feature) order
@@ -425,6 +465,12 @@ impl GpuScorer {
 
     fn windows_in(&self, windows: &[f32]) -> anyhow::Result<usize> {
         let per_window = self.window * self.width;
+        if per_window == 0 {
+            // A worker with no features (more workers than features) has nothing to
+            // score, as on the CPU.
+            anyhow::ensure!(windows.is_empty(), "windows for a worker with no features");
+            return Ok(0);
+        }
         let b = windows.len() / per_window;
         anyhow::ensure!(
             b * per_window == windows.len(),

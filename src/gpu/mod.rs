@@ -111,6 +111,28 @@ pub fn resolve(requested: Device) -> anyhow::Result<DeviceChoice> {
     }
 }
 
+/// `choice` checked against the model: a GPU that cannot score it (an RFF window
+/// longer than its kernel takes) sends `auto` to the CPU, saying why, and stops `cuda`.
+pub fn fit_to_model(choice: DeviceChoice, model: &Model) -> anyhow::Result<DeviceChoice> {
+    #[cfg(feature = "gpu")]
+    if choice.used == Device::Cuda {
+        if let Err(why) = GpuScorer::supports(model) {
+            if choice.requested == Device::Cuda {
+                bail!("DEFAULT_DEVICE=cuda, but the GPU cannot score this model: {why}. Use DEFAULT_DEVICE=auto or cpu to score on the CPU");
+            }
+            return Ok(DeviceChoice {
+                used: Device::Cpu,
+                gpu: None,
+                reason: format!("DEFAULT_DEVICE=auto and the GPU cannot score this model: {why}"),
+                ..choice
+            });
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    let _ = model;
+    Ok(choice)
+}
+
 fn device_name(d: Device) -> &'static str {
     match d {
         Device::Auto => "auto",
@@ -147,6 +169,9 @@ impl ScoringBackend {
     ) -> anyhow::Result<ScoringBackend> {
         match device {
             Device::Cpu => Ok(ScoringBackend::Cpu(Scorer::new(model, range))),
+            // More workers than features leaves some with none: nothing to put on a GPU
+            // (and the driver refuses empty allocations).
+            Device::Cuda if range.is_empty() => Ok(ScoringBackend::Cpu(Scorer::new(model, range))),
             #[cfg(feature = "gpu")]
             Device::Cuda => Ok(ScoringBackend::Cuda(Box::new(GpuScorer::new(
                 model, range, threshold,

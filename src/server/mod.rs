@@ -379,7 +379,7 @@ fn run_dataflow(
             (Arc::new(m), Some(dir.clone()))
         }
     };
-    let device = probes::resolve_device(config.device)?;
+    let device = probes::resolve_device(config.device, &model)?;
     let threshold = config.settings.threshold.unwrap_or(model.meta.threshold);
     let facts = probes::ready_facts(&model, model_path.as_deref(), &device, &config, threshold);
     let (ingress, source) = ingest::Ingress::new(&model, &config);
