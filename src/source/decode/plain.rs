@@ -386,6 +386,56 @@ mod tests {
         assert_taken(r#"{"data":{"temp":1,"flow":3,"pressure":2}}"#, &listed);
     }
 
+    /// Random edits of valid frames (bytes deleted, inserted, replaced, spans repeated):
+    /// whatever the fast path takes, the serde path takes too, with the same values and
+    /// the same id and event time. The fast path may refuse more, never accept more.
+    #[test]
+    fn mutated_frames_are_never_taken_unless_serde_agrees() {
+        const ALPHABET: &[u8] = b"{}[]:,\" -+.0123456789eEfatrunl_\\ \n\tdi";
+        let index = FeatureIndex::numbered(3);
+        let seeds = [
+            r#"{"data":{"feature_0":0.5,"feature_1":-12,"feature_2":3e2}}"#,
+            r#"{"id":"f-1","data":{"feature_2":1.25,"feature_0":0,"feature_1":7},"timestamp":"2026-11-23T10:00:00Z"}"#,
+            r#" {"timestamp":null, "data" : {"feature_0":1 ,"feature_1":2,"feature_2":-0.0},"id":null} "#,
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (mut taken, mut tried) = (0, 0);
+        for seed in seeds {
+            for _ in 0..20_000 {
+                let mut bytes = seed.as_bytes().to_vec();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..bytes.len());
+                    let byte = ALPHABET[rng.random_range(0..ALPHABET.len())];
+                    match rng.random_range(0..4) {
+                        0 => {
+                            bytes.remove(at);
+                        }
+                        1 => bytes.insert(at, byte),
+                        2 => bytes[at] = byte,
+                        _ => {
+                            let end = (at + rng.random_range(1..8)).min(bytes.len());
+                            let span = bytes[at..end].to_vec();
+                            bytes.splice(at..at, span);
+                        }
+                    }
+                    if bytes.is_empty() {
+                        bytes.push(b'{');
+                    }
+                }
+                let Ok(json) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                tried += 1;
+                if let (Some(plain), serde) = both(&json, &index) {
+                    taken += 1;
+                    assert_eq!(Ok(plain), serde, "{json}");
+                }
+            }
+        }
+        // Some edits keep a valid frame (a digit for a digit): the check is not vacuous.
+        assert!(taken > 100 && taken < tried, "{taken} of {tried} taken");
+    }
+
     #[test]
     fn everything_else_is_left_to_the_serde_path() {
         let index = FeatureIndex::numbered(2);
