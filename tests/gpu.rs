@@ -61,8 +61,9 @@ fn gpu_or_skip(test: &str) -> bool {
 }
 
 /// The kernels compile to PTX with NVRTC, for the default target and for Ampere and
-/// Hopper, and without fused multiply-adds (which would round differently from the CPU).
-/// Needs only NVRTC, not a GPU.
+/// Hopper, and without fused multiply-adds (which would round differently from the CPU),
+/// and to machine code for Ampere and Hopper with the same options. Needs only NVRTC,
+/// not a GPU.
 #[test]
 fn kernels_compile_to_ptx_without_fma() {
     let mut compiled = 0;
@@ -91,9 +92,16 @@ fn kernels_compile_to_ptx_without_fma() {
             Err(why) => panic!("{arch:?}: {why}"),
         }
     }
+    // Machine code, which probe() loads first (it does not depend on the driver's PTX
+    // version): an ELF image for each architecture.
+    for sm in ["sm_80", "sm_90"] {
+        let cubin = gpu::compile_kernels_cubin(sm).unwrap_or_else(|e| panic!("{sm}: {e}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "{sm}: not an ELF image");
+        compiled += 1;
+    }
     let _ = writeln!(
         std::io::stderr(),
-        "kernels_compile_to_ptx_without_fma: {compiled} targets compiled"
+        "kernels_compile_to_ptx_without_fma: {compiled} targets compiled (PTX and CUBIN)"
     );
 }
 

@@ -92,15 +92,30 @@ fn init() -> Result<Gpu, String> {
         .uuid()
         .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
         .map_err(|e| format!("cuDeviceGetUuid: {e}"))?;
-    // The device's own architecture first; an NVRTC older than the GPU does not know it,
-    // and then the default target's PTX, which the driver compiles for any newer GPU.
-    let arch = format!("compute_{}{}", cc.0, cc.1);
-    let ptx = compile_kernels(Some(&arch)).or_else(|first| {
-        compile_kernels(None).map_err(|e| format!("{first}; without --gpu-architecture: {e}"))
-    })?;
-    let module = ctx
-        .load_module(nvrtc::Ptx::from_src(ptx))
-        .map_err(|e| format!("loading the kernels' PTX: {e} ({})", versions()))?;
+    // Machine code for the device itself first: it loads on any driver of the same
+    // major CUDA version, where PTX from an NVRTC newer than the driver does not. Then
+    // PTX, which the driver compiles: for the device's architecture, or, for an NVRTC
+    // older than the GPU, for the default target.
+    let cubin = compile_kernels_cubin(&format!("sm_{}{}", cc.0, cc.1)).and_then(|cubin| {
+        ctx.load_module(nvrtc::Ptx::from_binary(cubin))
+            .map_err(|e| format!("loading the kernels' CUBIN: {e}"))
+    });
+    let module = match cubin {
+        Ok(module) => module,
+        Err(cubin_failed) => {
+            let arch = format!("compute_{}{}", cc.0, cc.1);
+            let ptx = compile_kernels(Some(&arch)).or_else(|first| {
+                compile_kernels(None)
+                    .map_err(|e| format!("{first}; without --gpu-architecture: {e}"))
+            })?;
+            ctx.load_module(nvrtc::Ptx::from_src(ptx)).map_err(|e| {
+                format!(
+                    "loading the kernels' PTX: {e} ({}); before that, {cubin_failed}",
+                    versions()
+                )
+            })?
+        }
+    };
     let function = |n: &str| {
         module
             .load_function(n)
@@ -155,24 +170,31 @@ fn format_uuid(b: &[u8; 16]) -> String {
     )
 }
 
+/// NVRTC's options for the kernels: without fused multiply-adds, flushing of subnormals
+/// or approximate division, so that they round exactly as the CPU scorer does.
+const EXACT_MATH: [&str; 4] = [
+    "--fmad=false",
+    "--ftz=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+];
+
+const NO_NVRTC: &str = "the NVRTC library (libnvrtc.so) cannot be loaded: install the CUDA runtime compiler (e.g. the cuda-nvrtc package) or put it on LD_LIBRARY_PATH";
+
 /// Compiles [`KERNELS`] to PTX with NVRTC, for `arch` (e.g. `compute_90`) or NVRTC's
-/// default target. Without fused multiply-adds, flushing of subnormals or approximate
-/// division: the kernels must round exactly as the CPU scorer does. Errors carry NVRTC's
-/// log; a missing NVRTC library is an error too, not a panic.
+/// default target, with [`EXACT_MATH`]. Errors carry NVRTC's log; a missing NVRTC
+/// library is an error too, not a panic.
 pub fn compile_kernels(arch: Option<&str>) -> Result<String, String> {
     // SAFETY: only tries to dlopen NVRTC by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("the NVRTC library (libnvrtc.so) cannot be loaded: install the CUDA runtime compiler (e.g. the cuda-nvrtc package) or put it on LD_LIBRARY_PATH".into());
+        return Err(NO_NVRTC.into());
     }
     let opts = CompileOptions {
-        fmad: Some(false),
-        ftz: Some(false),
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        use_fast_math: Some(false),
-        options: arch
-            .map(|a| vec![format!("--gpu-architecture={a}")])
-            .unwrap_or_default(),
+        options: EXACT_MATH
+            .iter()
+            .map(|o| o.to_string())
+            .chain(arch.map(|a| format!("--gpu-architecture={a}")))
+            .collect(),
         name: Some("tidewatch_kernels.cu".into()),
         ..CompileOptions::default()
     };
@@ -185,6 +207,68 @@ pub fn compile_kernels(arch: Option<&str>) -> Result<String, String> {
             }
             other => format!("NVRTC: {other:?}"),
         })
+}
+
+/// Compiles [`KERNELS`] to machine code (a CUBIN) for `sm` (e.g. `sm_90`) with NVRTC,
+/// with [`EXACT_MATH`]. cudarc's safe API returns PTX only, hence the calls to NVRTC's
+/// CUBIN functions here.
+pub fn compile_kernels_cubin(sm: &str) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
+    // SAFETY: only tries to dlopen NVRTC by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(NO_NVRTC.into());
+    }
+    let source = CString::new(KERNELS).map_err(|e| format!("kernel source: {e}"))?;
+    let name = CString::new("tidewatch_kernels.cu").expect("no NUL");
+    let options: Vec<String> = EXACT_MATH
+        .iter()
+        .map(|o| o.to_string())
+        .chain([format!("--gpu-architecture={sm}")])
+        .collect();
+    // cudarc panics when a symbol is missing from the library it loaded (an NVRTC too old
+    // for CUBINs): that is an error here, as for the PTX.
+    std::panic::catch_unwind(|| -> Result<Vec<u8>, String> {
+        let prog =
+            result::create_program(&source, Some(&name)).map_err(|e| format!("NVRTC: {e:?}"))?;
+        // SAFETY: `prog` was created above and is destroyed once, below.
+        let cubin = unsafe { compile_to_cubin(prog, &options, sm) };
+        // SAFETY: created above, not destroyed before.
+        let _ = unsafe { result::destroy_program(prog) };
+        cubin
+    })
+    .map_err(|_| "NVRTC panicked while compiling the kernels".to_string())?
+}
+
+/// Compiles `prog` and reads its CUBIN, or NVRTC's log on failure.
+///
+/// # Safety
+/// `prog` is a live NVRTC program.
+unsafe fn compile_to_cubin(
+    prog: cudarc::nvrtc::sys::nvrtcProgram,
+    options: &[String],
+    sm: &str,
+) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    if let Err(e) = result::compile_program(prog, options) {
+        let log = result::get_program_log(prog)
+            .map(|l| {
+                let bytes: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default();
+        return Err(format!("NVRTC ({sm}): {e:?}: {log}"));
+    }
+    let mut size = 0usize;
+    sys::nvrtcGetCUBINSize(prog, &mut size)
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))?;
+    // the buffer holds the size NVRTC reported
+    let mut cubin = vec![0u8; size];
+    sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))?;
+    Ok(cubin)
 }
 
 /// The folded parameters on the device.

@@ -12,7 +12,7 @@ mod cuda;
 mod telemetry;
 
 #[cfg(feature = "gpu")]
-pub use cuda::{compile_kernels, GpuScorer};
+pub use cuda::{compile_kernels, compile_kernels_cubin, GpuScorer};
 
 use std::ops::Range;
 
