@@ -213,6 +213,11 @@ fn http_alerts_reach_the_receiver_and_are_timed() {
     // Without --alerts nothing is sent, and the report says so by leaving alerts out.
     let r = json_report(dir.path(), &["--http", "--threshold=-1e30"]);
     assert!(r["http"]["alerts"].is_null(), "{r}");
+    let stages = r["stages"].as_array().unwrap();
+    assert!(
+        stages.iter().all(|s| s["stage"] != "alert_delivery"),
+        "no alert was delivered: {r}"
+    );
     assert_eq!(u(&r, "anomalous_frames"), u(&r, "frames_scored"), "{r}");
 }
 

@@ -803,7 +803,11 @@ fn run_http(
     };
     config.webhook = receiver.as_ref().map(|r| WebhookConfig {
         url: r.url(),
-        dead_letter: std::env::temp_dir().join("tidewatch-bench-dead-letter.jsonl"),
+        // per run, so that runs side by side do not write into one file
+        dead_letter: std::env::temp_dir().join(format!(
+            "tidewatch-bench-dead-letter-{}.jsonl",
+            std::process::id()
+        )),
         ..WebhookConfig::default()
     });
     config.sinks = SinkSpec {
@@ -886,6 +890,15 @@ fn run_kafka(
     }
     if args.duration.is_some() {
         bail!("bench --kafka reads a fixed number of frames: use --frames, not --duration");
+    }
+    let workers = args.cluster.threads.max(1);
+    if args.rate.is_some() && !args.kafka_partitions.is_multiple_of(workers) {
+        // Each worker reads its partitions at --rate / workers: with unequal shares of
+        // partitions the workers together would not offer --rate.
+        bail!(
+            "bench --kafka --rate needs --kafka-partitions ({}) to be a multiple of the workers (-w {workers}), so that every worker reads an equal share",
+            args.kafka_partitions
+        );
     }
     let frames = args.frames.unwrap_or(1_000);
     let topic = format!(
