@@ -8,16 +8,6 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Variables bench reads; removed from children so the caller's environment cannot
-/// change what a test sees.
-const SETTINGS: &[&str] = &[
-    "DEFAULT_MODEL_NAME",
-    "QUEUE_MAX_SIZE",
-    "INFERENCE_BATCH_SIZE",
-    "LOG_LEVEL",
-    "THRESHOLD",
-];
-
 const FEATURES: usize = 500;
 const WINDOW: usize = 5;
 const FRAMES: u64 = 20;
@@ -34,11 +24,8 @@ fn model_in(dir: &Path) -> std::path::PathBuf {
 /// Runs `tidewatch bench <args>` in `dir` and returns its stdout, failing on a
 /// non-zero exit.
 fn bench(dir: &Path, args: &[&str]) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
-    c.arg("bench").args(args).current_dir(dir);
-    for v in SETTINGS {
-        c.env_remove(v);
-    }
+    let mut c = common::tidewatch(dir);
+    c.arg("bench").args(args);
     let out = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench {args:?} failed: {stderr}");
@@ -279,7 +266,7 @@ fn table_by_default_and_a_mismatched_feature_count_is_refused() {
 fn metrics_lines_are_logged_while_running() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_in(dir.path());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+    let mut c = common::tidewatch(dir.path());
     c.args([
         "bench",
         "--model",
@@ -295,11 +282,7 @@ fn metrics_lines_are_logged_while_running() {
         "--log-level",
         "info",
         "--json",
-    ])
-    .current_dir(dir.path());
-    for v in SETTINGS {
-        c.env_remove(v);
-    }
+    ]);
     let out = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -3,6 +3,7 @@
 //! dead-letter file, the 100 KiB alert limit, back-pressure and probes.
 
 mod common;
+use common::sample;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -732,15 +733,6 @@ fn a_frame_a_second_is_scored_without_waiting_for_a_full_batch() {
         std::thread::sleep(Duration::from_secs(1));
     }
     server.shutdown().unwrap();
-}
-
-/// The value of the Prometheus sample `name` (with its labels, exactly as exposed).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// `GET /metrics` counts what happened, by reason, and has a latency summary for every

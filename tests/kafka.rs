@@ -5,6 +5,7 @@
 //! parallel.
 
 mod common;
+use common::counter;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -27,26 +28,6 @@ use tidewatch::types::Frame;
 /// Features and window of the test model: small, so that a run takes seconds.
 const F: usize = 20;
 const W: usize = 5;
-
-/// The variables `serve` reads; removed from children so the caller's environment
-/// cannot change what a test sees.
-const SETTINGS: &[&str] = &[
-    "APP_HOST",
-    "APP_PORT",
-    "NESTJS_URL",
-    "QUEUE_MAX_SIZE",
-    "INFERENCE_BATCH_SIZE",
-    "DEFAULT_MODEL_NAME",
-    "DEFAULT_DEVICE",
-    "THRESHOLD",
-    "DEAD_LETTER_PATH",
-    "KAFKA_BROKERS",
-    "KAFKA_TOPIC",
-    "KAFKA_GROUP",
-    "KAFKA_DEAD_LETTER_TOPIC",
-    "ALERTS_KAFKA_TOPIC",
-    "RESULTS_KAFKA_TOPIC",
-];
 
 fn brokers() -> Option<String> {
     match std::env::var("TIDEWATCH_KAFKA_BROKERS") {
@@ -236,10 +217,7 @@ struct Served {
 
 impl Served {
     fn start(model: &Path, brokers: &str, topic: &str, group: &str, extra: &[&str]) -> Served {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
-        for v in SETTINGS {
-            cmd.env_remove(v);
-        }
+        let mut cmd = common::tidewatch(Path::new("."));
         let mut child = cmd
             .args([
                 "serve",
@@ -373,15 +351,6 @@ fn scrape(addr: &str) -> String {
     })
 }
 
-/// The value of the Prometheus sample `name` (with its labels, exactly as exposed).
-fn sample(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 /// 4 partitions, read by two workers of one process and by two processes: every frame is
 /// scored exactly once (but the first W-1, which only fill the first window), each
 /// worker reads its own partitions, every verdict on the results topic carries the
@@ -460,7 +429,7 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let metrics = loop {
             let text = scrape(&addr);
-            let sent = sample(&text, "tidewatch_alerts_sent_total");
+            let sent = counter(&text, "tidewatch_alerts_sent_total");
             if sent >= alert_msgs.len() as u64 || Instant::now() > deadline {
                 break text;
             }
@@ -541,22 +510,22 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
         // times the delivery of each.
         let alerts_n = alert_msgs.len() as u64;
         assert_eq!(
-            sample(&metrics, "tidewatch_alerts_sent_total"),
+            counter(&metrics, "tidewatch_alerts_sent_total"),
             alerts_n,
             "{layout}: {metrics}"
         );
-        assert_eq!(sample(&metrics, "tidewatch_alerts_retried_total"), 0);
-        assert_eq!(sample(&metrics, "tidewatch_alerts_dead_lettered_total"), 0);
+        assert_eq!(counter(&metrics, "tidewatch_alerts_retried_total"), 0);
+        assert_eq!(counter(&metrics, "tidewatch_alerts_dead_lettered_total"), 0);
         for stage in ["alert_delivery", "receive_to_alert_sent"] {
             let count = format!("tidewatch_stage_latency_microseconds_count{{stage=\"{stage}\"}}");
-            assert_eq!(sample(&metrics, &count), alerts_n, "{layout}: {stage}");
+            assert_eq!(counter(&metrics, &count), alerts_n, "{layout}: {stage}");
         }
         assert_eq!(
-            sample(&metrics, "tidewatch_frames_scored_total"),
+            counter(&metrics, "tidewatch_frames_scored_total"),
             expected as u64
         );
         assert_eq!(
-            sample(&metrics, "tidewatch_anomalous_frames_total"),
+            counter(&metrics, "tidewatch_anomalous_frames_total"),
             anomalous.len() as u64
         );
 

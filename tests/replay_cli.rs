@@ -14,26 +14,9 @@ const W: usize = 5;
 /// Frames replayed from the generator.
 const FRAMES: u64 = 30;
 
-/// The variables `replay` and `serve` read that could change what a test sees.
-const SETTINGS: &[&str] = &[
-    "DEFAULT_MODEL_NAME",
-    "DEFAULT_DEVICE",
-    "INFERENCE_BATCH_SIZE",
-    "THRESHOLD",
-    "METRICS_INTERVAL",
-    "APP_HOST",
-    "APP_PORT",
-    "LOG_LEVEL",
-];
-
 fn tidewatch(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
-    c.current_dir(dir).env("LOG_LEVEL", "info");
-    for v in SETTINGS {
-        if *v != "LOG_LEVEL" {
-            c.env_remove(v);
-        }
-    }
+    let mut c = common::tidewatch(dir);
+    c.env("LOG_LEVEL", "info");
     c
 }
 

@@ -10,31 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The variables `serve` reads; removed from children so the caller's environment
-/// cannot change what a test sees.
-const SETTINGS: &[&str] = &[
-    "APP_HOST",
-    "APP_PORT",
-    "NESTJS_URL",
-    "NESTJS_ANOMALY_ENDPOINT",
-    "NESTJS_TIMEOUT",
-    "QUEUE_MAX_SIZE",
-    "INFERENCE_BATCH_SIZE",
-    "DEFAULT_MODEL_NAME",
-    "DEFAULT_DEVICE",
-    "MAX_RETRIES",
-    "INITIAL_DELAY",
-    "LOG_LEVEL",
-    "THRESHOLD",
-    "DEAD_LETTER_PATH",
-];
-
 fn serve(dir: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
-    c.arg("serve").current_dir(dir);
-    for v in SETTINGS {
-        c.env_remove(v);
-    }
+    let mut c = common::tidewatch(dir);
+    c.arg("serve");
     c
 }
 

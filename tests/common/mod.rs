@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use tidewatch::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta};
@@ -86,3 +88,60 @@ impl FrameSource for VecSource {
 
 /// A shared collector for captured records.
 pub type Sink<T> = Arc<Mutex<Vec<T>>>;
+
+/// Every environment variable the binary reads (its flags' `env = ...`).
+pub const SETTINGS: &[&str] = &[
+    "ALERTS_KAFKA_TOPIC",
+    "APP_HOST",
+    "APP_PORT",
+    "DEAD_LETTER_PATH",
+    "DEFAULT_DEVICE",
+    "DEFAULT_MODEL_NAME",
+    "INFERENCE_BATCH_SIZE",
+    "INITIAL_DELAY",
+    "KAFKA_BROKERS",
+    "KAFKA_DEAD_LETTER_TOPIC",
+    "KAFKA_GROUP",
+    "KAFKA_TOPIC",
+    "LOG_LEVEL",
+    "MAX_BODY_BYTES",
+    "MAX_DELAY",
+    "MAX_INFLATED_BYTES",
+    "MAX_RETRIES",
+    "METRICS_INTERVAL",
+    "NESTJS_ANOMALY_ENDPOINT",
+    "NESTJS_TIMEOUT",
+    "NESTJS_URL",
+    "QUEUE_MAX_SIZE",
+    "RESULTS_KAFKA_TOPIC",
+    "THRESHOLD",
+    "WEBHOOK_CONCURRENCY",
+];
+
+/// The `tidewatch` binary, run in `dir`, inheriting none of [`SETTINGS`]: the caller's
+/// environment cannot change what a test sees.
+pub fn tidewatch(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+    c.current_dir(dir);
+    for v in SETTINGS {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// The value of the Prometheus sample `name` (with its labels, exactly as exposed) in a
+/// `/metrics` text.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The value of the counter `name`, a whole number, in a `/metrics` text.
+pub fn counter(text: &str, name: &str) -> u64 {
+    let value = sample(text, name);
+    assert!(value >= 0.0 && value.fract() == 0.0, "{name} is {value}");
+    value as u64
+}
