@@ -309,7 +309,7 @@ mod tests {
         stats.frame_scored(2);
         stats.refused("bad_json");
         stats.record(Stage::Decode, 1200);
-        stats.alert_sent(1);
+        stats.alert_sent(1, 0, 0);
         let text = prometheus(
             &stats,
             &Extra {

@@ -133,7 +133,7 @@ pub struct Settings {
     /// Log one JSON metrics line this often (`METRICS_INTERVAL`); `None`: never.
     pub metrics_interval: Option<Duration>,
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
-    /// [`crate::gpu::resolve`]) and logs what it chose and why.
+    /// [`crate::gpu::resolve_for`]) and logs what it chose and why.
     pub device: crate::server::Device,
 }
 
@@ -338,7 +338,7 @@ pub fn run(
     }
     let config = cluster.timely_config()?;
     let mut settings = settings;
-    let choice = crate::gpu::fit_to_model(crate::gpu::resolve(settings.device)?, &model)?;
+    let choice = crate::gpu::resolve_for(settings.device, &model)?;
     tracing::info!(
         requested = ?choice.requested,
         device = ?choice.used,

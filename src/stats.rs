@@ -235,10 +235,16 @@ impl Stats {
         }
     }
 
-    /// An alert was accepted by its receiver after `retries` retries.
-    pub fn alert_sent(&self, retries: u64) {
+    /// An alert was accepted by its receiver (webhook or broker) after `retries` retries,
+    /// now: counted, with its delivery (from `handed_us`, when it was handed to the
+    /// sender) and receive → alert sent (from `received_us`) times. Stamps are
+    /// [`crate::clock::now_us`]; 0 = unknown, not timed.
+    pub fn alert_sent(&self, retries: u64, handed_us: u64, received_us: u64) {
         self.alerts_sent.fetch_add(1, Relaxed);
         self.alerts_retried.fetch_add(retries, Relaxed);
+        let now = crate::clock::now_us();
+        self.record_since(Stage::Delivery, handed_us, now);
+        self.record_since(Stage::Alerted, received_us, now);
     }
 
     /// An alert was given up on (dead-lettered) after `retries` retries.

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
-use crate::stats::{Stage, Stats};
+use crate::stats::Stats;
 use crate::types::FrameResult;
 
 /// The receiving client's body limit: 100 KiB, measured after decompression.
@@ -455,10 +455,11 @@ async fn send_loop(
                 Ok(attempts) => {
                     shared.counters.delivered.fetch_add(1, Relaxed);
                     let stats = &shared.config.stats;
-                    let now = clock::now_us();
-                    stats.alert_sent(u64::from(attempts.saturating_sub(1)));
-                    stats.record_since(Stage::Delivery, handed_us, now);
-                    stats.record_since(Stage::Alerted, received_us, now);
+                    stats.alert_sent(
+                        u64::from(attempts.saturating_sub(1)),
+                        handed_us,
+                        received_us,
+                    );
                     tracing::debug!(seq, attempts, "alert delivered");
                 }
                 // Otherwise a shutdown that ran out of time has dead-lettered it already.

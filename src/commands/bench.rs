@@ -288,7 +288,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.n_features()
         );
     }
-    let device = crate::gpu::fit_to_model(crate::gpu::resolve(args.device.device)?, &model)?;
+    let device = crate::gpu::resolve_for(args.device.device, &model)?;
     let settings = Settings {
         device: device.used,
         dataflow: args.dataflow.clone(),

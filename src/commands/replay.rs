@@ -96,7 +96,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         threshold: args.threshold,
         stride: args.stride,
         max_alert_features: args.max_alert_features,
-        pacing: args.rate.map(Pacing::Rate).unwrap_or(Pacing::Unpaced),
+        pacing: args.rate.map(Pacing::rate).unwrap_or(Pacing::Unpaced),
         stats: None,
         metrics_interval: args.metrics_interval,
         device: args.device.device,

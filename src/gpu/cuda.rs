@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{bail, Context};
 use cudarc::driver::{
     result as cu, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{self, CompileError, CompileOptions};
 
@@ -134,6 +134,19 @@ fn init() -> Result<Gpu, String> {
         },
         ctx,
     })
+}
+
+/// The first `n` entries of an allocated pinned anomaly buffer.
+fn pinned_prefix<T: ValidAsZeroBits>(
+    buffer: &mut Option<PinnedHostSlice<T>>,
+    n: usize,
+) -> anyhow::Result<&mut [T]> {
+    let all = buffer
+        .as_mut()
+        .expect("allocated")
+        .as_mut_slice()
+        .context("pinned anomaly buffer")?;
+    Ok(&mut all[..n])
 }
 
 /// NVRTC's and the driver's CUDA versions, for a PTX the driver refuses: PTX from an
@@ -500,18 +513,8 @@ impl GpuScorer {
                 // Only the `count` hits cross the bus: cudarc copies as much as the
                 // destination holds, so the destinations are the pinned buffers' first
                 // `count` entries, not the whole buffers.
-                let idx = &mut self
-                    .hit_index_host
-                    .as_mut()
-                    .expect("allocated")
-                    .as_mut_slice()
-                    .context("pinned anomaly buffer")?[..count];
-                let scores = &mut self
-                    .hit_score_host
-                    .as_mut()
-                    .expect("allocated")
-                    .as_mut_slice()
-                    .context("pinned anomaly buffer")?[..count];
+                let idx = pinned_prefix(&mut self.hit_index_host, count)?;
+                let scores = pinned_prefix(&mut self.hit_score_host, count)?;
                 self.stream
                     .memcpy_dtoh(&idx_dev.slice(0..count), idx)
                     .context("copying anomalies back")?;

@@ -111,6 +111,12 @@ pub fn resolve(requested: Device) -> anyhow::Result<DeviceChoice> {
     }
 }
 
+/// The device to score `model` on: [`resolve`], then [`fit_to_model`]. What every run
+/// that scores calls.
+pub fn resolve_for(requested: Device, model: &Model) -> anyhow::Result<DeviceChoice> {
+    fit_to_model(resolve(requested)?, model)
+}
+
 /// `choice` checked against the model: a GPU that cannot score it (an RFF window
 /// longer than its kernel takes) sends `auto` to the CPU, saying why, and stops `cuda`.
 pub fn fit_to_model(choice: DeviceChoice, model: &Model) -> anyhow::Result<DeviceChoice> {

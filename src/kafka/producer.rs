@@ -22,7 +22,7 @@ use super::{client_config, MAX_MESSAGE_BYTES};
 use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
-use crate::stats::{Stage, Stats};
+use crate::stats::Stats;
 use crate::types::FrameResult;
 use crate::webhook::AlertBody;
 
@@ -94,12 +94,7 @@ impl AlertReceipt {
     /// The broker acknowledged the alert. librdkafka retries on its own and does not say
     /// how often, so no retries are counted.
     fn sent(&self) {
-        let now = clock::now_us();
-        self.stats.alert_sent(0);
-        self.stats
-            .record_since(Stage::Delivery, self.handed_us, now);
-        self.stats
-            .record_since(Stage::Alerted, self.received_us, now);
+        self.stats.alert_sent(0, self.handed_us, self.received_us);
     }
 
     /// The alert will never reach the topic: counted as dead-lettered, and the whole
@@ -359,6 +354,7 @@ fn verdict_body(r: &FrameResult, latency_ms: f64, max_features: usize) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Stage;
     use crate::types::{FrameMeta, Hit};
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

@@ -21,12 +21,11 @@ use crate::types::Frame;
 pub enum Pacing {
     /// As fast as the dataflow takes frames.
     Unpaced,
-    /// At most this many frames per second, evenly spaced.
-    Rate(f64),
     /// At most `rate` frames per second in all from `readers` workers that read in turn
     /// (workers `0 .. readers`, as [`Sequencing::Interleaved`] deals frames): worker `i`'s
     /// `n`-th frame is due `(n * readers + i) / rate` seconds after it starts, so that
     /// together they offer `rate`, evenly spaced, instead of `readers` frames at once.
+    /// One reader ([`Pacing::rate`]): its `n`-th frame is due at `n / rate`.
     Shared {
         /// Frames per second, all readers together.
         rate: f64,
@@ -36,18 +35,20 @@ pub enum Pacing {
 }
 
 impl Pacing {
+    /// At most `rate` frames per second from one reader, evenly spaced.
+    pub fn rate(rate: f64) -> Pacing {
+        Pacing::Shared { rate, readers: 1 }
+    }
+
     /// When the `n`-th frame of worker `index` is due, counted from its start; `None`
     /// unpaced.
     fn due(&self, n: u64, index: usize) -> Option<Duration> {
-        let (slot, rate) = match *self {
-            Pacing::Unpaced => return None,
-            Pacing::Rate(rate) => (n as f64, rate),
-            Pacing::Shared { rate, readers } => {
-                let readers = readers.max(1);
-                ((n * readers as u64 + (index % readers) as u64) as f64, rate)
-            }
+        let Pacing::Shared { rate, readers } = *self else {
+            return None;
         };
-        Some(Duration::from_secs_f64(slot / rate))
+        let readers = readers.max(1) as u64;
+        let slot = n * readers + index as u64 % readers;
+        Some(Duration::from_secs_f64(slot as f64 / rate))
     }
 }
 
@@ -368,7 +369,7 @@ mod tests {
             [0.0, 0.5, 1.0, 1.5]
         );
         assert_eq!(
-            Pacing::Rate(2.0).due(3, 1),
+            Pacing::rate(2.0).due(3, 1),
             Some(Duration::from_secs_f64(1.5))
         );
         assert_eq!(Pacing::Unpaced.due(3, 0), None);

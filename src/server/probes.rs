@@ -48,13 +48,12 @@ fn visible_gpus() -> usize {
         .unwrap_or(0)
 }
 
-/// Checks that the requested device can score ([`crate::gpu::resolve`]): `auto` takes the
+/// Checks that the requested device can score ([`crate::gpu::resolve_for`]): `auto` takes the
 /// GPU when one is usable and says why not otherwise; `cuda` without a usable GPU (or in
 /// a build without the `gpu` feature) is refused rather than silently run elsewhere.
 pub(super) fn resolve_device(requested: Device, model: &Model) -> anyhow::Result<DeviceFacts> {
     let gpus = visible_gpus();
-    let choice = crate::gpu::resolve(requested)
-        .and_then(|choice| crate::gpu::fit_to_model(choice, model))
+    let choice = crate::gpu::resolve_for(requested, model)
         .map_err(|e| anyhow::anyhow!("{e} ({gpus} NVIDIA GPU(s) visible to the kernel)"))?;
     let gpu_used = choice.used == Device::Cuda;
     tracing::info!(
