@@ -477,6 +477,58 @@ fn bad_inputs_get_their_codes_and_the_next_valid_frame_is_scored() {
     assert_eq!(report.run.stats.frames_scored, 1);
 }
 
+/// The 61-byte denial of service: `{"x":` and 18,750 `[`, gzipped, used to overflow the
+/// decoding thread's stack and abort the server with every frame it held. It is refused
+/// with 400 `too_deep` (in an unknown top-level key and in a feature value alike), and the
+/// frames before and after it are still scored.
+#[test]
+fn a_61_byte_deeply_nested_body_is_refused_and_scoring_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = Receiver::start(
+        &rt,
+        Mode::Client {
+            limit: CLIENT_BODY_LIMIT,
+        },
+    );
+    let (c, verdicts) = config(model(4), &receiver.base_url(), &dir);
+    let server = start(c);
+    let client = Client::new();
+    let valid = r#"{"data":{"feature_0":0.1,"feature_1":0.2,"feature_2":0.3,"feature_3":0.4}}"#;
+    let a = client.enqueue(server.addr(), gzip(valid.as_bytes()), &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+
+    let bomb = gzip(format!(r#"{{"x":{}}}"#, "[".repeat(18_750)).as_bytes());
+    assert!(bomb.len() <= 64, "the attack body is {} bytes", bomb.len());
+    let in_value = format!(
+        r#"{{"data":{{"feature_0":{},"feature_1":0.2,"feature_2":0.3,"feature_3":0.4}}}}"#,
+        "[".repeat(18_750)
+    );
+    let cases = [
+        ("unknown key", bomb, "18751"),
+        ("feature value", gzip(in_value.as_bytes()), "18752"),
+    ];
+    for (what, body, depth) in cases {
+        let a = client.enqueue(server.addr(), body, &[]);
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        assert_eq!(a.body["error"], "too_deep", "{what}: {}", a.body);
+        let detail = a.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("nests {depth} levels")) && detail.contains("at most 128"),
+            "{what}: {detail}"
+        );
+    }
+
+    let a = client.enqueue(server.addr(), gzip(valid.as_bytes()), &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    wait_until("both valid frames' verdicts", || {
+        verdicts.lock().unwrap().len() == 2
+    });
+    let report = server.shutdown().unwrap();
+    assert_eq!((report.http.accepted, report.http.rejected), (2, 2));
+    assert_eq!(report.run.stats.frames_scored, 2);
+}
+
 /// A model that cannot be loaded: probes say so (live 200, ready 503 with the reason),
 /// frames get 503 with Retry-After, and start-up reports the failure.
 #[test]
