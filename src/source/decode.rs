@@ -417,6 +417,23 @@ pub fn decode_frame(
     decode_with_serde(json, index, policy, values)
 }
 
+/// [`decode_frame`] without the fast path for the client's plain frames: the decoder the
+/// fast path must agree with, byte for byte, on every input. For fuzzing and tests.
+#[doc(hidden)]
+pub fn decode_frame_general(
+    json: &[u8],
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    values: &mut Vec<f32>,
+) -> Result<Decoded, DecodeError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    values.clear();
+    values.resize(index.len(), f32::NAN);
+    decode_with_serde(json, index, policy, values)
+}
+
 /// The full decoder: any JSON, every error with its message. `values` holds
 /// `index.len()` NaNs on entry.
 fn decode_with_serde(
