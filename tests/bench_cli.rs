@@ -302,3 +302,52 @@ fn metrics_lines_are_logged_while_running() {
         "{latency}"
     );
 }
+
+/// `--soak` samples every interval: each sample counts the frames scored in it alone, and
+/// the report says how far RSS and p99 moved; a soak needs --rate and takes no --frames.
+#[test]
+fn soak_reports_a_sample_per_interval_and_the_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_in(dir.path());
+    let features = FEATURES.to_string();
+    let out = bench(
+        dir.path(),
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--features",
+            &features,
+            "--soak",
+            "4s",
+            "--soak-interval",
+            "1s",
+            "--rate",
+            "40",
+            "--json",
+        ],
+    );
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let soak = &r["soak"];
+    let samples = soak["samples"].as_array().unwrap();
+    assert!((3..=4).contains(&samples.len()), "{soak}");
+    let scored: u64 = samples.iter().map(|s| u(s, "frames")).sum();
+    assert!(scored <= u(&r, "frames_scored"), "{r}");
+    // 40 frames/s for 1 s, give or take the start and scheduling
+    for s in &samples[1..] {
+        assert!((20..=60).contains(&u(s, "frames")), "{soak}");
+        assert!(
+            f(s, "rss_mib") > 1.0 && u(s, "p99_us") >= u(s, "p50_us"),
+            "{s}"
+        );
+    }
+    assert_eq!(u(soak, "warm_up"), 1);
+    assert!(
+        soak["rss_drift_pct"].is_f64() && soak["p99_spread"].is_f64(),
+        "{soak}"
+    );
+
+    let mut c = common::tidewatch(dir.path());
+    let refused = c.args(["bench", "--soak", "4s"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rate"));
+}

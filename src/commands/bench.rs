@@ -95,6 +95,14 @@ pub struct BenchArgs {
     /// alert sent; without it alerts are not sent.
     #[arg(long, requires = "http")]
     pub alerts: bool,
+    /// Soak: run this long (e.g. `30m`) at --rate, sampling RSS and the receive →
+    /// verdict latency every --soak-interval; the report lists the samples and how far
+    /// RSS and p99 drifted.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "rate", conflicts_with_all = ["duration", "frames"])]
+    pub soak: Option<Duration>,
+    /// Soak: the length of one sample.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub soak_interval: Duration,
     /// Anomaly threshold on (calibrated) scores; default: the model's.
     #[arg(long, env = "THRESHOLD")]
     pub threshold: Option<f32>,
@@ -204,6 +212,9 @@ pub struct BenchReport {
     pub http: Option<HttpFigures>,
     /// Kafka facts (with --kafka).
     pub kafka: Option<KafkaFigures>,
+    /// With --soak: RSS and latency per interval, and their drift.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<super::soak::SoakReport>,
 }
 
 /// What producing the frames took with --kafka (not part of the measured run).
@@ -289,6 +300,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let device = crate::gpu::resolve_for(args.device.device, &model)?;
+    // One set of counters for the run, so that a soak can sample it while it runs.
+    let stats = Arc::new(crate::stats::Stats::default());
     let settings = Settings {
         device: device.used,
         dataflow: args.dataflow.clone(),
@@ -296,6 +309,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         threshold: args.threshold,
         pacing: pacing(args),
         metrics_interval: args.metrics_interval,
+        stats: Some(Arc::clone(&stats)),
         ..Settings::default()
     };
     if !args.cluster.is_leader() {
@@ -313,6 +327,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ring = FrameEncoder::new(args.synthetic.config(features))?.ring(args.ring);
     let ring_facts = RingFacts::measure(&ring, &model)?;
     let probe = Arc::new(Probe::default());
+    if args.soak.is_some() && args.soak_interval.is_zero() {
+        bail!("--soak-interval must be longer than 0 s");
+    }
+    let soak = args
+        .soak
+        .map(|_| super::soak::Sampler::start(Arc::clone(&stats), args.soak_interval));
     let mut report = if let Some(brokers) = &args.kafka {
         run_kafka(args, brokers, &model, settings, ring, Arc::clone(&probe))?
     } else if args.http {
@@ -328,6 +348,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     report.mean_frame_bytes = ring_facts.mean_wire;
     report.mean_json_bytes = ring_facts.mean_json;
+    report.soak = soak.map(super::soak::Sampler::finish);
     report.latency_us = probe.latency();
     report.rss_mib = probe.rss_mib();
     // The kernel updates VmHWM lazily (per-thread RSS counters), so a fresh VmRSS sample
@@ -539,7 +560,7 @@ fn pacing(args: &BenchArgs) -> Pacing {
 /// The run's stopping rule: --frames, --duration, or the default duration.
 fn limits(args: &BenchArgs) -> (Option<u64>, Option<Duration>) {
     match (args.frames, args.duration) {
-        (None, None) => (None, Some(DEFAULT_DURATION)),
+        (None, None) => (None, Some(args.soak.unwrap_or(DEFAULT_DURATION))),
         limits => limits,
     }
 }
@@ -582,6 +603,7 @@ fn base_report(
         stages: Vec::new(),
         http: None,
         kafka: None,
+        soak: None,
     }
 }
 
@@ -718,6 +740,11 @@ impl BenchReport {
         }
         if !self.stages.is_empty() {
             for line in crate::metrics::latency_table(&self.stages).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if let Some(soak) = &self.soak {
+            for line in soak.table().lines() {
                 let _ = writeln!(out, "  {line}");
             }
         }
@@ -974,6 +1001,8 @@ mod tests {
             features: None,
             ring: 3,
             rate: None,
+            soak: None,
+            soak_interval: Duration::from_secs(60),
             http: false,
             kafka: None,
             kafka_partitions: 4,

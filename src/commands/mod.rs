@@ -7,6 +7,7 @@ pub mod loadgen;
 pub mod receiver;
 pub mod replay;
 pub mod serve;
+pub mod soak;
 pub mod train;
 
 use crate::server::Device;
