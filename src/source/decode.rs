@@ -145,10 +145,17 @@ impl DecodeError {
     }
 }
 
+/// A name quoted in an error is cut to this many characters: the names come from the
+/// client, and a megabyte-long key must not come back as a megabyte-long answer.
+const NAME_CHARS_SHOWN: usize = 64;
+
 fn quote_names(names: &[String], count: usize) -> String {
     let mut s = names
         .iter()
-        .map(|n| format!("{n:?}"))
+        .map(|n| match n.char_indices().nth(NAME_CHARS_SHOWN) {
+            Some((cut, _)) => format!("{:?}... ({} bytes)", &n[..cut], n.len()),
+            None => format!("{n:?}"),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     if count > names.len() {
@@ -1123,6 +1130,12 @@ mod tests {
         let long_key = format!(r#"{{"data":{{"{}":1}}}}"#, "k".repeat(1 << 20));
         let e = decode(&long_key, 2, KeyPolicy::default()).unwrap_err();
         assert_eq!(e.kind(), "unknown_features");
+        // the answer names the key without echoing a megabyte
+        let text = e.to_string();
+        assert!(
+            text.len() < 200 && text.contains("(1048576 bytes)"),
+            "{text}"
+        );
     }
 
     #[test]
