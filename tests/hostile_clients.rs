@@ -7,9 +7,9 @@ mod common;
 use common::serve::*;
 use common::{counter, sample};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,21 +152,6 @@ fn idle_and_slow_header_connections_are_closed_after_the_header_timeout() {
     server.shutdown().unwrap();
 }
 
-/// Reads the ready line of a `serve` process and returns its address.
-fn ready_addr(child: &mut Child) -> (SocketAddr, BufReader<std::process::ChildStdout>) {
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {ready:?}"))
-        .parse()
-        .unwrap();
-    (addr, stdout)
-}
-
 /// Under `ulimit -n 1024`, 1,100 idle connections exhausted the descriptors and an honest
 /// request timed out. Now the connection limit sits below the descriptor limit, and at the
 /// limit the longest-idle connection is closed to make room: 1,100 idle connections held
@@ -194,7 +179,7 @@ fn idle_connections_past_the_open_files_limit_do_not_starve_an_honest_client() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (addr, _stdout) = ready_addr(&mut child);
+    let (addr, _stdout) = common::ready_addr(&mut child);
     let mut idle = Vec::new();
     for _ in 0..1100 {
         idle.push(TcpStream::connect(addr).unwrap());
@@ -219,11 +204,7 @@ fn idle_connections_past_the_open_files_limit_do_not_starve_an_honest_client() {
     assert!(evicted >= 1100 - 768, "{evicted}");
     assert!(sample(&text, "tidewatch_http_connections_open") <= 768.0);
     drop(idle);
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    common::sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
 
@@ -386,23 +367,16 @@ fn a_second_signal_stops_at_once_and_records_pending_alerts() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (addr, mut stdout) = ready_addr(&mut child);
+    let (addr, mut stdout) = common::ready_addr(&mut child);
     let client = Client::new();
     let a = client.enqueue(addr, valid_frame(5), &[]);
     assert_eq!(a.status, 202);
     assert!(a.body["run_id"].is_string(), "{}", a.body);
     // the alert is under way (the receiver took the connection) before the signals
     std::thread::sleep(Duration::from_millis(500));
-    let term = || {
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-    };
-    term();
+    common::sigterm(&child);
     std::thread::sleep(Duration::from_millis(500));
-    term();
+    common::sigterm(&child);
     let started = Instant::now();
     let status = child.wait().unwrap();
     assert!(

@@ -260,11 +260,7 @@ impl Served {
     }
 
     fn signal(&self) {
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        common::sigterm(&self.child);
     }
 
     /// Waits for the process to end; returns (stdout, stderr) after checking it exited 0.

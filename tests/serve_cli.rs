@@ -88,15 +88,8 @@ fn serve_logs_json_and_exits_cleanly_on_sigterm() {
             lines.lock().unwrap().push(l.unwrap());
         }
     });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {ready:?}"))
-        .to_string();
+    let (addr, mut stdout) = common::ready_addr(&mut child);
+    let addr = addr.to_string();
 
     // Two frames: the model's window is 2, so the second is scored.
     for i in 0..2 {
@@ -117,11 +110,7 @@ fn serve_logs_json_and_exits_cleanly_on_sigterm() {
         assert!(start.elapsed() < Duration::from_secs(60), "no dead letter");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    common::sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     reader.join().unwrap();

@@ -409,13 +409,7 @@ pub fn decode_frame(
     policy: KeyPolicy,
     values: &mut Vec<f32>,
 ) -> Result<Decoded, DecodeError> {
-    if json.iter().all(u8::is_ascii_whitespace) {
-        return Err(DecodeError::Empty);
-    }
-    // NaN marks "not seen yet": accepted values are finite, so this detects duplicates and
-    // missing features without a second buffer.
-    values.clear();
-    values.resize(index.len(), f32::NAN);
+    start(json, index, values)?;
     if let Some(decoded) = plain::decode_plain(json, index, values) {
         return Ok(decoded);
     }
@@ -433,12 +427,20 @@ pub fn decode_frame_general(
     policy: KeyPolicy,
     values: &mut Vec<f32>,
 ) -> Result<Decoded, DecodeError> {
+    start(json, index, values)?;
+    decode_with_serde(json, index, policy, values)
+}
+
+/// Refuses an empty body and fills `values` with one NaN per feature: NaN marks "not seen
+/// yet" (accepted values are finite), which finds duplicates and missing features without
+/// a second buffer.
+fn start(json: &[u8], index: &FeatureIndex, values: &mut Vec<f32>) -> Result<(), DecodeError> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
     values.clear();
     values.resize(index.len(), f32::NAN);
-    decode_with_serde(json, index, policy, values)
+    Ok(())
 }
 
 /// The full decoder: any JSON, every error with its message. `values` holds

@@ -151,6 +151,38 @@ pub fn tidewatch_with_open_files(dir: &Path, open_files: u32) -> Command {
     c
 }
 
+/// Sends SIGTERM to `child` (as an orchestrator stops `serve`).
+#[cfg(unix)]
+pub fn sigterm(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Reads `serve`'s ready line from its piped stdout and returns the address it names,
+/// with the rest of stdout to read later.
+pub fn ready_addr(
+    child: &mut std::process::Child,
+) -> (
+    std::net::SocketAddr,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    let addr = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .parse()
+        .unwrap();
+    (addr, stdout)
+}
+
 /// The value of the Prometheus sample `name` (with its labels, exactly as exposed) in a
 /// `/metrics` text.
 pub fn sample(text: &str, name: &str) -> f64 {
