@@ -42,6 +42,50 @@ pub struct Connections {
     pub refused: u64,
 }
 
+/// Upper bounds of the stage-latency histogram buckets, in microseconds: 1-2.5-5 steps
+/// from 10 µs to 60 s, covering what the HDR histograms record (a stage under 10 µs lands
+/// in the first bucket, one over a minute in `+Inf`). Fixed, so that the buckets of every
+/// process and every scrape add up.
+pub const BUCKETS_US: [u64; 21] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// The stage latencies as a Prometheus histogram in seconds
+/// (`tidewatch_stage_latency_seconds_bucket{stage,le}`): unlike the summaries' quantiles,
+/// buckets from several processes or scrapes can be summed before a quantile is taken.
+fn histograms(out: &mut String, stages: &[(crate::stats::Stage, hdrhistogram::Histogram<u64>)]) {
+    let name = "tidewatch_stage_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} latency of each stage of a frame's path\n# TYPE {name} histogram"
+    );
+    for (stage, h) in stages {
+        let label = stage.name();
+        for le in BUCKETS_US {
+            // count_between is inclusive of both ends, in HDR's equivalent ranges
+            let n = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, le)
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{stage=\"{label}\",le=\"{}\"}} {n}",
+                le as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{stage=\"{label}\",le=\"+Inf\"}} {}",
+            h.len()
+        );
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{stage=\"{label}\"}} {sum:.6}");
+        let _ = writeln!(out, "{name}_count{{stage=\"{label}\"}} {}", h.len());
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4) of `stats` and `extra`.
 pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -196,6 +240,7 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
         out,
         "# HELP {name} largest latency recorded per stage\n# TYPE {name} gauge\n{maxes}"
     );
+    histograms(&mut out, &stats.histograms());
     let r = resources::sample();
     if let Some(cpu) = resources::cpu_seconds() {
         let name = "process_cpu_seconds_total";
@@ -394,6 +439,10 @@ mod tests {
             "tidewatch_http_connections_evicted_total 1",
             "tidewatch_stage_latency_microseconds_count{stage=\"decode\"} 1",
             "tidewatch_stage_latency_max_microseconds{stage=\"decode\"} 1200",
+            "tidewatch_stage_latency_seconds_bucket{stage=\"decode\",le=\"0.001\"} 0",
+            "tidewatch_stage_latency_seconds_bucket{stage=\"decode\",le=\"0.0025\"} 1",
+            "tidewatch_stage_latency_seconds_bucket{stage=\"decode\",le=\"+Inf\"} 1",
+            "tidewatch_stage_latency_seconds_count{stage=\"decode\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

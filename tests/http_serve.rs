@@ -581,6 +581,19 @@ fn metrics_count_frames_refusals_alerts_and_stage_latencies() {
         let count = format!("tidewatch_stage_latency_microseconds_count{{stage=\"{stage}\"}}");
         assert_eq!(sample(&text, &count), 3.0, "{stage}");
     }
+    // the same latencies as a mergeable histogram: cumulative buckets ending in the count
+    let bucket = |le: &str| {
+        let name = format!(
+            "tidewatch_stage_latency_seconds_bucket{{stage=\"receive_to_scored\",le=\"{le}\"}}"
+        );
+        sample(&text, &name)
+    };
+    let les = ["0.00001", "0.001", "0.01", "0.1", "1", "60", "+Inf"];
+    let counts: Vec<f64> = les.iter().map(|le| bucket(le)).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert_eq!(counts[les.len() - 1], 3.0);
+    let total = "tidewatch_stage_latency_seconds_count{stage=\"receive_to_scored\"}";
+    assert_eq!(sample(&text, total), 3.0);
     let score = "tidewatch_stage_latency_microseconds_count{stage=\"score\"}";
     assert!(
         (1.0..=3.0).contains(&sample(&text, score)),
