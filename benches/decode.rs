@@ -14,7 +14,7 @@ use common::uniform;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewatch::commands::loadgen::{client_body, FrameEncoder};
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::decode::inflate_if_gzip_into;
+use tidewatch::source::decode::{decode_frame_general, inflate_if_gzip_into};
 use tidewatch::source::{decode_frame, inflate_if_gzip, GeneratorConfig, KeyPolicy};
 
 const F: usize = 25_000;
@@ -89,6 +89,28 @@ fn decode(c: &mut Criterion) {
             })
         });
     }
+
+    // The same client frame with extra top-level keys in front (`seq`, `entity`), which
+    // the fast path now skips; and the general decoder on the plain frame, the cost of a
+    // frame the fast path leaves, measured in the same run.
+    let client = inflate_if_gzip(&inputs[0].1, MAX_INFLATED)
+        .expect("inflates")
+        .to_vec();
+    let mut with_keys = br#"{"seq":123456,"entity":"pump-3","#.to_vec();
+    with_keys.extend_from_slice(&client[1..]);
+    let mut values = Vec::with_capacity(F);
+    group.bench_function("client_with_seq_and_entity", |b| {
+        b.iter(|| {
+            decode_frame(&with_keys, &index, policy, &mut values).expect("decodes");
+            values[F - 1]
+        })
+    });
+    group.bench_function("client_general_path", |b| {
+        b.iter(|| {
+            decode_frame_general(&client, &index, policy, &mut values).expect("decodes");
+            values[F - 1]
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("inflate_and_decode_25k");

@@ -1,5 +1,7 @@
 //! The decoder's fast path, for frames in the plain shape clients send:
-//! `{"data":{"feature_0":0.82,...}}`, optionally with `"id"` and `"timestamp"` strings.
+//! `{"data":{"feature_0":0.82,...}}`, optionally with `"id"` and `"timestamp"` strings and
+//! other top-level keys whose values are scalars (`"seq": 7`, `"entity": "pump-3"`), in
+//! any order.
 //!
 //! Going through serde costs several hundred instructions per feature (a key visitor, a
 //! value seed and `deserialize_any` dispatch for each of 25,000 pairs), more than
@@ -8,8 +10,8 @@
 //! (the number parser inside sonic-rs, so values are bit-identical to the serde path).
 //!
 //! It is a recogniser of a strict subset of JSON, not a JSON parser: whenever the input
-//! leaves that subset (escapes, unknown or missing features, duplicates, other top-level
-//! keys, non-numbers, any syntax error) it answers `None` and the serde path decodes the
+//! leaves that subset (escapes, unknown or missing features, duplicates, nested values
+//! under other top-level keys, non-numbers, any syntax error) it answers `None` and the serde path decodes the
 //! frame from the start, so every error and every unusual frame is decided there, with
 //! its precise message. No crate offers a decoder that writes straight into model order
 //! without per-key dispatch, hence this hand-written loop.
@@ -45,7 +47,18 @@ pub(super) fn decode_plain(
             b"data" => &mut seen_data,
             b"id" => &mut seen_id,
             b"timestamp" => &mut seen_ts,
-            _ => return None,
+            // Another key (`seq`, `entity`, ...): ignored, as the serde path ignores it,
+            // if its value is a scalar; anything nested is left to the serde path.
+            _ => {
+                // serde refuses a key that is not UTF-8 (found by the fuzzer)
+                std::str::from_utf8(key).ok()?;
+                at.scalar()?;
+                match at.next_byte()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
         };
         if std::mem::replace(seen, true) {
             return None;
@@ -120,6 +133,27 @@ impl<'a> Cursor<'a> {
             return Some(None);
         }
         std::str::from_utf8(self.string()?).ok().map(Some)
+    }
+
+    /// A scalar JSON value, skipped: a number, a string (no escapes, valid UTF-8),
+    /// `true`, `false` or `null`. `None` for anything else, objects and arrays included.
+    fn scalar(&mut self) -> Option<()> {
+        self.skip_whitespace();
+        let rest = &self.bytes[self.at..];
+        let word = [&b"true"[..], b"false", b"null"]
+            .into_iter()
+            .find(|w| rest.starts_with(w));
+        match (rest.first()?, word) {
+            (_, Some(w)) => self.at += w.len(),
+            (b'"', None) => {
+                std::str::from_utf8(self.string()?).ok()?;
+            }
+            (b'-' | b'0'..=b'9', None) => {
+                self.number()?;
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// Whether the bytes at the cursor are exactly `key`; consumes them if so.
@@ -379,6 +413,10 @@ mod tests {
             // The client's id and event time, before or after the data, or null.
             r#"{"id":"f-1","data":{"feature_0":1,"feature_1":2,"feature_2":3},"timestamp":"2026-11-23T10:00:00Z"}"#,
             r#"{"data":{"feature_0":1,"feature_1":2,"feature_2":3},"timestamp":null,"id":null}"#,
+            // Other top-level keys with scalar values, before or after the data.
+            r#"{"seq":12,"entity":"pump-3","data":{"feature_0":1,"feature_1":2,"feature_2":3}}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2,"feature_2":3},"ok":true,"n":null,"x":-1.5e3,"f":false}"#,
+            r#"{"seq":1,"seq":2,"data":{"feature_0":1,"feature_1":2,"feature_2":3}}"#,
         ] {
             assert_taken(json, &index);
         }
@@ -401,6 +439,7 @@ mod tests {
             r#"{"data":{"feature_0":0.5,"feature_1":-12,"feature_2":3e2}}"#,
             r#"{"id":"f-1","data":{"feature_2":1.25,"feature_0":0,"feature_1":7},"timestamp":"2026-11-23T10:00:00Z"}"#,
             r#" {"timestamp":null, "data" : {"feature_0":1 ,"feature_1":2,"feature_2":-0.0},"id":null} "#,
+            r#"{"seq":7,"entity":"e-1","data":{"feature_0":1,"feature_1":2,"feature_2":3},"ok":true,"n":null}"#,
         ];
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let (mut taken, mut tried) = (0, 0);
@@ -461,7 +500,13 @@ mod tests {
             r#"{"data":{"feature_0":1,"feature_1":2}} x"#,
             r#"{"data":{"feature_0":1,"feature_1":2}"#,
             r#"{"data":{"feature_0":1,"feature_1":2},"data":{}}"#,
-            r#"{"data":{"feature_0":1,"feature_1":2},"extra":true}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":[1]}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":{}}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":"a\u0041"}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":tru}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":truex}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":01}"#,
+            r#"{"data":{"feature_0":1,"feature_1":2},"extra":}"#,
             r#"{"data":{"feature_0":1,"feature_1":2},"id":7}"#,
             r#"{"data":{"feature_0":1,"feature_1":2},"id":"a\"b"}"#,
             r#"{"data":{"feature_0":1,"feature_1":2},"timestamp":"yesterday"}"#,
