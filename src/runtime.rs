@@ -10,11 +10,11 @@ use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
-use crate::gpu::ScoringBackend;
+use crate::detect::gpu::ScoringBackend;
 use crate::layout::Layout;
 use crate::model::Model;
 use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
-use crate::source::FrameSource;
+use crate::sources::FrameSource;
 use crate::stats::{StageSummary, Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
 
@@ -133,7 +133,7 @@ pub struct Settings {
     /// Log one JSON metrics line this often (`METRICS_INTERVAL`); `None`: never.
     pub metrics_interval: Option<Duration>,
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
-    /// [`crate::gpu::resolve_for`]) and logs what it chose and why.
+    /// [`crate::detect::gpu::resolve_for`]) and logs what it chose and why.
     pub device: crate::server::Device,
 }
 
@@ -144,7 +144,7 @@ impl Default for Settings {
             batch_size: 64,
             threshold: None,
             stride: None,
-            max_alert_features: crate::alert::DEFAULT_MAX_FEATURES,
+            max_alert_features: crate::sinks::alert::DEFAULT_MAX_FEATURES,
             pacing: Pacing::Unpaced,
             stats: None,
             metrics_interval: None,
@@ -261,7 +261,7 @@ pub struct WorkerSlot {
 
 /// Makes the source of each worker: called on every worker of every process, `None` where
 /// the worker reads nothing. Sources read by several workers must say so through their
-/// [`crate::source::Sequencing`].
+/// [`crate::sources::Sequencing`].
 pub type SourceFactory =
     Arc<dyn Fn(WorkerSlot) -> anyhow::Result<Option<Box<dyn FrameSource>>> + Send + Sync>;
 
@@ -338,7 +338,7 @@ pub fn run(
     }
     let config = cluster.timely_config()?;
     let mut settings = settings;
-    let choice = crate::gpu::resolve_for(settings.device, &model)?;
+    let choice = crate::detect::gpu::resolve_for(settings.device, &model)?;
     tracing::info!(
         requested = ?choice.requested,
         device = ?choice.used,

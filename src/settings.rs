@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use crate::model::Model;
 use crate::runtime::{ClusterArgs, Settings, SinkSpec};
 use crate::server::{ModelSpec, ServeConfig};
-use crate::source::{KeyPolicy, MissingKeys, UnknownKeys};
-use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::sinks::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::sources::{KeyPolicy, MissingKeys, UnknownKeys};
 
 /// Loads `.env` from the current directory (or the nearest parent that has one) into the
 /// process environment, leaving variables that are already set alone. Returns the file
@@ -86,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = CLIENT_BODY_LIMIT)]
     pub alert_body_limit: usize,
     /// Most features listed in one alert (the count is always complete).
-    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    #[arg(long, default_value_t = crate::sinks::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
     /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often; `0s`
     /// turns it off.

@@ -28,14 +28,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{random_frames, random_rff_model, Lcg, VecSource};
-use tidewatch::gpu::{self, GpuScorer};
+use tidewatch::detect::gpu::{self, GpuScorer};
 use tidewatch::model::{
     Calibration, FeatureNames, Folded, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta,
     Scorer, FOLDED_BLOCK,
 };
 use tidewatch::runtime::{self, ClusterArgs, Settings, SinkSpec};
 use tidewatch::server::Device;
-use tidewatch::source::FrameSource;
+use tidewatch::sources::FrameSource;
 use tidewatch::train::rff::{RffMap, RffSampling};
 use tidewatch::types::FrameResult;
 

@@ -14,7 +14,7 @@
 //! `serve --kafka-brokers` does, until it has read it all.
 //!
 //! Encoding is not measured: the ring is encoded before the clock starts, by the same
-//! encoder as `loadgen` ([`loadgen::FrameEncoder`]).
+//! encoder as `loadgen` ([`crate::load::FrameEncoder`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,10 +28,10 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::loadgen::{self, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
 use super::receiver::AlertReceiver;
 use super::{DeviceArgs, SyntheticArgs};
 use crate::clock;
+use crate::load::{self as loadgen, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
 use crate::model::{FeatureIndex, Model};
 use crate::ops::Pacing;
 use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
@@ -39,13 +39,13 @@ use crate::runtime::{
     self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory, WorkerSlot,
 };
 use crate::server::{self, ModelSpec, ServeConfig};
-use crate::source::{
+use crate::sinks::webhook::WebhookConfig;
+use crate::sources::{
     decode_body, decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing,
     SourceError,
 };
 use crate::stats::StageSummary;
 use crate::types::{Frame, FrameMeta, FrameResult};
-use crate::webhook::WebhookConfig;
 
 /// How long a run lasts when neither --frames nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -288,7 +288,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.n_features()
         );
     }
-    let device = crate::gpu::resolve_for(args.device.device, &model)?;
+    let device = crate::detect::gpu::resolve_for(args.device.device, &model)?;
     let settings = Settings {
         device: device.used,
         dataflow: args.dataflow.clone(),
@@ -883,8 +883,8 @@ fn run_kafka(
     ring: Vec<Encoded>,
     probe: Arc<Probe>,
 ) -> anyhow::Result<BenchReport> {
-    use crate::kafka::load::{produce, ProduceSpec};
     use crate::kafka::{KafkaInput, KafkaInputConfig};
+    use crate::load::kafka::{produce, ProduceSpec};
     if args.cluster.processes > 1 {
         bail!("bench --kafka runs in one process: use -w for more workers");
     }
@@ -964,7 +964,7 @@ fn proc_status_mib(name: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Generator, GeneratorConfig};
+    use crate::sources::{Generator, GeneratorConfig};
 
     fn args() -> BenchArgs {
         BenchArgs {

@@ -9,7 +9,7 @@ use super::{DeviceArgs, SyntheticArgs};
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
-use crate::source::{
+use crate::sources::{
     self, FrameSource, Generator, GeneratorSource, KeyPolicy, MissingKeys, UnknownKeys,
 };
 
@@ -57,7 +57,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub stdout: bool,
     /// Most features listed in one alert (the count is always complete).
-    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    #[arg(long, default_value_t = crate::sinks::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
     /// What to do with keys that name no model feature.
     #[arg(long, value_enum, default_value = "reject")]
@@ -141,7 +141,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     match (&args.input, args.generate) {
         (Some(path), _) => {
             let path = path.clone();
-            runtime::on_worker_zero(move || source::file::open(&path, &index, policy))
+            runtime::on_worker_zero(move || sources::file::open(&path, &index, policy))
         }
         (None, frames) => {
             let config = args.synthetic.config(model.n_features());

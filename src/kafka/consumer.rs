@@ -21,7 +21,7 @@ use super::producer::Outbox;
 use super::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
 use crate::clock;
 use crate::model::FeatureIndex;
-use crate::source::{
+use crate::sources::{
     decode_frame, with_inflated, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
 };
 use crate::types::{Frame, FrameMeta};
@@ -626,7 +626,7 @@ impl FrameSource for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::load::{produce, ProduceSpec};
+    use crate::load::kafka::{produce, ProduceSpec};
     use rdkafka::mocking::MockCluster;
 
     fn frame_json(k: u64) -> Vec<u8> {

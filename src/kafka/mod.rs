@@ -5,7 +5,7 @@
 //!   input topic is read by global worker `p % peers`, so the partitions are spread over
 //!   the workers of all processes with no group rebalancing (a worker with no partition
 //!   reads nothing and holds nothing back). Frames are stamped with the clock
-//!   ([`crate::source::Sequencing::Clock`]).
+//!   ([`crate::sources::Sequencing::Clock`]).
 //! - At-least-once: a partition's offset is committed only once every message before it
 //!   has settled (its frame's verdict is everywhere and its alert was handed to the
 //!   sinks) and, for sinks writing to Kafka from the same process, the producer has
@@ -23,7 +23,6 @@
 
 pub mod binary;
 mod consumer;
-pub mod load;
 mod offsets;
 mod producer;
 
@@ -39,7 +38,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::model::Model;
 use crate::runtime::{SourceFactory, WorkerSlot};
-use crate::source::{FrameSource, KeyPolicy};
+use crate::sources::{FrameSource, KeyPolicy};
 
 pub use consumer::{
     decode_message, KafkaCounters, KafkaCountersSnapshot, KafkaInput, KafkaInputConfig, KafkaSource,

@@ -19,12 +19,12 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use serde::Serialize;
 
 use super::{client_config, MAX_MESSAGE_BYTES};
-use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
+use crate::sinks::alert::Alert;
+use crate::sinks::webhook::AlertBody;
 use crate::stats::Stats;
 use crate::types::FrameResult;
-use crate::webhook::AlertBody;
 
 /// Messages waiting in the producer at most; past it a message is refused (counted and
 /// logged as an error) rather than a worker waiting.

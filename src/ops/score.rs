@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Stream;
 use crate::clock;
-use crate::gpu::{BatchScores, ScoringBackend};
+use crate::detect::gpu::{BatchScores, ScoringBackend};
 use crate::stats::{Stage, Stats};
 use crate::types::{Batch, Hit, PartHits, Scored};
 

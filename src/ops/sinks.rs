@@ -6,7 +6,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Inspect;
 
 use super::Stream;
-use crate::alert::Alert;
+use crate::sinks::alert::Alert;
 use crate::stats::{Stage, Stats};
 use crate::types::FrameResult;
 

@@ -1,5 +1,5 @@
 //! `tidewatch serve`'s HTTP side: seed 001's ingest endpoint and probes on warp, in front
-//! of a dataflow run by [`crate::runtime::run`], with alerts posted by [`crate::webhook`].
+//! of a dataflow run by [`crate::runtime::run`], with alerts posted by [`crate::sinks::webhook`].
 //!
 //! Threads: the HTTP server and the webhook sender share one tokio runtime (its own, so a
 //! library user's runtime is not involved); frames are decoded on its blocking pool; the
@@ -32,9 +32,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::kafka::{KafkaInput, KafkaReport, KafkaServeConfig, Outbox};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
-use crate::source::{FrameSource, KeyPolicy};
+use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
+use crate::sources::{FrameSource, KeyPolicy};
 use crate::stats::Stats;
-use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
 
 pub use ingest::IngestSource;
 
@@ -289,7 +289,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
             config
                 .webhook
                 .as_ref()
-                .map_or(crate::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
+                .map_or(crate::sinks::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
             Arc::clone(&shared.stats),
         )),
         _ => None,

@@ -23,9 +23,9 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::alert::Alert;
 use crate::clock;
 use crate::runtime::ResultHook;
+use crate::sinks::alert::Alert;
 use crate::stats::Stats;
 use crate::types::FrameResult;
 
@@ -78,7 +78,7 @@ impl Default for WebhookConfig {
             queue: 1024,
             dead_letter: PathBuf::from("tidewatch-dead-letter.jsonl"),
             body_limit: CLIENT_BODY_LIMIT,
-            max_features: crate::alert::DEFAULT_MAX_FEATURES,
+            max_features: crate::sinks::alert::DEFAULT_MAX_FEATURES,
             drain_timeout: Duration::from_secs(30),
             stats: Arc::default(),
         }
@@ -212,7 +212,7 @@ impl Shared {
         );
         let line = format!(
             "{{\"dead_lettered_at\":{},\"url\":{},\"seq\":{seq},\"attempts\":{attempts},\"last_error\":{},\"alert\":{}}}\n",
-            json_string(&crate::alert::iso_ms(clock::unix_ms())),
+            json_string(&crate::sinks::alert::iso_ms(clock::unix_ms())),
             json_string(&self.config.url),
             json_string(last_error),
             String::from_utf8_lossy(body),
@@ -498,7 +498,7 @@ fn log_anomaly(job: &Job) {
     tracing::info!(
         seq = r.seq,
         id = r.meta.id.as_deref(),
-        timestamp = %crate::alert::iso_ms(r.meta.event_ms.unwrap_or(r.meta.received_ms)),
+        timestamp = %crate::sinks::alert::iso_ms(r.meta.event_ms.unwrap_or(r.meta.received_ms)),
         num_anomalous_features = r.hits.len(),
         top_scores = %format!("[{top_scores}]"),
         latency_ms = job.latency_ms,

@@ -1,0 +1,4 @@
+//! Where verdicts go: the alert body and the webhook that posts it.
+
+pub mod alert;
+pub mod webhook;
