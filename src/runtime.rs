@@ -14,6 +14,7 @@ use crate::detect::gpu::ScoringBackend;
 use crate::layout::Layout;
 use crate::model::Model;
 use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
+pub use crate::sinks::{ResultHook, SinkSpec};
 use crate::sources::FrameSource;
 use crate::stats::{StageSummary, Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
@@ -134,7 +135,7 @@ pub struct Settings {
     pub metrics_interval: Option<Duration>,
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
     /// [`crate::detect::gpu::resolve_for`]) and logs what it chose and why.
-    pub device: crate::server::Device,
+    pub device: crate::detect::Device,
 }
 
 impl Default for Settings {
@@ -148,7 +149,7 @@ impl Default for Settings {
             pacing: Pacing::Unpaced,
             stats: None,
             metrics_interval: None,
-            device: crate::server::Device::Auto,
+            device: crate::detect::Device::Auto,
         }
     }
 }
@@ -231,7 +232,7 @@ impl Env {
         // `auto` only reaches here when a variant is built outside [`run`]: the CPU, as
         // nothing resolved it
         let device = match self.settings.device {
-            crate::server::Device::Auto => crate::server::Device::Cpu,
+            crate::detect::Device::Auto => crate::detect::Device::Cpu,
             d => d,
         };
         ScoringBackend::new(device, &self.model, range.clone(), self.threshold())
@@ -283,21 +284,6 @@ where
 /// enters elsewhere).
 pub fn no_input() -> SourceFactory {
     Arc::new(|_| Ok(None))
-}
-
-/// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
-/// another thread (a bounded channel) if it does I/O.
-pub type ResultHook = Arc<dyn Fn(&FrameResult) + Send + Sync>;
-
-/// Where verdicts go: alert lines to a file and/or stdout, and any hook.
-#[derive(Clone, Default)]
-pub struct SinkSpec {
-    /// JSONL file of alert bodies, one per anomalous frame.
-    pub alerts_path: Option<PathBuf>,
-    /// Also print alert lines on stdout.
-    pub stdout: bool,
-    /// Also hand every verdict to this hook (webhook senders, Kafka producers, tests).
-    pub on_result: Option<ResultHook>,
 }
 
 /// How a run went, as seen from this process.

@@ -207,7 +207,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Device;
+    use crate::detect::Device;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -8,7 +8,7 @@ pub mod replay;
 pub mod serve;
 pub mod train;
 
-use crate::server::Device;
+use crate::detect::Device;
 use crate::sources::{AnomalyKind, GeneratorConfig};
 
 /// The scoring device flag (`DEFAULT_DEVICE`), shared by every command that scores.

@@ -20,9 +20,8 @@ use serde::Serialize;
 
 use super::{client_config, MAX_MESSAGE_BYTES};
 use crate::clock;
-use crate::runtime::ResultHook;
-use crate::sinks::alert::Alert;
-use crate::sinks::webhook::AlertBody;
+use crate::sinks::alert::{Alert, AlertBody};
+use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
 

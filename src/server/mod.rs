@@ -36,21 +36,8 @@ use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
 use crate::sources::{FrameSource, KeyPolicy};
 use crate::stats::Stats;
 
+pub use crate::detect::Device;
 pub use ingest::IngestSource;
-
-/// Where scoring runs (`DEFAULT_DEVICE`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The GPU where this build (feature `gpu`) and machine can use one, else the CPU;
-    /// start-up logs which and why.
-    #[default]
-    Auto,
-    /// The GPU; start-up fails if it cannot be used.
-    Cuda,
-    /// The CPU.
-    Cpu,
-}
 
 /// Which model to serve.
 #[derive(Clone, Debug)]

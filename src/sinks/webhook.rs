@@ -24,8 +24,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::clock;
-use crate::runtime::ResultHook;
-use crate::sinks::alert::Alert;
+use crate::sinks::alert::AlertBody;
+use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
 
@@ -90,45 +90,6 @@ pub fn join_url(base: &str, endpoint: &str) -> String {
     let base = base.trim_end_matches('/');
     let endpoint = endpoint.trim_start_matches('/');
     format!("{base}/{endpoint}")
-}
-
-/// The body posted for an anomalous frame: the contract's alert plus the end-to-end
-/// latency (extra fields are ignored by the client).
-#[derive(Clone, Debug, Serialize)]
-pub struct AlertBody {
-    /// The contract's fields and the frame's identity (seq, id, receive time).
-    #[serde(flatten)]
-    pub alert: Alert,
-    /// From receiving the frame to its verdict, in milliseconds.
-    pub latency_ms: f64,
-}
-
-impl AlertBody {
-    /// The serialized body for `result`, listing at most `max_features` features and at
-    /// most `limit` bytes long: features are dropped from the end of the list (the lowest
-    /// scores) until it fits. `num_anomalous_features` keeps the true count.
-    pub fn encode(
-        result: &FrameResult,
-        latency_ms: f64,
-        max_features: usize,
-        limit: usize,
-    ) -> Bytes {
-        let mut body = AlertBody {
-            alert: Alert::new(result, max_features),
-            latency_ms,
-        };
-        loop {
-            let bytes = serde_json::to_vec(&body).expect("alert bodies serialize");
-            let n = body.alert.anomalous_features.len();
-            if bytes.len() <= limit || n == 0 {
-                return Bytes::from(bytes);
-            }
-            // Shrink in proportion to the excess; the lengths of score texts vary, so
-            // check again rather than trust one estimate.
-            let keep = (n as f64 * limit as f64 / bytes.len() as f64) as usize;
-            body.alert.anomalous_features.truncate(keep.min(n - 1));
-        }
-    }
 }
 
 /// The delay before retry number `retry` (1 for the first): `initial · 2^(retry-1)`, at most

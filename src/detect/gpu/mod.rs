@@ -19,8 +19,8 @@ use std::ops::Range;
 use anyhow::bail;
 use serde::Serialize;
 
+use crate::detect::Device;
 use crate::model::{Model, Scorer};
-use crate::server::Device;
 use crate::types::Compacted;
 
 /// The CUDA C source of the scoring kernels.
