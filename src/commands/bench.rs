@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use super::receiver::AlertReceiver;
 use super::{DeviceArgs, SyntheticArgs};
 use crate::clock;
 use crate::load::{self as loadgen, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
-use crate::model::{FeatureIndex, Model};
+use crate::model::Model;
 use crate::ops::Pacing;
 use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
 use crate::runtime::{
@@ -40,19 +40,13 @@ use crate::runtime::{
 };
 use crate::server::{self, ModelSpec, ServeConfig};
 use crate::sinks::webhook::WebhookConfig;
-use crate::sources::{
-    decode_body, decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing,
-    SourceError,
-};
+use crate::sources::ring::{RingCounters, RingSource};
+use crate::sources::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy};
 use crate::stats::StageSummary;
-use crate::types::{Frame, FrameMeta, FrameResult};
+use crate::types::FrameResult;
 
 /// How long a run lasts when neither --frames nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-
-/// The in-process source inflates at most this much per frame, as `serve` does by
-/// default; a 25,000-feature frame is about 0.9 MB.
-const MAX_INFLATED: usize = 16 << 20;
 
 /// RSS is read from `/proc` on every this-many-th verdict: often enough to see the
 /// steady state, rarely enough to cost nothing next to scoring a frame.
@@ -357,7 +351,7 @@ impl RingFacts {
         let (mut wire, mut json) = (0usize, 0usize);
         let mut values = Vec::new();
         for (body, _) in ring {
-            let inflated = inflate_if_gzip(body, MAX_INFLATED)?;
+            let inflated = inflate_if_gzip(body, crate::sources::ring::MAX_INFLATED)?;
             decode_frame(&inflated, &index, KeyPolicy::default(), &mut values)
                 .context("the generated frames do not decode against the model")?;
             wire += body.len();
@@ -440,85 +434,6 @@ impl Probe {
             p999: h.value_at_quantile(0.999),
             max: h.max(),
         })
-    }
-}
-
-/// Counters the in-process source keeps for the report.
-#[derive(Default)]
-struct SourceCounters {
-    wire_bytes: AtomicU64,
-}
-
-/// Cycles a ring of encoded frames, inflating and decoding each as it is handed out:
-/// the dataflow pays for decoding exactly as `serve` does for a request.
-struct RingSource {
-    ring: Arc<Vec<Bytes>>,
-    index: FeatureIndex,
-    /// Ring positions this worker hands out: `first`, `first + step`, ...
-    first: u64,
-    step: u64,
-    handed_out: u64,
-    limit: Option<u64>,
-    duration: Option<Duration>,
-    /// Set on the first pull, so that worker start-up is not part of the duration.
-    deadline: Option<Instant>,
-    counters: Arc<SourceCounters>,
-}
-
-impl FrameSource for RingSource {
-    /// Every worker of process 0 decodes its own share of the ring, as `serve` decodes on
-    /// several HTTP threads at once, and the frames keep one global order.
-    fn sequencing(&self) -> Sequencing {
-        Sequencing::Interleaved
-    }
-
-    fn pull(&mut self) -> Pull {
-        let k = self.first + self.handed_out * self.step;
-        if self.limit.is_some_and(|n| k >= n) {
-            return Pull::Done;
-        }
-        let now = Instant::now();
-        let deadline = *self
-            .deadline
-            .get_or_insert_with(|| now + self.duration.unwrap_or(Duration::MAX / 4));
-        if self.duration.is_some() && now >= deadline {
-            return Pull::Done;
-        }
-        self.handed_out += 1;
-        // Received now, before decoding, as an HTTP request is received before its body
-        // is decoded.
-        let received_us = clock::now_us();
-        let body = &self.ring[(k % self.ring.len() as u64) as usize];
-        self.counters
-            .wire_bytes
-            .fetch_add(body.len() as u64, Relaxed);
-        let mut values = Vec::with_capacity(self.index.len());
-        let decoded = decode_body(
-            body,
-            MAX_INFLATED,
-            &self.index,
-            KeyPolicy::default(),
-            &mut values,
-        );
-        match decoded {
-            Ok(d) => Pull::Frame(Frame {
-                seq: 0,
-                meta: FrameMeta {
-                    received_ms: clock::unix_ms(),
-                    event_ms: d.event_ms,
-                    id: d.id,
-                    source: 0,
-                    received_us,
-                    decoded_us: clock::now_us(),
-                    ..FrameMeta::default()
-                },
-                values,
-            }),
-            Err(e) => Pull::Bad(SourceError {
-                origin: format!("bench frame {k}"),
-                problem: e.to_string(),
-            }),
-        }
     }
 }
 
@@ -736,7 +651,7 @@ fn run_in_process(
 ) -> anyhow::Result<BenchReport> {
     let (limit, duration) = limits(args);
     let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
-    let counters = Arc::new(SourceCounters::default());
+    let counters = Arc::new(RingCounters::default());
     let index = model.feature_index();
     // the workers of this process read; those of other processes only score
     let readers = args.cluster.threads.max(1);
@@ -746,17 +661,14 @@ fn run_in_process(
             if slot.index >= readers {
                 return Ok(None);
             }
-            Ok(Some(Box::new(RingSource {
-                ring: Arc::clone(&ring),
-                index: index.clone(),
-                first: slot.index as u64,
-                step: readers as u64,
-                handed_out: 0,
+            Ok(Some(Box::new(RingSource::new(
+                Arc::clone(&ring),
+                index.clone(),
+                (slot.index as u64, readers as u64),
                 limit,
                 duration,
-                deadline: None,
-                counters: Arc::clone(&counters),
-            }) as Box<dyn FrameSource>))
+                Arc::clone(&counters),
+            )) as Box<dyn FrameSource>))
         })
     };
     let sinks = SinkSpec {
@@ -964,7 +876,6 @@ fn proc_status_mib(name: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{Generator, GeneratorConfig};
 
     fn args() -> BenchArgs {
         BenchArgs {
@@ -1007,104 +918,6 @@ mod tests {
         let table = r.table();
         assert!(table.contains("frames/s"), "{table}");
         assert!(table.contains("5000"), "{table}");
-    }
-
-    #[test]
-    fn the_source_cycles_the_ring_and_decodes_each_frame() {
-        let config = GeneratorConfig {
-            n_features: 10,
-            ..GeneratorConfig::default()
-        };
-        let ring = FrameEncoder::new(config.clone()).unwrap().ring(3);
-        let sizes: Vec<u64> = ring.iter().map(|(b, _)| b.len() as u64).collect();
-        let mut expected = Generator::new(config).unwrap();
-        let counters = Arc::new(SourceCounters::default());
-        let mut source = RingSource {
-            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
-            index: FeatureIndex::numbered(10),
-            first: 0,
-            step: 1,
-            handed_out: 0,
-            limit: Some(5),
-            duration: None,
-            deadline: None,
-            counters: Arc::clone(&counters),
-        };
-        let mut frames = Vec::new();
-        while let Pull::Frame(f) = source.pull() {
-            frames.push(f.values);
-        }
-        assert!(matches!(source.pull(), Pull::Done));
-        assert_eq!(frames.len(), 5);
-        let mut values = Vec::new();
-        for frame in &frames[..3] {
-            expected.next_into(&mut values);
-            assert_eq!(frame, &values);
-        }
-        assert_eq!(frames[3], frames[0]);
-        assert_eq!(frames[4], frames[1]);
-        // All three, then the first two again.
-        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1];
-        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
-    }
-
-    /// Two readers deal the ring between them: each hands out every other position, and
-    /// together they hand out exactly the limit.
-    #[test]
-    fn readers_share_the_ring() {
-        let ring = FrameEncoder::new(GeneratorConfig {
-            n_features: 4,
-            ..GeneratorConfig::default()
-        })
-        .unwrap()
-        .ring(4);
-        let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
-        let counters = Arc::new(SourceCounters::default());
-        let mut per_reader = Vec::new();
-        for first in 0..2 {
-            let mut source = RingSource {
-                ring: Arc::clone(&ring),
-                index: FeatureIndex::numbered(4),
-                first,
-                step: 2,
-                handed_out: 0,
-                limit: Some(7),
-                duration: None,
-                deadline: None,
-                counters: Arc::clone(&counters),
-            };
-            let mut n = 0;
-            while let Pull::Frame(_) = source.pull() {
-                n += 1;
-            }
-            per_reader.push(n);
-        }
-        assert_eq!(per_reader, vec![4, 3]);
-        let sizes: Vec<u64> = ring.iter().map(|b| b.len() as u64).collect();
-        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1] + sizes[2];
-        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
-    }
-
-    #[test]
-    fn a_duration_stops_the_source() {
-        let ring = FrameEncoder::new(GeneratorConfig {
-            n_features: 2,
-            ..GeneratorConfig::default()
-        })
-        .unwrap()
-        .ring(1);
-        let mut source = RingSource {
-            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
-            index: FeatureIndex::numbered(2),
-            first: 0,
-            step: 1,
-            handed_out: 0,
-            limit: None,
-            duration: Some(Duration::ZERO),
-            deadline: None,
-            counters: Arc::default(),
-        };
-        assert!(matches!(source.pull(), Pull::Done));
     }
 
     #[cfg(target_os = "linux")]
