@@ -66,9 +66,6 @@ pub struct ServeArgs {
     /// Seconds between alert attempts at most.
     #[arg(long, env = "MAX_DELAY", default_value_t = 30.0)]
     pub max_delay: f64,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD", allow_negative_numbers = true)]
-    pub threshold: Option<f32>,
     /// Alerts that cannot be delivered are appended to this JSONL file.
     #[arg(
         long,
@@ -107,9 +104,9 @@ pub struct ServeArgs {
     /// What to do with model features missing from a frame.
     #[arg(long, value_enum, default_value = "reject")]
     pub missing_features: MissingKeys,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: crate::dataflows::PipelineArgs,
     /// Also write one alert body per anomalous frame to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -150,7 +147,7 @@ impl ServeArgs {
         if self.batch_size == 0 {
             bail!("INFERENCE_BATCH_SIZE must be at least 1");
         }
-        crate::dataflows::lookup(&self.dataflow)?;
+        let pipeline = self.pipeline.pipeline()?;
         let webhook = WebhookConfig {
             url: join_url(&self.nestjs_url, &self.nestjs_anomaly_endpoint),
             timeout: seconds("NESTJS_TIMEOUT", self.nestjs_timeout)?,
@@ -175,9 +172,11 @@ impl ServeArgs {
         config.device = self.device.device;
         config.settings = Settings {
             device: self.device.device,
-            dataflow: self.dataflow.clone(),
+            pipeline,
             batch_size: self.batch_size,
-            threshold: self.threshold,
+            threshold: self.pipeline.threshold,
+            window: self.pipeline.window,
+            stride: self.pipeline.stride,
             max_alert_features: self.max_alert_features,
             metrics_interval: Some(self.metrics_interval).filter(|d| !d.is_zero()),
             ..Settings::default()

@@ -89,9 +89,6 @@ pub struct BenchArgs {
     /// alert sent; without it alerts are not sent.
     #[arg(long, requires = "http")]
     pub alerts: bool,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD")]
-    pub threshold: Option<f32>,
     /// From Kafka at these brokers: produce --frames frames (default 1,000) to a fresh
     /// topic, then time the dataflow reading them on every worker (one process).
     #[arg(long, value_name = "BROKERS", conflicts_with = "http")]
@@ -105,9 +102,9 @@ pub struct BenchArgs {
     /// --http: frames accepted but not yet taken by the dataflow, at most.
     #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 100)]
     pub queue_max_size: usize,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: crate::dataflows::PipelineArgs,
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
@@ -285,9 +282,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = crate::detect::gpu::resolve_for(args.device.device, &model)?;
     let settings = Settings {
         device: device.used,
-        dataflow: args.dataflow.clone(),
+        pipeline: args.pipeline.pipeline()?,
         batch_size: args.batch_size,
-        threshold: args.threshold,
+        threshold: args.pipeline.threshold,
+        window: args.pipeline.window,
+        stride: args.pipeline.stride,
         pacing: pacing(args),
         metrics_interval: args.metrics_interval,
         ..Settings::default()
@@ -474,7 +473,7 @@ fn base_report(
         workers: args.cluster.peers(),
         threads: args.cluster.threads.max(1),
         processes: args.cluster.processes.max(1),
-        dataflow: args.dataflow.clone(),
+        dataflow: args.pipeline.dataflow.clone(),
         batch_size: args.batch_size,
         device: String::new(),
         ring: args.ring,
@@ -890,13 +889,12 @@ mod tests {
             kafka_partitions: 4,
             concurrency: 4,
             queue_max_size: 100,
-            dataflow: crate::dataflows::DEFAULT.into(),
+            pipeline: crate::dataflows::PipelineArgs::default(),
             batch_size: 64,
             device: DeviceArgs {
                 device: server::Device::Cpu,
             },
             alerts: false,
-            threshold: None,
             synthetic: SyntheticArgs::default(),
             json: false,
             metrics_interval: None,

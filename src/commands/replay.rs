@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{DeviceArgs, SyntheticArgs};
+use crate::dataflows::PipelineArgs;
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
@@ -35,21 +36,15 @@ pub struct ReplayArgs {
     /// Frames per second to replay at (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub device: DeviceArgs,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD")]
-    pub threshold: Option<f32>,
-    /// Frames between windows; default: the variant's.
-    #[arg(long)]
-    pub stride: Option<usize>,
     /// Write one alert body per anomalous frame to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -91,10 +86,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let model =
         Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);
     let settings = Settings {
-        dataflow: args.dataflow.clone(),
+        pipeline: args.pipeline.pipeline()?,
         batch_size: args.batch_size,
-        threshold: args.threshold,
-        stride: args.stride,
+        threshold: args.pipeline.threshold,
+        window: args.pipeline.window,
+        stride: args.pipeline.stride,
         max_alert_features: args.max_alert_features,
         pacing: args.rate.map(Pacing::rate).unwrap_or(Pacing::Unpaced),
         stats: None,

@@ -4,6 +4,12 @@
 //! Logical time is the frame's sequence number. Operators keep one invariant: a record
 //! about frame `seq` is never stamped with a time later than `seq`, so "the frontier has
 //! passed `seq`" means "everything about frames up to `seq` has arrived".
+//!
+//! Between split and merge, a pipeline is a [`Parts`]: the per-partition records and,
+//! beside them, the frames' metadata on a stream of its own. Each stage trait is
+//! implemented for a plain stream (to test or reuse the stage alone) and for [`Parts`],
+//! where it maps the records and passes the metadata around itself; a new stage does the
+//! same with [`Parts::map`], and cannot lose a verdict by forgetting to carry metadata.
 
 mod batch;
 mod merge;
@@ -26,3 +32,26 @@ pub type Time = crate::types::Seq;
 
 /// A timely stream of vectors of `D` at tidewatch's time.
 pub type Stream<'s, D> = timely::dataflow::StreamVec<'s, Time, D>;
+
+/// A frame's records on their way from split to merge: what each partition holds
+/// (`data`, on the partition's worker) and the frames' metadata beside it (`metas`), which
+/// the merge joins back to the partitions' reports.
+pub struct Parts<'s, D> {
+    /// Each partition's records.
+    pub data: Stream<'s, D>,
+    /// `(seq, metadata)` of every frame split.
+    pub metas: Stream<'s, (crate::types::Seq, crate::types::FrameMeta)>,
+    /// Partitions the frames were split into: the merge waits for a report from each.
+    pub parts: usize,
+}
+
+impl<'s, D: 'static> Parts<'s, D> {
+    /// The records through `stage`, the metadata around it.
+    pub fn map<E>(self, stage: impl FnOnce(Stream<'s, D>) -> Stream<'s, E>) -> Parts<'s, E> {
+        Parts {
+            data: stage(self.data),
+            metas: self.metas,
+            parts: self.parts,
+        }
+    }
+}

@@ -12,8 +12,9 @@ use crate::types::FrameResult;
 
 /// Counts verdicts into the run's [`Stats`].
 pub trait StatsOps<'s> {
-    /// Counts every verdict passing by and records its latencies (scored → here, the
-    /// hand-off to the sinks that follow, and receive → verdict), and passes it on.
+    /// Counts every verdict passing by and records its latencies (entered → scoring
+    /// began, scored → here, the hand-off to the sinks that follow, and receive →
+    /// verdict), and passes it on.
     fn count_into(self, stats: Arc<Stats>) -> Stream<'s, FrameResult>;
 }
 
@@ -22,6 +23,7 @@ impl<'s> StatsOps<'s> for Stream<'s, FrameResult> {
         self.inspect(move |r| {
             stats.frame_scored(r.hits.len());
             let now = crate::clock::now_us();
+            stats.record_since(Stage::Wait, r.meta.entered_us, r.meta.scoring_us);
             stats.record_since(Stage::Sink, r.meta.scored_us, now);
             stats.record_since(Stage::Scored, r.meta.received_us, now);
         })

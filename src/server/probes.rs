@@ -95,7 +95,7 @@ pub(super) fn ready_facts(
             "provenance": model.meta.provenance,
         },
         "device": device,
-        "dataflow": config.settings.dataflow,
+        "dataflow": config.settings.pipeline.name,
         "inference_batch_size": config.settings.batch_size,
         "workers": config.cluster.peers(),
     })
