@@ -23,9 +23,7 @@
 
 pub mod binary;
 pub mod client;
-mod consumer;
-mod offsets;
-mod producer;
+pub mod offsets;
 
 use std::sync::Arc;
 
@@ -35,14 +33,14 @@ use crate::model::Model;
 use crate::runtime::{SourceFactory, WorkerSlot};
 use crate::sources::{FrameSource, KeyPolicy};
 
+pub use crate::sinks::kafka::{result_hook, Outbox, OutboxStats, ResultTopics};
+pub use crate::sources::kafka::{
+    decode_message, KafkaCounters, KafkaCountersSnapshot, KafkaInput, KafkaInputConfig, KafkaSource,
+};
 pub use client::{
     client_config, ensure_topic, partition_count, DEFAULT_GROUP, MAX_MESSAGE_BYTES, SETUP_TIMEOUT,
 };
-pub use consumer::{
-    decode_message, KafkaCounters, KafkaCountersSnapshot, KafkaInput, KafkaInputConfig, KafkaSource,
-};
 pub use offsets::OffsetBook;
-pub use producer::{result_hook, Outbox, OutboxStats, ResultTopics};
 
 /// The alert topic when none is named.
 pub const DEFAULT_ALERTS_TOPIC: &str = "anomaly-alerts";

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::types::FrameResult;
 
 pub mod alert;
+pub mod kafka;
 pub mod webhook;
 
 /// Called on worker 0 with every verdict, in frame order. Must not block: hand work to

@@ -18,8 +18,8 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 
-use super::{client_config, MAX_MESSAGE_BYTES};
 use crate::clock;
+use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES};
 use crate::sinks::alert::{Alert, AlertBody};
 use crate::sinks::ResultHook;
 use crate::stats::Stats;

@@ -15,12 +15,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::binary;
-use super::offsets::OffsetBook;
-use super::producer::Outbox;
-use super::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
 use crate::clock;
+use crate::kafka::binary;
+use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
+use crate::kafka::offsets::OffsetBook;
 use crate::model::FeatureIndex;
+use crate::sinks::kafka::Outbox;
 use crate::sources::{
     decode_frame, with_inflated, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
 };
@@ -83,12 +83,12 @@ pub struct KafkaInputConfig {
 }
 
 impl KafkaInputConfig {
-    /// Defaults for `topic` on `brokers`, group [`super::DEFAULT_GROUP`].
+    /// Defaults for `topic` on `brokers`, group [`crate::kafka::client::DEFAULT_GROUP`].
     pub fn new(brokers: &str, topic: &str) -> KafkaInputConfig {
         KafkaInputConfig {
             brokers: brokers.to_string(),
             topic: topic.to_string(),
-            group: super::DEFAULT_GROUP.to_string(),
+            group: crate::kafka::client::DEFAULT_GROUP.to_string(),
             dead_letter_topic: None,
             rewind: 0,
             until_end: false,
