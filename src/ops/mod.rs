@@ -46,7 +46,42 @@ pub struct Parts<'s, D> {
 }
 
 impl<'s, D: 'static> Parts<'s, D> {
-    /// The records through `stage`, the metadata around it.
+    /// The records through `stage`, the metadata around it: how a new stage joins the
+    /// chain between split and merge.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::core::Map;
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use tidewatch::layout::Layout;
+    /// use tidewatch::ops::SplitOps;
+    /// use tidewatch::types::Frame;
+    ///
+    /// let seen = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    /// let sink = Arc::clone(&seen);
+    /// let meta_sink = Arc::clone(&seen);
+    /// timely::example(move |scope| {
+    ///     let frame = Frame { seq: 7, values: vec![-1.0, 2.0], ..Frame::default() };
+    ///     let parts = Some(frame)
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .split_features(Layout::new(2, 1))
+    ///         // a stage of one's own: clip negative values
+    ///         .map(|slices| {
+    ///             slices
+    ///                 .map(|mut s| {
+    ///                     s.values.iter_mut().for_each(|v| *v = v.max(0.0));
+    ///                     s
+    ///                 })
+    ///                 .container::<Vec<_>>()
+    ///         });
+    ///     parts.data.inspect(move |s| sink.lock().unwrap().0.push(s.values.clone()));
+    ///     parts.metas.inspect(move |(seq, _)| meta_sink.lock().unwrap().1.push(*seq));
+    /// });
+    /// assert_eq!(*seen.lock().unwrap(), (vec![vec![0.0, 2.0]], vec![7]));
+    /// ```
     pub fn map<E>(self, stage: impl FnOnce(Stream<'s, D>) -> Stream<'s, E>) -> Parts<'s, E> {
         Parts {
             data: stage(self.data),

@@ -23,7 +23,39 @@ pub trait ScoreOps<'s> {
     /// A stateful detector ([`crate::detect::Needs::stateful`]) must see each window once
     /// and in frame order; the operator checks that it does.
     ///
-    /// See [`Detector`] for an example.
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ops::Range;
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use tidewatch::detect::{Detector, Needs, Scores};
+    /// use tidewatch::ops::ScoreOps;
+    /// use tidewatch::stats::Stats;
+    /// use tidewatch::types::Batch;
+    ///
+    /// /// The sum of each window, one feature.
+    /// struct Sum;
+    /// impl Detector for Sum {
+    ///     fn needs(&self) -> Needs { Needs { window: 3, stride: None, stateful: false } }
+    ///     fn features(&self) -> Range<usize> { 4..5 }
+    ///     fn score(&mut self, windows: &[f32]) -> Scores {
+    ///         Scores::All(windows.chunks(3).map(|w| w.iter().sum()).collect())
+    ///     }
+    /// }
+    ///
+    /// let scored = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&scored);
+    /// timely::example(move |scope| {
+    ///     let batch = Batch { seqs: vec![2, 3], data: vec![1.0, 2.0, 3.0, 2.0, 3.0, 4.0], ..Batch::default() };
+    ///     Some(batch)
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .score(Sum, Arc::new(Stats::default()))
+    ///         .inspect(move |s| sink.lock().unwrap().push((s.lo, s.seqs.clone(), s.scores.clone())));
+    /// });
+    /// assert_eq!(*scored.lock().unwrap(), vec![(4, vec![2, 3], vec![6.0, 9.0])]);
+    /// ```
     fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Self::Output;
 }
 
