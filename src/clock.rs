@@ -31,3 +31,11 @@ pub fn unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// This process's run id: its start time (Unix ms, hex) and 32 random bits, so that a
+/// frame's `seq`, which starts again at 0 on every start, names one frame across restarts
+/// as the pair (run id, seq). Alerts and ingest answers carry it.
+pub fn run_id() -> &'static str {
+    static RUN_ID: OnceLock<String> = OnceLock::new();
+    RUN_ID.get_or_init(|| format!("{:x}-{:08x}", unix_ms(), rand::random::<u32>()))
+}

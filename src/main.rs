@@ -25,7 +25,7 @@ enum Command {
     /// Write synthetic sensor frames with injected anomalies and their ground truth.
     Generate(commands::generate::GenerateArgs),
     /// Serve seed 001's HTTP contract: ingest frames, post alerts, answer probes.
-    Serve(tidewatch::settings::ServeArgs),
+    Serve(Box<tidewatch::settings::ServeArgs>),
     /// Send frames like the NestJS client and report status counts and latencies.
     Loadgen(tidewatch::load::LoadgenArgs),
     /// Serve, a load generator and an alert receiver in one process: alerts arriving.

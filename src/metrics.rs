@@ -22,6 +22,24 @@ pub struct Extra {
     pub queue_capacity: Option<u64>,
     /// Ingest answers: (status code or class, count).
     pub http: Option<[(&'static str, u64); 4]>,
+    /// HTTP connections: open now, and accepted, evicted (idle, to make room) and refused
+    /// (503 at the limit) since start.
+    pub connections: Option<Connections>,
+}
+
+/// HTTP connection counts for [`Extra`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Connections {
+    /// Open now.
+    pub open: u64,
+    /// The limit.
+    pub max: u64,
+    /// Accepted since start.
+    pub accepted: u64,
+    /// Closed while idle to make room for a new one.
+    pub evicted: u64,
+    /// Answered 503 at the limit.
+    pub refused: u64,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of `stats` and `extra`.
@@ -92,6 +110,45 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
         );
         for (code, n) in http {
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
+        }
+    }
+    if let Some(c) = extra.connections {
+        for (name, help, kind, v) in [
+            (
+                "tidewatch_http_connections_open",
+                "HTTP connections open now",
+                "gauge",
+                c.open,
+            ),
+            (
+                "tidewatch_http_connections_max",
+                "HTTP connections open at once at most",
+                "gauge",
+                c.max,
+            ),
+            (
+                "tidewatch_http_connections_accepted_total",
+                "HTTP connections accepted",
+                "counter",
+                c.accepted,
+            ),
+            (
+                "tidewatch_http_connections_evicted_total",
+                "idle HTTP connections closed to make room for new ones",
+                "counter",
+                c.evicted,
+            ),
+            (
+                "tidewatch_http_connections_refused_total",
+                "HTTP connections answered 503 at the connection limit",
+                "counter",
+                c.refused,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         }
     }
     for (name, help, value) in [
@@ -316,6 +373,13 @@ mod tests {
                 queue_depth: Some(3),
                 queue_capacity: Some(100),
                 http: Some([("202", 1), ("4xx", 1), ("429", 0), ("503", 0)]),
+                connections: Some(Connections {
+                    open: 2,
+                    max: 10,
+                    accepted: 5,
+                    evicted: 1,
+                    refused: 1,
+                }),
             },
         );
         for line in [
@@ -326,6 +390,8 @@ mod tests {
             "tidewatch_alerts_sent_total 1",
             "tidewatch_alerts_retried_total 1",
             "tidewatch_queue_depth 3",
+            "tidewatch_http_connections_open 2",
+            "tidewatch_http_connections_evicted_total 1",
             "tidewatch_stage_latency_microseconds_count{stage=\"decode\"} 1",
             "tidewatch_stage_latency_max_microseconds{stage=\"decode\"} 1200",
         ] {

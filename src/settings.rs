@@ -98,6 +98,28 @@ pub struct ServeArgs {
     /// Largest request body after gzip inflation, in bytes (stops gzip bombs).
     #[arg(long, env = "MAX_INFLATED_BYTES", default_value_t = 16 << 20)]
     pub max_inflated_bytes: usize,
+    /// Longest wait for a request's headers, on a new connection or an idle keep-alive
+    /// one; the connection is closed after it.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Connections open at once at most (lowered to fit the open-files limit, which is
+    /// raised to its hard limit at start). At the limit the longest-idle connection is
+    /// closed; with none idle, a new one gets 503 at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = crate::server::listen::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Bytes of request bodies received or decoded at once at most; past it, 429
+    /// `uploads_full`.
+    #[arg(long, env = "UPLOAD_BUFFER_BYTES", default_value_t = 64 << 20)]
+    pub upload_buffer_bytes: usize,
+    /// Slowest body upload, in bytes a second on average after a 2 s grace; slower ones
+    /// are cut off with 408 (0: only the 30 s body timeout).
+    #[arg(long, env = "MIN_BODY_RATE", default_value_t = 16 << 10)]
+    pub min_body_rate: u64,
+    /// On SIGINT/SIGTERM, how long the drain may take in all (requests under way, scoring
+    /// what was accepted, delivering alerts); what is still undelivered then goes to the
+    /// dead-letter file. A second signal ends the drain at once.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// What to do with keys that name no model feature.
     #[arg(long, value_enum, default_value = "reject")]
     pub unknown_features: UnknownKeys,
@@ -193,6 +215,13 @@ impl ServeArgs {
             .kafka
             .to_config(config.key_policy, self.max_inflated_bytes)?;
         config.http_threads = self.http_threads.max(1);
+        config.limits = crate::server::ConnectionLimits {
+            header_timeout: self.header_timeout,
+            max_connections: self.max_connections.max(1),
+        };
+        config.upload_buffer_bytes = self.upload_buffer_bytes.max(1);
+        config.min_body_rate = self.min_body_rate;
+        config.drain_timeout = self.drain_timeout;
         config.webhook = (!self.no_webhook).then_some(webhook);
         config.sinks = SinkSpec {
             alerts_path: self.output.clone(),

@@ -148,6 +148,26 @@ fn a_bad_jsonl_line_is_reported_and_the_rest_still_read() {
     assert!(bad[1].contains("mixed.jsonl:6: invalid JSON"), "{}", bad[1]);
 }
 
+/// A line nested 18,750 levels deep (the HTTP denial of service, in a file) is one bad
+/// line with its depth, not a stack overflow that ends the replay.
+#[test]
+fn a_deeply_nested_jsonl_line_is_one_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.jsonl");
+    let good = "{\"data\":{\"feature_0\":0.5,\"feature_1\":0.1}}\n";
+    let deep = format!("{{\"x\":{}}}\n", "[".repeat(18_750));
+    std::fs::write(&path, [good, &deep, good].concat()).unwrap();
+    let mut source = open(&path, &FeatureIndex::numbered(2), KeyPolicy::default()).unwrap();
+    let steps = drain(source.as_mut());
+    assert_eq!(steps.len(), 3);
+    assert!(steps[0].is_ok() && steps[2].is_ok());
+    let bad = steps[1].as_ref().unwrap_err();
+    assert!(
+        bad.contains("deep.jsonl:2: JSON nests 18751 levels deep"),
+        "{bad}"
+    );
+}
+
 #[test]
 fn csv_columns_are_mapped_by_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,6 +42,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let why = handle.wait_for_signal(&mut signals);
     tracing::info!(reason = why, "shutting down");
+    handle.hurry_on_next_signal(signals);
     let report = handle.shutdown()?;
     let s = &report.run.stats;
     println!(

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::Reply;
 
@@ -37,13 +38,23 @@ pub(super) struct Ingress {
     /// Wakes worker 0 for each frame queued and when the queue closes.
     doorbell: Arc<Doorbell>,
     decode_permits: Semaphore,
-    /// Bodies being read or decoded at once: each holds up to `max_body` bytes, so this
-    /// bounds the memory of uploads in flight however many clients connect.
-    body_permits: Semaphore,
+    /// Bytes of request bodies held at once (being received or decoded), taken as each
+    /// chunk arrives: this bounds the memory of uploads however many clients connect, and,
+    /// unlike a count of bodies, a client that trickles holds almost none of it. It is
+    /// separate from the queue's slots, so a full upload buffer and a full queue are told
+    /// apart.
+    upload_bytes: Arc<Semaphore>,
+    upload_budget: usize,
+    /// The slowest a body may arrive, after [`BODY_GRACE`].
+    min_body_rate: u64,
 }
 
-/// How long a client may take to send one body.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a client may take to send one body, however fast it sends.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Before the minimum body rate applies: covers a connection's slow start and a client
+/// that sends its headers before its body is ready.
+const BODY_GRACE: Duration = Duration::from_secs(2);
 
 struct Queue {
     tx: SyncSender<Frame>,
@@ -114,7 +125,9 @@ impl Ingress {
             queue: Mutex::new(Some(Queue { tx, next: 0 })),
             doorbell: Arc::clone(&doorbell),
             decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
-            body_permits: Semaphore::new(capacity + 4 * config.decode_concurrency.max(1)),
+            upload_bytes: Arc::new(Semaphore::new(config.upload_buffer_bytes.max(1))),
+            upload_budget: config.upload_buffer_bytes.max(1),
+            min_body_rate: config.min_body_rate,
         });
         let source = IngestSource {
             rx,
@@ -244,6 +257,7 @@ where
                 "status": "ok",
                 "message": "Data enqueued successfully",
                 "seq": seq,
+                "run_id": clock::run_id(),
             });
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response()
         }
@@ -279,25 +293,8 @@ where
     if ingress.is_full() {
         return Err(queue_full(ingress));
     }
-    // More bodies in flight than the queue could take are refused like a full queue.
-    let Ok(_body_permit) = ingress.body_permits.try_acquire() else {
-        return Err(queue_full(ingress));
-    };
-    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, ingress.max_body))
-        .await
-    {
-        Ok(body) => body?,
-        Err(_) => {
-            return Err(error_reply(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                &format!(
-                    "the body did not arrive within {} s",
-                    BODY_TIMEOUT.as_secs()
-                ),
-            ))
-        }
-    };
+    // Held until the frame is queued: the body's bytes are in memory until then.
+    let (body, _upload_permit) = read_body(ingress, headers, body).await?;
     *body_read = true;
     if ingress.is_full() {
         return Err(queue_full(ingress));
@@ -383,17 +380,21 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), warp::reply::Response> {
     Ok(())
 }
 
-/// The whole body, refused with 413 as soon as it is known to exceed `limit` (from
-/// Content-Length, or while reading a body sent without one).
+/// The whole body, refused with 413 as soon as it is known to exceed the size limit (from
+/// Content-Length, or while reading a body sent without one), with 429 when the upload
+/// buffer has no room for the next chunk, and with 408 when it arrives slower than the
+/// minimum rate or takes longer than [`BODY_TIMEOUT`]. Returns the bytes and their share of
+/// the upload buffer.
 async fn read_body<S, B>(
+    ingress: &Ingress,
     headers: &HeaderMap,
     body: S,
-    limit: usize,
-) -> Result<BytesMut, warp::reply::Response>
+) -> Result<(BytesMut, Option<OwnedSemaphorePermit>), warp::reply::Response>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
+    let limit = ingress.max_body;
     let too_large = || {
         error_reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -408,9 +409,23 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut out = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let started = tokio::time::Instant::now();
+    let mut out = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
+    loop {
+        let deadline = started + body_deadline(out.len(), ingress.min_body_rate);
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(too_slow(
+                    out.len(),
+                    started.elapsed(),
+                    ingress.min_body_rate,
+                ))
+            }
+        };
         let mut chunk = chunk.map_err(|e| {
             error_reply(
                 StatusCode::BAD_REQUEST,
@@ -418,17 +433,59 @@ where
                 &format!("reading the body failed: {e}"),
             )
         })?;
-        if out.len() + chunk.remaining() > limit {
+        let n = chunk.remaining();
+        if out.len() + n > limit {
             return Err(too_large());
+        }
+        // Room for this chunk in the upload buffer, or a 429 that names that buffer.
+        let room = u32::try_from(n).ok().and_then(|n| {
+            Arc::clone(&ingress.upload_bytes)
+                .try_acquire_many_owned(n)
+                .ok()
+        });
+        match (room, held.as_mut()) {
+            (Some(p), Some(h)) => h.merge(p),
+            (Some(p), None) => held = Some(p),
+            (None, _) => return Err(uploads_full(ingress)),
+        }
+        if out.capacity() == 0 {
+            out.reserve(declared.map_or(n, |d| d as usize));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
             out.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
+            let k = part.len();
+            chunk.advance(k);
         }
     }
-    Ok(out)
+    Ok((out, held))
+}
+
+/// How long after the body's start the byte after the first `received` may arrive: a
+/// grace period, then at least `rate` bytes a second on average, and never past
+/// [`BODY_TIMEOUT`] in all.
+fn body_deadline(received: usize, rate: u64) -> Duration {
+    let at_rate = if rate == 0 {
+        BODY_TIMEOUT
+    } else {
+        BODY_GRACE + Duration::from_secs_f64(received as f64 / rate as f64)
+    };
+    at_rate.min(BODY_TIMEOUT)
+}
+
+fn too_slow(received: usize, took: Duration, rate: u64) -> warp::reply::Response {
+    let detail = if body_deadline(received, rate) >= BODY_TIMEOUT {
+        format!(
+            "the body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        )
+    } else {
+        format!(
+            "the body arrives too slowly: {received} bytes in {:.1} s, under the minimum of {rate} bytes/s",
+            took.as_secs_f64()
+        )
+    };
+    error_reply(StatusCode::REQUEST_TIMEOUT, "body_timeout", &detail)
 }
 
 fn queue_full(ingress: &Ingress) -> warp::reply::Response {
@@ -436,8 +493,24 @@ fn queue_full(ingress: &Ingress) -> warp::reply::Response {
         StatusCode::TOO_MANY_REQUESTS,
         "queue_full",
         &format!(
-            "the queue is full ({} frames waiting to be scored); retry later",
+            "the queue is full ({} of {} frames waiting to be scored); retry later",
+            ingress.queued(),
             ingress.capacity
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    resp
+}
+
+/// The upload buffer is full: other clients' bodies hold it, not this client's.
+fn uploads_full(ingress: &Ingress) -> warp::reply::Response {
+    let mut resp = error_reply(
+        StatusCode::TOO_MANY_REQUESTS,
+        "uploads_full",
+        &format!(
+            "too many request bodies are being received at once ({} bytes buffered at most); retry later",
+            ingress.upload_budget
         ),
     );
     resp.headers_mut()

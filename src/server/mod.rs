@@ -14,6 +14,7 @@
 //! the dataflow drains and stops, then gives the webhook a bounded time to deliver.
 
 mod ingest;
+pub mod listen;
 mod probes;
 
 use std::convert::Infallible;
@@ -38,6 +39,7 @@ use crate::stats::Stats;
 
 pub use crate::detect::Device;
 pub use ingest::IngestSource;
+pub use listen::{ConnectionCounters, ConnectionLimits};
 
 /// Which model to serve.
 #[derive(Clone, Debug)]
@@ -77,8 +79,18 @@ pub struct ServeConfig {
     pub webhook: Option<WebhookConfig>,
     /// More sinks: an alert file, stdout, a verdict hook (all on worker 0).
     pub sinks: SinkSpec,
-    /// On shutdown, how long requests under way may take to finish.
-    pub http_drain_timeout: Duration,
+    /// On shutdown, how long everything may take in all: requests under way, scoring what
+    /// was accepted, and delivering alerts; alerts still undelivered then are
+    /// dead-lettered. A second signal cuts it short the same way.
+    pub drain_timeout: Duration,
+    /// Header timeout and connection limit.
+    pub limits: ConnectionLimits,
+    /// Bytes of request bodies buffered at once at most (being received or decoded);
+    /// past it, 429 `uploads_full`.
+    pub upload_buffer_bytes: usize,
+    /// After a 2 s grace period, a body must arrive at this many bytes a second on
+    /// average, or it is cut off with 408 (0: only the 30 s body timeout applies).
+    pub min_body_rate: u64,
     /// Frames from Kafka instead of `POST /data-enqueue` (which then does not exist), and
     /// verdicts to Kafka topics.
     pub kafka: Option<KafkaServeConfig>,
@@ -104,7 +116,10 @@ impl ServeConfig {
             http_threads: 2,
             webhook: Some(WebhookConfig::default()),
             sinks: SinkSpec::default(),
-            http_drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(20),
+            limits: ConnectionLimits::default(),
+            upload_buffer_bytes: 64 << 20,
+            min_body_rate: 16 << 10,
             kafka: None,
         }
     }
@@ -171,6 +186,10 @@ struct Shared {
     /// Whether shutdown began, and the queue to close: one lock, so that a dataflow that
     /// starts while shutdown begins cannot miss it.
     lifecycle: Mutex<Lifecycle>,
+    /// Open, evicted and refused connections.
+    connections: Arc<ConnectionCounters>,
+    /// Set when shutdown must stop waiting (a second signal).
+    hurry: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -201,6 +220,18 @@ pub struct ServeReport {
     pub kafka: Option<KafkaReport>,
 }
 
+/// Ends a server's drain at once (see [`ServerHandle::hurry`]).
+#[derive(Clone)]
+pub struct Hurry(watch::Sender<bool>);
+
+impl Hurry {
+    /// Stop waiting: requests still running are cut off and undelivered alerts are
+    /// dead-lettered.
+    pub fn now(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// SIGINT and SIGTERM, caught (see [`ServerHandle::catch_signals`]).
 pub struct Signals {
     #[cfg(unix)]
@@ -219,7 +250,7 @@ pub struct ServerHandle {
     http_task: Option<tokio::task::JoinHandle<()>>,
     dataflow: Option<std::thread::JoinHandle<anyhow::Result<RunReport>>>,
     webhook: Option<Webhook>,
-    http_drain_timeout: Duration,
+    drain_timeout: Duration,
     /// The process's Kafka producer (alerts, verdicts, dead letters), if any.
     outbox: Option<Arc<Outbox>>,
     /// Whether frames come from Kafka.
@@ -259,7 +290,22 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         stats,
         http: HttpCounters::default(),
         lifecycle: Mutex::new(Lifecycle::default()),
+        connections: Arc::default(),
+        hurry: watch::channel(false).0,
     });
+    let fds = listen::raise_fd_limit();
+    let limits = ConnectionLimits {
+        max_connections: listen::fit_to_fds(config.limits.max_connections, fds),
+        ..config.limits
+    };
+    if limits.max_connections < config.limits.max_connections {
+        tracing::warn!(
+            wanted = config.limits.max_connections,
+            max_connections = limits.max_connections,
+            open_files_limit = fds,
+            "the connection limit was lowered to fit the open-files limit"
+        );
+    }
     let webhook = match config.webhook.clone() {
         Some(w) => Some(Webhook::start(w, runtime.handle())?),
         None => None,
@@ -283,21 +329,22 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
     };
     let kafka = config.kafka.is_some();
     let (stop_http, stopped) = oneshot::channel::<()>();
-    let http_task = runtime.spawn(
-        warp::serve(routes(Arc::clone(&shared), !kafka))
-            .incoming(listener)
-            .graceful(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
+    let http_task = runtime.spawn(listen::serve(
+        listener,
+        routes(Arc::clone(&shared), !kafka),
+        limits,
+        Arc::clone(&shared.connections),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let hook = combine_hooks(
         combine_hooks(webhook.as_ref().map(Webhook::hook), kafka_hook),
         config.sinks.on_result.clone(),
     );
     let dataflow_shared = Arc::clone(&shared);
     let dataflow_outbox = outbox.clone();
-    let http_drain_timeout = config.http_drain_timeout;
+    let drain_timeout = config.drain_timeout;
     let dataflow = std::thread::Builder::new()
         .name("tidewatch-dataflow".into())
         .spawn(move || {
@@ -326,7 +373,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         http_task: Some(http_task),
         dataflow: Some(dataflow),
         webhook,
-        http_drain_timeout,
+        drain_timeout,
         outbox,
         kafka,
     })
@@ -545,6 +592,37 @@ impl ServerHandle {
         })
     }
 
+    /// After the first signal: a second SIGINT or SIGTERM ends the drain at once. Alerts
+    /// not yet delivered are written to the dead-letter file, requests still running are
+    /// cut off, and [`ServerHandle::shutdown`] returns.
+    pub fn hurry_on_next_signal(&self, mut signals: Signals) {
+        let hurry = self.shared.hurry.clone();
+        let runtime = self.runtime.as_ref().expect("running");
+        runtime.spawn(async move {
+            #[cfg(unix)]
+            let why = tokio::select! {
+                _ = signals.interrupt.recv() => "SIGINT",
+                _ = signals.terminate.recv() => "SIGTERM",
+            };
+            #[cfg(not(unix))]
+            let why = {
+                let _ = &mut signals;
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            };
+            tracing::warn!(
+                reason = why,
+                "second signal: stopping now; undelivered alerts go to the dead-letter file"
+            );
+            hurry.send_replace(true);
+        });
+    }
+
+    /// A switch that ends the drain at once, as a second signal does, from any thread.
+    pub fn hurry(&self) -> Hurry {
+        Hurry(self.shared.hurry.clone())
+    }
+
     /// Stops accepting, lets requests under way finish (bounded), closes the queue, waits
     /// for the dataflow to score what was accepted, then for the webhook to deliver
     /// (bounded; the rest is dead-lettered).
@@ -570,15 +648,31 @@ impl ServerHandle {
         if let Some(stop) = self.stop_http.take() {
             let _ = stop.send(());
         }
+        // One deadline for the whole drain; a second signal ends every wait at once.
+        let deadline = std::time::Instant::now() + self.drain_timeout;
+        let give_up = {
+            let hurry = self.shared.hurry.subscribe();
+            move || {
+                let mut hurry = hurry.clone();
+                async move {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = hurry.wait_for(|h| *h) => {}
+                    }
+                }
+            }
+        };
         if let Some(task) = self.http_task.take() {
-            let drain = self.http_drain_timeout;
             // The timer needs the runtime's context: build it inside.
-            if runtime
-                .block_on(async { tokio::time::timeout(drain, task).await })
-                .is_err()
-            {
+            let cut = runtime.block_on(async {
+                tokio::select! {
+                    _ = task => false,
+                    () = give_up() => true,
+                }
+            });
+            if cut {
                 tracing::warn!(
-                    timeout_ms = drain.as_millis() as u64,
+                    drain_timeout_ms = self.drain_timeout.as_millis() as u64,
                     "requests still running at shutdown were cut off"
                 );
             }
@@ -603,13 +697,26 @@ impl ServerHandle {
             Some(Err(panic)) => Err(anyhow!("the dataflow thread panicked: {panic:?}")),
             None => Err(anyhow!("no dataflow")),
         };
-        let webhook = self.webhook.take().map(|w| runtime.block_on(w.close()));
+        let webhook = self
+            .webhook
+            .take()
+            .map(|w| runtime.block_on(w.close_by(give_up())));
         // The sources flushed the producer before their last commits; this covers a
-        // process whose workers read no partition.
+        // process whose workers read no partition. What is not confirmed in time is not
+        // lost: its offsets were not committed, so it is read again on restart.
         let outbox = self.outbox.take();
         if let Some(o) = &outbox {
-            if !o.flush(Duration::from_secs(30)) {
-                tracing::error!("some Kafka messages were not confirmed by the broker in 30 s");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = if *self.shared.hurry.borrow() {
+                Duration::ZERO
+            } else {
+                left
+            };
+            if !o.flush(left) {
+                tracing::error!(
+                    waited_ms = left.as_millis() as u64,
+                    "some Kafka messages were not confirmed by the broker before the drain ended"
+                );
             }
         }
         let kafka = self.kafka.then(|| KafkaReport {
@@ -717,6 +824,7 @@ fn metrics_reply(shared: Arc<Shared>) -> warp::reply::Response {
             ("429", h.throttled),
             ("503", h.unavailable),
         ]),
+        connections: Some(shared.connections.snapshot()),
     };
     let text = crate::metrics::prometheus(&shared.stats, &extra);
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()

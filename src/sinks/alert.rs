@@ -5,6 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::clock;
 use crate::types::FrameResult;
 
 /// The most features an alert lists by default: about 40 bytes each, so 2,000 stay well
@@ -123,6 +124,9 @@ pub struct AlertBody {
     pub alert: Alert,
     /// From receiving the frame to its verdict, in milliseconds.
     pub latency_ms: f64,
+    /// The process's run id ([`clock::run_id`]): with `seq`, names the frame across
+    /// restarts (a receiver can use the pair as an idempotency key).
+    pub run_id: &'static str,
 }
 
 impl AlertBody {
@@ -138,6 +142,7 @@ impl AlertBody {
         let mut body = AlertBody {
             alert: Alert::new(result, max_features),
             latency_ms,
+            run_id: clock::run_id(),
         };
         loop {
             let bytes = serde_json::to_vec(&body).expect("alert bodies serialize");

@@ -347,7 +347,12 @@ pub fn result_hook(
 fn verdict_body(r: &FrameResult, latency_ms: f64, max_features: usize) -> Vec<u8> {
     let mut alert = Alert::new(r, max_features);
     alert.anomaly_detected = r.is_anomalous();
-    serde_json::to_vec(&AlertBody { alert, latency_ms }).expect("verdicts serialise")
+    serde_json::to_vec(&AlertBody {
+        alert,
+        latency_ms,
+        run_id: crate::clock::run_id(),
+    })
+    .expect("verdicts serialise")
 }
 
 #[cfg(test)]

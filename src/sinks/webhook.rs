@@ -251,13 +251,24 @@ impl Webhook {
             .map_err(|e| {
                 anyhow::anyhow!("building the webhook HTTP client: {}", error_chain(&e))
             })?;
+        // Found out now, not when the first alert needs it.
+        let dead_letter = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.dead_letter)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write the dead-letter file {}: {e}",
+                    config.dead_letter.display()
+                )
+            })?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let shared = Arc::new(Shared {
             config,
             client,
             counters: Counters::default(),
-            dead_letter: Mutex::new(None),
+            dead_letter: Mutex::new(Some(dead_letter)),
             pending: Mutex::new(HashMap::new()),
         });
         let abandon = Arc::new(Notify::new());
@@ -322,19 +333,28 @@ impl Webhook {
     /// Takes no more alerts, delivers those queued, and waits for deliveries under way for
     /// at most the drain timeout; what is still undelivered then is dead-lettered.
     pub async fn close(self) -> WebhookStats {
+        let timeout = self.shared.config.drain_timeout;
+        self.close_by(tokio::time::sleep(timeout)).await
+    }
+
+    /// As [`Webhook::close`], but waiting for deliveries only until `give_up` resolves
+    /// (a deadline, or a second signal), instead of the drain timeout.
+    pub async fn close_by(self, give_up: impl std::future::Future<Output = ()>) -> WebhookStats {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         let shared = self.shared;
         let permits = self.permits;
         let mut task = self.task;
         let all = shared.config.concurrency.max(1) as u32;
-        let drained = tokio::time::timeout(shared.config.drain_timeout, async {
-            // The loop ends once the channel is empty and closed; then every permit
-            // coming back means every delivery has finished.
-            let _ = (&mut task).await;
-            let _ = permits.acquire_many(all).await;
-        })
-        .await;
-        if drained.is_err() {
+        let drained = tokio::select! {
+            () = async {
+                // The loop ends once the channel is empty and closed; then every permit
+                // coming back means every delivery has finished.
+                let _ = (&mut task).await;
+                let _ = permits.acquire_many(all).await;
+            } => true,
+            () = give_up => false,
+        };
+        if !drained {
             self.abandon.notify_one();
             if !task.is_finished() {
                 let _ = task.await;

@@ -17,7 +17,10 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use crate::model::FeatureIndex;
 
+mod depth;
 mod plain;
+
+pub use depth::MAX_DEPTH;
 
 /// At most this many feature names are quoted in an unknown/missing-features error;
 /// the count says how many there were in all.
@@ -42,6 +45,15 @@ pub enum DecodeError {
     /// The body is not valid JSON.
     #[error("invalid JSON: {0}")]
     BadJson(String),
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`]: refused before parsing, because
+    /// the parser recurses once per level and a deep enough body would overflow its stack.
+    #[error("JSON nests {depth} levels deep; at most {limit} are allowed")]
+    TooDeep {
+        /// The deepest nesting in the body.
+        depth: usize,
+        /// The limit ([`MAX_DEPTH`]).
+        limit: usize,
+    },
     /// The body is JSON but not an object.
     #[error("expected a JSON object, found {found}")]
     NotAnObject {
@@ -119,6 +131,7 @@ impl DecodeError {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Empty => "empty",
             DecodeError::BadJson(_) => "bad_json",
+            DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::NotAnObject { .. } => "not_an_object",
             DecodeError::NoData | DecodeError::DataNotObject { .. } => "no_data",
             DecodeError::NotANumber { .. } => "not_a_number",
@@ -404,6 +417,23 @@ pub fn decode_frame(
     decode_with_serde(json, index, policy, values)
 }
 
+/// [`decode_frame`] without the fast path for the client's plain frames: the decoder the
+/// fast path must agree with, byte for byte, on every input. For fuzzing and tests.
+#[doc(hidden)]
+pub fn decode_frame_general(
+    json: &[u8],
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    values: &mut Vec<f32>,
+) -> Result<Decoded, DecodeError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    values.clear();
+    values.resize(index.len(), f32::NAN);
+    decode_with_serde(json, index, policy, values)
+}
+
 /// The full decoder: any JSON, every error with its message. `values` holds
 /// `index.len()` NaNs on entry.
 fn decode_with_serde(
@@ -412,6 +442,10 @@ fn decode_with_serde(
     policy: KeyPolicy,
     values: &mut [f32],
 ) -> Result<Decoded, DecodeError> {
+    depth::check(json, MAX_DEPTH).map_err(|depth| DecodeError::TooDeep {
+        depth,
+        limit: MAX_DEPTH,
+    })?;
     let mut failure = None;
     // With the same seed, sonic-rs decodes a 25,000-feature frame in about three quarters
     // of serde_json's time, on baseline x86_64 too (it vectorises with SSE2 there).
@@ -1041,6 +1075,54 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a[7], 0.071);
         assert_eq!(a.len(), n);
+    }
+
+    /// The stack and recursion audit: nesting is refused wherever it appears (also in
+    /// `id` and `timestamp`, which are read as JSON values); a 40-digit number, 200,000
+    /// unknown keys and a megabyte-long key are plain errors, not crashes.
+    #[test]
+    fn hostile_shapes_are_errors_not_crashes() {
+        let deep = "[".repeat(50_000);
+        for json in [
+            format!(r#"{{"id":{deep}"#),
+            format!(r#"{{"timestamp":{deep}"#),
+            format!(r#"{{"data":{{"feature_0":{deep}"#),
+            format!(r#"{{"x":{}"#, "{\"a\":".repeat(50_000)),
+            deep.clone(),
+        ] {
+            let e = decode(&json, 2, KeyPolicy::default()).unwrap_err();
+            assert_eq!(e.kind(), "too_deep", "{e}");
+        }
+        // 128 levels are still taken (the limit is inclusive)
+        let at_limit = format!(
+            r#"{{"x":{}1{},"data":{{"feature_0":1,"feature_1":2}}}}"#,
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert!(decode(&at_limit, 2, KeyPolicy::default()).is_ok());
+
+        let forty = format!(
+            r#"{{"data":{{"feature_0":{},"feature_1":2}}}}"#,
+            "9".repeat(40)
+        );
+        let e = decode(&forty, 2, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "not_finite", "{e}");
+
+        let many: Vec<String> = (0..200_000).map(|i| format!("\"k{i}\":{i}")).collect();
+        let json = format!(
+            r#"{{"data":{{"feature_0":1,"feature_1":2,{}}}}}"#,
+            many.join(",")
+        );
+        match decode(&json, 2, KeyPolicy::default()).unwrap_err() {
+            DecodeError::UnknownFeatures { names, count } => {
+                assert_eq!((names.len(), count), (NAMES_SHOWN, 200_000));
+            }
+            e => panic!("{e}"),
+        }
+
+        let long_key = format!(r#"{{"data":{{"{}":1}}}}"#, "k".repeat(1 << 20));
+        let e = decode(&long_key, 2, KeyPolicy::default()).unwrap_err();
+        assert_eq!(e.kind(), "unknown_features");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -97,6 +99,8 @@ pub const SETTINGS: &[&str] = &[
     "DEAD_LETTER_PATH",
     "DEFAULT_DEVICE",
     "DEFAULT_MODEL_NAME",
+    "DRAIN_TIMEOUT",
+    "HEADER_TIMEOUT",
     "INFERENCE_BATCH_SIZE",
     "INITIAL_DELAY",
     "KAFKA_BROKERS",
@@ -105,16 +109,19 @@ pub const SETTINGS: &[&str] = &[
     "KAFKA_TOPIC",
     "LOG_LEVEL",
     "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
     "MAX_DELAY",
     "MAX_INFLATED_BYTES",
     "MAX_RETRIES",
     "METRICS_INTERVAL",
+    "MIN_BODY_RATE",
     "NESTJS_ANOMALY_ENDPOINT",
     "NESTJS_TIMEOUT",
     "NESTJS_URL",
     "QUEUE_MAX_SIZE",
     "RESULTS_KAFKA_TOPIC",
     "THRESHOLD",
+    "UPLOAD_BUFFER_BYTES",
     "WEBHOOK_CONCURRENCY",
 ];
 
@@ -123,6 +130,21 @@ pub const SETTINGS: &[&str] = &[
 pub fn tidewatch(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
     c.current_dir(dir);
+    for v in SETTINGS {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// [`tidewatch`] started by `sh` under `ulimit -n open_files`: a process whose
+/// descriptors run out where a default Linux login's would.
+#[cfg(unix)]
+pub fn tidewatch_with_open_files(dir: &Path, open_files: u32) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_tidewatch"))
+        .current_dir(dir);
     for v in SETTINGS {
         c.env_remove(v);
     }
