@@ -106,8 +106,8 @@ impl Detector for RffOcSvm {
 
 /// The model's one-class SVM for features `range`, on `device` (as resolved by
 /// [`super::gpu::resolve_for`]): [`LinearOcSvm`] or [`RffOcSvm`] by the model's kind on
-/// the CPU; on the GPU, [`super::gpu::GpuOcSvm`], which keeps the scores at `threshold`
-/// and over.
+/// the CPU; on the GPU, `gpu::GpuOcSvm` (feature `gpu`), which keeps the scores at
+/// `threshold` and over.
 pub fn ocsvm(
     device: Device,
     model: &Model,

@@ -1,5 +1,5 @@
 //! Where scoring runs: choosing the device (`DEFAULT_DEVICE=auto|cuda|cpu`), the GPU's
-//! one-class SVM detector ([`GpuOcSvm`], feature `gpu`), and GPU telemetry for the metrics.
+//! one-class SVM detector (`GpuOcSvm`, feature `gpu`), and GPU telemetry for the metrics.
 //!
 //! The GPU scorer (feature `gpu`) runs CUDA kernels ([`KERNELS`], compiled at start-up with
 //! NVRTC) through `cudarc`, loading the driver and NVRTC at run time: a `gpu` build needs
