@@ -12,10 +12,10 @@ mod common;
 use common::uniform;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidewatch::commands::loadgen::{client_body, FrameEncoder};
+use tidewatch::load::{client_body, FrameEncoder};
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::decode::{decode_frame_general, inflate_if_gzip_into};
-use tidewatch::source::{decode_frame, inflate_if_gzip, GeneratorConfig, KeyPolicy};
+use tidewatch::sources::decode::{decode_frame_general, inflate_if_gzip_into};
+use tidewatch::sources::{decode_frame, inflate_if_gzip, GeneratorConfig, KeyPolicy};
 
 const F: usize = 25_000;
 /// What `serve` allows by default.

@@ -18,7 +18,7 @@ use common::uniform;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidewatch::gpu::{self, GpuScorer};
+use tidewatch::detect::gpu::{self, GpuScorer};
 use tidewatch::model::{
     FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta, Scorer,
 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewatch::model::Model;
 use tidewatch::runtime::{self, ClusterArgs, Settings, SinkSpec};
-use tidewatch::source::{FrameSource, Generator, GeneratorConfig, GeneratorSource};
+use tidewatch::sources::{FrameSource, Generator, GeneratorConfig, GeneratorSource};
 
 const FRAMES: u64 = 100;
 

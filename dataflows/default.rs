@@ -1,5 +1,7 @@
 //! Seed 001's pipeline: every frame closes a sliding window of the model's length;
-//! features are scored where they live and only anomalies travel to the merge.
+//! features are scored by the model's one-class SVM where they live, and only anomalies
+//! travel to the merge. `--stride 10` gives seed 003's scheduling (a window every 10
+//! frames, for slow telemetry; pair it with a model trained on longer windows).
 
 use timely::dataflow::Scope;
 
@@ -11,12 +13,14 @@ pub const NAME: &str = "default";
 
 /// source → split by partition → window (stride 1) → batch → score → threshold → merge.
 pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Results<'s>> {
+    let detector = env.ocsvm(scope);
+    let windows = env.windows(&detector, 1)?;
     Ok(env
         .frames(scope)
         .split_features(env.layout(scope))
-        .window(env.window(1))
+        .window(windows)
         .batch(env.batch_size())
-        .score(env.scorer(scope), env.stats())
+        .score(detector, env.stats())
         .threshold(env.threshold())
         .merge_frames())
 }

@@ -1,17 +1,20 @@
 //! Dataflow variants: each file is one whole pipeline, built from the operators in
-//! [`crate::ops`] through the per-worker [`Env`](crate::runtime::Env).
+//! [`crate::ops`] and a detector from [`crate::detect`] through the per-worker
+//! [`Env`](crate::runtime::Env), reading its own parameters with
+//! [`Env::param`](crate::runtime::Env::param).
 //!
 //! To add a variant: write `dataflows/<name>.rs` with `pub const NAME` and `pub fn build`
-//! (copy `default.rs` and change the chain), then add its module to `variants!` below.
+//! (copy `default.rs` and change the chain or the detector), then add its module to
+//! `variants!` below. The golden tests (`tests/variants.rs`) then run it too.
+
+use std::collections::BTreeMap;
 
 use anyhow::bail;
-use timely::dataflow::Scope;
 
-use crate::ops::Time;
-use crate::runtime::{Env, Results};
-
-/// A variant's entry point: builds the pipeline on one worker and returns the verdicts.
-pub type Build = for<'s> fn(Scope<'s, Time>, &mut Env) -> anyhow::Result<Results<'s>>;
+use crate::detect::Device;
+use crate::ops::Pacing;
+use crate::runtime::Settings;
+pub use crate::runtime::{Build, Pipeline};
 
 macro_rules! variants {
     ($($module:ident),* $(,)?) => {
@@ -20,7 +23,7 @@ macro_rules! variants {
         /// Names of every variant, in registration order.
         pub const NAMES: &[&str] = &[$($module::NAME),*];
 
-        /// The variant called `name`.
+        /// The build function of the variant called `name`.
         pub fn lookup(name: &str) -> anyhow::Result<Build> {
             $(if name == $module::NAME { return Ok($module::build); })*
             bail!("no dataflow variant named {name:?} (known: {})", NAMES.join(", "))
@@ -28,7 +31,130 @@ macro_rules! variants {
     };
 }
 
-variants! { default, strided }
+variants! { default, ewma }
 
 /// The variant run when none is named.
 pub const DEFAULT: &str = default::NAME;
+
+/// Seed 001's pipeline, [`DEFAULT`], with no parameters.
+pub fn default_pipeline() -> Pipeline {
+    Pipeline::new(DEFAULT, default::build)
+}
+
+/// Seed 001's settings (batches of 64, the model's threshold, unpaced, device `auto`)
+/// running the [`DEFAULT`] variant. Here rather than beside `Settings`, so that the
+/// runtime names no variant.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pipeline: default_pipeline(),
+            batch_size: 64,
+            threshold: None,
+            window: None,
+            stride: None,
+            max_alert_features: crate::sinks::alert::DEFAULT_MAX_FEATURES,
+            pacing: Pacing::Unpaced,
+            stats: None,
+            metrics_interval: None,
+            device: Device::Auto,
+        }
+    }
+}
+
+/// The variant called `name`, to be run with `params` (`key=value`, each key once).
+pub fn pipeline(name: &str, params: &[(String, String)]) -> anyhow::Result<Pipeline> {
+    let mut map = BTreeMap::new();
+    for (k, v) in params {
+        if map.insert(k.clone(), v.clone()).is_some() {
+            bail!("--param {k} is given twice");
+        }
+    }
+    Ok(Pipeline::new(name, lookup(name)?).with_params(map))
+}
+
+/// The pipeline flags `serve`, `replay` and `bench` share: which variant, its windows,
+/// its threshold and its own parameters.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PipelineArgs {
+    /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM) or ewma
+    /// (per-feature EWMA z-scores, no trained weights).
+    #[arg(long, default_value = DEFAULT)]
+    pub dataflow: String,
+    /// Frames per window; default: the detector's (a model's detector scores the model's
+    /// window length and refuses any other).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Frames between windows; default: the variant's.
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Anomaly threshold on (calibrated) scores; default: the model's (or the variant's).
+    #[arg(long, env = "THRESHOLD", allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
+    /// A parameter of the variant, `KEY=VALUE`; repeat for several (e.g. `--param
+    /// alpha=0.1 --param z=5` for ewma). A key the variant does not read is an error.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+}
+
+impl Default for PipelineArgs {
+    fn default() -> Self {
+        PipelineArgs {
+            dataflow: DEFAULT.to_string(),
+            window: None,
+            stride: None,
+            threshold: None,
+            params: Vec::new(),
+        }
+    }
+}
+
+impl PipelineArgs {
+    /// The pipeline these flags name (its parameters are checked when it is built, by
+    /// [`crate::runtime::check`]).
+    pub fn pipeline(&self) -> anyhow::Result<Pipeline> {
+        if self.window == Some(0) {
+            bail!("--window must be at least 1");
+        }
+        if self.stride == Some(0) {
+            bail!("--stride must be at least 1");
+        }
+        pipeline(&self.dataflow, &self.params)
+    }
+}
+
+/// `KEY=VALUE` → `(KEY, VALUE)`.
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, not {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names resolve to variants; an unknown one says which exist; a key given twice is
+    /// refused.
+    #[test]
+    fn pipelines_by_name() {
+        for name in NAMES {
+            assert_eq!(pipeline(name, &[]).unwrap().name, *name);
+        }
+        let err = pipeline("nope", &[]).unwrap_err().to_string();
+        assert!(err.contains("default") && err.contains("ewma"), "{err}");
+        let twice = [
+            ("z".to_string(), "1".to_string()),
+            ("z".to_string(), "2".to_string()),
+        ];
+        assert!(pipeline("ewma", &twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert_eq!(
+            parse_param("alpha = 0.1"),
+            Ok(("alpha".into(), "0.1".into()))
+        );
+        assert!(parse_param("alpha").is_err() && parse_param("=1").is_err());
+    }
+}

@@ -5,8 +5,8 @@
 
 use tidewatch::kafka::binary;
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::decode::decode_frame_general;
-use tidewatch::source::{decode_frame, inflate_if_gzip, KeyPolicy, MissingKeys, UnknownKeys};
+use tidewatch::sources::decode::decode_frame_general;
+use tidewatch::sources::{decode_frame, inflate_if_gzip, KeyPolicy, MissingKeys, UnknownKeys};
 
 /// Features of the model the inputs are decoded for: `feature_0` .. `feature_3`.
 pub const FEATURES: usize = 4;

@@ -5,14 +5,14 @@
 //! feature-wise one-class SVMs and merged back into one verdict per frame.
 #![deny(missing_docs)]
 
-pub mod alert;
 pub mod clock;
 pub mod commands;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
-pub mod gpu;
+pub mod detect;
 pub mod kafka;
 pub mod layout;
+pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod ops;
@@ -20,8 +20,8 @@ pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod settings;
-pub mod source;
+pub mod sinks;
+pub mod sources;
 pub mod stats;
 pub mod train;
 pub mod types;
-pub mod webhook;

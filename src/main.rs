@@ -27,7 +27,7 @@ enum Command {
     /// Serve seed 001's HTTP contract: ingest frames, post alerts, answer probes.
     Serve(Box<tidewatch::settings::ServeArgs>),
     /// Send frames like the NestJS client and report status counts and latencies.
-    Loadgen(commands::loadgen::LoadgenArgs),
+    Loadgen(tidewatch::load::LoadgenArgs),
     /// Serve, a load generator and an alert receiver in one process: alerts arriving.
     Demo(commands::demo::DemoArgs),
     /// Measure throughput (frames/s, feature values/s, MB/s), CPU, RSS and latency of
@@ -58,7 +58,7 @@ fn main() {
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Serve(args) => commands::serve::run(args),
-        Command::Loadgen(args) => commands::loadgen::run(args),
+        Command::Loadgen(args) => tidewatch::load::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Bench(args) => commands::bench::run(args),
     };

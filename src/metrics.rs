@@ -257,14 +257,14 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
             "# HELP {name} resident set size\n# TYPE {name} gauge\n{name} {bytes}"
         );
     }
-    if let Some(g) = crate::gpu::sample() {
+    if let Some(g) = crate::detect::gpu::sample() {
         gpu_gauges(&mut out, &g);
     }
     out
 }
 
 /// The GPU scoring runs on: memory and utilisation gauges, labelled with the device.
-fn gpu_gauges(out: &mut String, g: &crate::gpu::GpuSample) {
+fn gpu_gauges(out: &mut String, g: &crate::detect::gpu::GpuSample) {
     let labels = format!(
         "gpu=\"{}\",name=\"{}\"",
         g.ordinal,
@@ -342,7 +342,7 @@ fn latency_json(latencies: &[StageSummary]) -> serde_json::Value {
 pub fn log_line(stats: &Stats) {
     let s = stats.snapshot();
     let r = resources::sample();
-    let gpu = crate::gpu::sample();
+    let gpu = crate::detect::gpu::sample();
     tracing::info!(
         target: "tidewatch::metrics",
         frames_in = s.frames_in,
@@ -455,7 +455,7 @@ mod tests {
         let mut gpu = String::new();
         gpu_gauges(
             &mut gpu,
-            &crate::gpu::GpuSample {
+            &crate::detect::gpu::GpuSample {
                 ordinal: 0,
                 name: "NVIDIA H100".into(),
                 memory_used_bytes: 1 << 30,

@@ -1,6 +1,11 @@
-//! Running a dataflow variant on timely workers: cluster flags, the per-worker
-//! environment a variant builds from, and the loop that drives it to completion.
+//! Running a pipeline on timely workers: cluster flags, the per-worker environment a
+//! variant builds from (inputs, detectors, parameters), and the loop that drives it to
+//! completion. The runtime runs the [`Pipeline`] it is given; which variants exist, and
+//! by what names, is the business of `dataflows/`.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,11 +15,12 @@ use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
-use crate::gpu::ScoringBackend;
+use crate::detect::{Detector, Device};
 use crate::layout::Layout;
 use crate::model::Model;
 use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
-use crate::source::FrameSource;
+pub use crate::sinks::{ResultHook, SinkSpec};
+use crate::sources::FrameSource;
 use crate::stats::{StageSummary, Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
 
@@ -112,15 +118,62 @@ impl ClusterArgs {
     }
 }
 
-/// Pipeline settings shared by every variant.
+/// A variant's entry point: builds the pipeline on one worker and returns the verdicts.
+pub type Build = for<'s> fn(Scope<'s, Time>, &mut Env) -> anyhow::Result<Results<'s>>;
+
+/// A pipeline ready to run: a variant's build function and the parameters it will read
+/// (`--param key=value`).
+#[derive(Clone)]
+pub struct Pipeline {
+    /// The variant's name, for logs and reports.
+    pub name: String,
+    /// Builds the dataflow on one worker.
+    pub build: Build,
+    /// `key → value` as given; the variant reads them with [`Env::param`], and a key it
+    /// does not read is an error.
+    pub params: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// The pipeline `build` makes, called `name`, with no parameters.
+    pub fn new(name: impl Into<String>, build: Build) -> Pipeline {
+        Pipeline {
+            name: name.into(),
+            build,
+            params: BTreeMap::new(),
+        }
+    }
+
+    /// The same pipeline with `params` for its variant to read.
+    pub fn with_params(mut self, params: BTreeMap<String, String>) -> Pipeline {
+        self.params = params;
+        self
+    }
+}
+
+/// Pipeline settings shared by every variant. `Settings::default()` runs the default
+/// variant: its `Default` is implemented in `dataflows/`, which knows the variants, so
+/// that the runtime never names one.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Name of the dataflow variant to run.
-    pub dataflow: String,
+    /// The pipeline to run (see `dataflows::pipeline`).
+    pub pipeline: Pipeline,
     /// Windows per scoring call at most (`INFERENCE_BATCH_SIZE`).
     pub batch_size: usize,
-    /// Threshold override; `None` uses the model's.
+    /// Threshold override; `None` uses the model's (or the variant's default).
     pub threshold: Option<f32>,
+    /// Window length override (`--window`); `None` lets the detector choose (a model's
+    /// detector scores the model's window length, and refuses any other).
+    pub window: Option<usize>,
     /// Window stride override; `None` lets the variant choose.
     pub stride: Option<usize>,
     /// How many features an alert lists at most.
@@ -133,24 +186,8 @@ pub struct Settings {
     /// Log one JSON metrics line this often (`METRICS_INTERVAL`); `None`: never.
     pub metrics_interval: Option<Duration>,
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
-    /// [`crate::gpu::resolve_for`]) and logs what it chose and why.
-    pub device: crate::server::Device,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            dataflow: crate::dataflows::DEFAULT.to_string(),
-            batch_size: 64,
-            threshold: None,
-            stride: None,
-            max_alert_features: crate::alert::DEFAULT_MAX_FEATURES,
-            pacing: Pacing::Unpaced,
-            stats: None,
-            metrics_interval: None,
-            device: crate::server::Device::Auto,
-        }
-    }
+    /// [`crate::detect::gpu::resolve_for`]) and logs what it chose and why.
+    pub device: Device,
 }
 
 /// What a dataflow variant builds from, on one worker.
@@ -166,6 +203,8 @@ pub struct Env {
     /// tell its upstream what has settled.
     pub progress: Progress,
     source: Option<Box<dyn FrameSource>>,
+    /// The parameters the variant read so far, to find the ones it never reads.
+    read: RefCell<BTreeSet<String>>,
 }
 
 impl Env {
@@ -182,7 +221,61 @@ impl Env {
             stats,
             progress: Progress::new(),
             source,
+            read: RefCell::new(BTreeSet::new()),
         }
+    }
+
+    /// The variant's parameter `key` (`--param key=value`), or `default` when it was not
+    /// given. A value that does not parse as a `T` is an error naming the key and value.
+    pub fn param<T>(&self, key: &str, default: T) -> anyhow::Result<T>
+    where
+        T: std::str::FromStr,
+        T::Err: fmt::Display,
+    {
+        self.read.borrow_mut().insert(key.to_string());
+        let Some(value) = self.pipeline_params().get(key) else {
+            return Ok(default);
+        };
+        value.parse().map_err(|e| {
+            anyhow!(
+                "--param {key}={value}: not a valid {} for variant {:?}: {e}",
+                std::any::type_name::<T>(),
+                self.pipeline_name()
+            )
+        })
+    }
+
+    /// An error naming the parameters given that the variant did not read: called after
+    /// the variant was built, so that a misspelt key stops the run instead of being
+    /// ignored.
+    pub fn check_params(&self) -> anyhow::Result<()> {
+        let read = self.read.borrow();
+        let unknown: Vec<&String> = self
+            .pipeline_params()
+            .keys()
+            .filter(|k| !read.contains(*k))
+            .collect();
+        if let Some(first) = unknown.first() {
+            let known: Vec<&str> = read.iter().map(String::as_str).collect();
+            bail!(
+                "variant {:?} has no parameter {first:?} (it reads: {})",
+                self.pipeline_name(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+        Ok(())
+    }
+
+    fn pipeline_params(&self) -> &BTreeMap<String, String> {
+        &self.settings.pipeline.params
+    }
+
+    fn pipeline_name(&self) -> &str {
+        &self.settings.pipeline.name
     }
 
     /// The input frames (on this worker, if it reads input; empty otherwise).
@@ -211,36 +304,74 @@ impl Env {
         Layout::new(self.model.n_features(), scope.peers())
     }
 
-    /// Windows of the model's length with the given default stride (unless overridden).
-    pub fn window(&self, default_stride: usize) -> WindowConfig {
-        WindowConfig {
-            size: self.model.window(),
-            stride: self.settings.stride.unwrap_or(default_stride),
-        }
+    /// The features this worker's detector scores: its partition of the model's.
+    pub fn features(&self, scope: Scope<'_, Time>) -> std::ops::Range<usize> {
+        self.layout(scope).range(scope.index())
     }
 
-    /// A scorer for this worker's partition, on the device of the settings: the CPU's, or
-    /// a GPU scorer with its own stream that keeps the anomalies at [`Env::threshold`].
+    /// The window length `--window` asks for, else `default`: for a detector that can
+    /// score any length (a model's detector has its own).
+    pub fn window_or(&self, default: usize) -> usize {
+        self.settings.window.unwrap_or(default)
+    }
+
+    /// The windows `detector` needs ([`Detector::needs`]), every `default_stride` frames
+    /// unless `--stride` says otherwise. An error when `--window` or `--stride` ask for
+    /// what the detector cannot score.
+    pub fn windows<D: Detector + ?Sized>(
+        &self,
+        detector: &D,
+        default_stride: usize,
+    ) -> anyhow::Result<WindowConfig> {
+        let needs = detector.needs();
+        if let Some(w) = self.settings.window.filter(|&w| w != needs.window) {
+            bail!(
+                "--window {w}: the detector scores windows of {} frames (a model's detector scores the model's window length)",
+                needs.window
+            );
+        }
+        let stride = self.settings.stride.unwrap_or(default_stride);
+        if stride == 0 {
+            bail!("--stride must be at least 1");
+        }
+        if let Some(s) = needs.stride.filter(|&s| s != stride) {
+            bail!("--stride {stride}: the detector needs a stride of {s}");
+        }
+        Ok(WindowConfig {
+            size: needs.window,
+            stride,
+        })
+    }
+
+    /// The model's one-class SVM for this worker's partition, on the device of the
+    /// settings: [`crate::detect::LinearOcSvm`] or [`crate::detect::RffOcSvm`] on the CPU,
+    /// or the GPU's, which keeps the anomalies at [`Env::threshold`].
     ///
     /// # Panics
-    /// When the GPU scorer cannot be made (device memory, say): the device was checked
+    /// When the GPU detector cannot be made (device memory, say): the device was checked
     /// usable at start-up, so this is the GPU failing, and the run reports the worker's
     /// panic with the driver's error.
-    pub fn scorer(&self, scope: Scope<'_, Time>) -> ScoringBackend {
+    pub fn ocsvm(&self, scope: Scope<'_, Time>) -> Box<dyn Detector> {
         let range = self.layout(scope).range(scope.index());
         // `auto` only reaches here when a variant is built outside [`run`]: the CPU, as
         // nothing resolved it
         let device = match self.settings.device {
-            crate::server::Device::Auto => crate::server::Device::Cpu,
+            Device::Auto => Device::Cpu,
             d => d,
         };
-        ScoringBackend::new(device, &self.model, range.clone(), self.threshold())
-            .unwrap_or_else(|e| panic!("scorer for features {range:?}: {e:#}"))
+        crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold())
+            .unwrap_or_else(|e| panic!("detector for features {range:?}: {e:#}"))
     }
 
     /// The threshold in force: the override, else the model's.
     pub fn threshold(&self) -> f32 {
-        self.settings.threshold.unwrap_or(self.model.meta.threshold)
+        self.threshold_or(self.model.meta.threshold)
+    }
+
+    /// The threshold override, else `default`: for a detector whose scores are not the
+    /// model's.
+    pub fn threshold_or(&self, default: f32) -> f32 {
+        self.settings.threshold.unwrap_or(default)
     }
 
     /// Windows per scoring call at most.
@@ -261,7 +392,7 @@ pub struct WorkerSlot {
 
 /// Makes the source of each worker: called on every worker of every process, `None` where
 /// the worker reads nothing. Sources read by several workers must say so through their
-/// [`crate::source::Sequencing`].
+/// [`crate::sources::Sequencing`].
 pub type SourceFactory =
     Arc<dyn Fn(WorkerSlot) -> anyhow::Result<Option<Box<dyn FrameSource>>> + Send + Sync>;
 
@@ -285,21 +416,6 @@ pub fn no_input() -> SourceFactory {
     Arc::new(|_| Ok(None))
 }
 
-/// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
-/// another thread (a bounded channel) if it does I/O.
-pub type ResultHook = Arc<dyn Fn(&FrameResult) + Send + Sync>;
-
-/// Where verdicts go: alert lines to a file and/or stdout, and any hook.
-#[derive(Clone, Default)]
-pub struct SinkSpec {
-    /// JSONL file of alert bodies, one per anomalous frame.
-    pub alerts_path: Option<PathBuf>,
-    /// Also print alert lines on stdout.
-    pub stdout: bool,
-    /// Also hand every verdict to this hook (webhook senders, Kafka producers, tests).
-    pub on_result: Option<ResultHook>,
-}
-
 /// How a run went, as seen from this process.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunReport {
@@ -318,7 +434,32 @@ impl RunReport {
     }
 }
 
-/// Runs the configured variant over the sources until they are exhausted and every frame
+/// Builds `pipeline` once on a worker of its own, with no input and on the CPU, and
+/// drops it: what a variant would refuse (a parameter it does not know or cannot parse,
+/// windows its detector cannot score) is refused here, before any cluster forms.
+pub fn check(pipeline: &Pipeline, model: &Arc<Model>, settings: &Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(Settings {
+        pipeline: pipeline.clone(),
+        device: Device::Cpu,
+        stats: None,
+        metrics_interval: None,
+        ..settings.clone()
+    });
+    let (build, model) = (pipeline.build, Arc::clone(model));
+    timely::execute_directly(move |worker| {
+        let mut env = Env::new(model, settings, Arc::default(), None);
+        let built = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<()> {
+            build(scope, &mut env)?;
+            env.check_params()
+        });
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+        built
+    })
+}
+
+/// Runs the settings' pipeline over the sources until they are exhausted and every frame
 /// has its verdict. Sources are made on every worker (see [`SourceFactory`]); verdicts are
 /// merged, and sinks write, on worker 0 (in process 0).
 pub fn run(
@@ -328,7 +469,10 @@ pub fn run(
     make_source: SourceFactory,
     sinks: SinkSpec,
 ) -> anyhow::Result<RunReport> {
-    let build = crate::dataflows::lookup(&settings.dataflow)?;
+    let pipeline = settings.pipeline.clone();
+    check(&pipeline, &model, &settings)
+        .with_context(|| format!("dataflow variant {:?}", pipeline.name))?;
+    let build = pipeline.build;
     if cluster.peers() > model.n_features() {
         bail!(
             "{} workers for {} features: every worker needs at least one feature",
@@ -338,7 +482,7 @@ pub fn run(
     }
     let config = cluster.timely_config()?;
     let mut settings = settings;
-    let choice = crate::gpu::resolve_for(settings.device, &model)?;
+    let choice = crate::detect::gpu::resolve_for(settings.device, &model)?;
     tracing::info!(
         requested = ?choice.requested,
         device = ?choice.used,

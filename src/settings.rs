@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use crate::model::Model;
 use crate::runtime::{ClusterArgs, Settings, SinkSpec};
 use crate::server::{ModelSpec, ServeConfig};
-use crate::source::{KeyPolicy, MissingKeys, UnknownKeys};
-use crate::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::sinks::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::sources::{KeyPolicy, MissingKeys, UnknownKeys};
 
 /// Loads `.env` from the current directory (or the nearest parent that has one) into the
 /// process environment, leaving variables that are already set alone. Returns the file
@@ -66,9 +66,6 @@ pub struct ServeArgs {
     /// Seconds between alert attempts at most.
     #[arg(long, env = "MAX_DELAY", default_value_t = 30.0)]
     pub max_delay: f64,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD", allow_negative_numbers = true)]
-    pub threshold: Option<f32>,
     /// Alerts that cannot be delivered are appended to this JSONL file.
     #[arg(
         long,
@@ -86,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = CLIENT_BODY_LIMIT)]
     pub alert_body_limit: usize,
     /// Most features listed in one alert (the count is always complete).
-    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    #[arg(long, default_value_t = crate::sinks::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
     /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often; `0s`
     /// turns it off.
@@ -129,9 +126,9 @@ pub struct ServeArgs {
     /// What to do with model features missing from a frame.
     #[arg(long, value_enum, default_value = "reject")]
     pub missing_features: MissingKeys,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: crate::dataflows::PipelineArgs,
     /// Also write one alert body per anomalous frame to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -172,7 +169,7 @@ impl ServeArgs {
         if self.batch_size == 0 {
             bail!("INFERENCE_BATCH_SIZE must be at least 1");
         }
-        crate::dataflows::lookup(&self.dataflow)?;
+        let pipeline = self.pipeline.pipeline()?;
         let webhook = WebhookConfig {
             url: join_url(&self.nestjs_url, &self.nestjs_anomaly_endpoint),
             timeout: seconds("NESTJS_TIMEOUT", self.nestjs_timeout)?,
@@ -197,9 +194,11 @@ impl ServeArgs {
         config.device = self.device.device;
         config.settings = Settings {
             device: self.device.device,
-            dataflow: self.dataflow.clone(),
+            pipeline,
             batch_size: self.batch_size,
-            threshold: self.threshold,
+            threshold: self.pipeline.threshold,
+            window: self.pipeline.window,
+            stride: self.pipeline.stride,
             max_alert_features: self.max_alert_features,
             metrics_interval: Some(self.metrics_interval).filter(|d| !d.is_zero()),
             ..Settings::default()
@@ -236,7 +235,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Device;
+    use crate::detect::Device;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -2,7 +2,9 @@
 //!
 //! Logical time is the frame's sequence number ([`Seq`]). A frame is split once into one
 //! [`Slice`] per feature partition; each worker windows, batches and scores its own slices
-//! and sends only what it found ([`PartHits`]) on to the merge.
+//! and reports, for every window it scored, what it found ([`PartHits`]) to the merge.
+//! The frame's metadata ([`FrameMeta`]) goes from the split to the merge on a stream of
+//! its own, so that no stage in between has to carry it.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +30,10 @@ pub struct FrameMeta {
     /// When it entered the dataflow; 0 until then.
     #[serde(default)]
     pub entered_us: u64,
-    /// When partition 0 had scored it; 0 until then.
+    /// When the first partition began scoring it; 0 until then.
+    #[serde(default)]
+    pub scoring_us: u64,
+    /// When the last partition had scored it; 0 until then.
     #[serde(default)]
     pub scored_us: u64,
 }
@@ -51,9 +56,8 @@ pub struct Slice {
     pub seq: Seq,
     /// The partition (and so the worker) that owns these features.
     pub part: u32,
-    /// The frame's metadata, carried by partition 0 only: partition 0 always reports,
-    /// so the merge learns of every frame without every partition repeating it.
-    pub meta: Option<FrameMeta>,
+    /// When the frame was received ([`FrameMeta::received_us`]), for the per-batch log.
+    pub received_us: u64,
     /// Values of features `lo..lo + values.len()` of the partition's range.
     pub values: Vec<f32>,
 }
@@ -65,8 +69,8 @@ pub struct Window {
     pub seq: Seq,
     /// Owning partition.
     pub part: u32,
-    /// Metadata of the last frame (partition 0 only).
-    pub meta: Option<FrameMeta>,
+    /// When the last frame was received.
+    pub received_us: u64,
     /// `W * F_part` values, oldest frame first.
     pub data: Vec<f32>,
 }
@@ -79,8 +83,8 @@ pub struct Batch {
     pub part: u32,
     /// The last frame of each window, in batch order.
     pub seqs: Vec<Seq>,
-    /// Metadata of each window's last frame (partition 0 only).
-    pub metas: Vec<Option<FrameMeta>>,
+    /// When each window's last frame was received.
+    pub received_us: Vec<u64>,
     /// `B * W * F_part` values.
     pub data: Vec<f32>,
 }
@@ -106,8 +110,12 @@ pub struct Scored {
     pub lo: u32,
     /// The last frame of each window.
     pub seqs: Vec<Seq>,
-    /// Metadata of each window's last frame (partition 0 only).
-    pub metas: Vec<Option<FrameMeta>>,
+    /// When each window's last frame was received.
+    pub received_us: Vec<u64>,
+    /// When scoring the batch began ([`crate::clock::now_us`]).
+    pub began_us: u64,
+    /// When it was scored.
+    pub scored_us: u64,
     /// `B * F_part` scores; empty when the scorer thresholded them itself (`compacted`).
     pub scores: Vec<f32>,
     /// The anomalies alone, when the scorer thresholded on its device (the GPU) so that
@@ -136,14 +144,16 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// What one partition found in one frame. Partition 0 reports every frame (with its
-/// metadata); the others report only frames in which they found something.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What one partition found in one frame it scored. Every partition reports every window
+/// it scored, anomalous or not, so the merge knows when a frame's verdict is complete.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartHits {
     /// The frame.
     pub seq: Seq,
-    /// Frame metadata, from partition 0.
-    pub meta: Option<FrameMeta>,
+    /// When this partition began scoring the frame's window.
+    pub began_us: u64,
+    /// When it had scored it.
+    pub scored_us: u64,
     /// Features of this partition over the threshold.
     pub hits: Vec<Hit>,
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use common::{random_frames, random_rff_model};
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::FrameWriter;
+use tidewatch::sources::FrameWriter;
 
 fn tidewatch() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidewatch"))

@@ -28,14 +28,15 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{random_frames, random_rff_model, Lcg, VecSource};
-use tidewatch::gpu::{self, GpuScorer};
+use tidewatch::detect::gpu::{self, GpuScorer};
+use tidewatch::detect::{Detector, Scores};
 use tidewatch::model::{
     Calibration, FeatureNames, Folded, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta,
     Scorer, FOLDED_BLOCK,
 };
 use tidewatch::runtime::{self, ClusterArgs, Settings, SinkSpec};
 use tidewatch::server::Device;
-use tidewatch::source::FrameSource;
+use tidewatch::sources::FrameSource;
 use tidewatch::train::rff::{RffMap, RffSampling};
 use tidewatch::types::FrameResult;
 
@@ -522,11 +523,11 @@ fn a_model_the_gpu_cannot_score_sends_auto_to_the_cpu() {
 #[test]
 fn a_worker_without_features_needs_no_gpu() {
     let model = linear_model(2, 5, 1);
-    let mut backend = gpu::ScoringBackend::new(Device::Cuda, &model, 2..2, 0.0).unwrap();
-    assert!(matches!(backend, gpu::ScoringBackend::Cpu(_)));
-    assert_eq!(backend.width(), 0);
-    match backend.score_batch(&[]) {
-        gpu::BatchScores::All(scores) => assert!(scores.is_empty()),
-        gpu::BatchScores::Compacted(c) => assert!(c.hits.is_empty()),
+    let mut detector = tidewatch::detect::ocsvm(Device::Cuda, &model, 2..2, 0.0).unwrap();
+    assert_eq!(detector.device(), Device::Cpu);
+    assert_eq!(detector.features().len(), 0);
+    match detector.score(&[]) {
+        Scores::All(scores) => assert!(scores.is_empty()),
+        Scores::Compacted(c) => assert!(c.hits.is_empty()),
     }
 }

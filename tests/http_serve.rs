@@ -11,8 +11,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tidewatch::server::{self, ModelSpec};
+use tidewatch::sinks::webhook::CLIENT_BODY_LIMIT;
 use tidewatch::types::FrameResult;
-use tidewatch::webhook::CLIENT_BODY_LIMIT;
 
 /// A gzip frame sent exactly like the NestJS client reaches the alert receiver with the
 /// contract's fields; plain JSON and `Content-Encoding: gzip` work too, and the client's

@@ -18,11 +18,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use tidewatch::commands::loadgen::client_json;
-use tidewatch::kafka::load::{produce, ProduceSpec};
 use tidewatch::kafka::{binary, client_config, decode_message, partition_count};
+use tidewatch::load::client_json;
+use tidewatch::load::kafka::{produce, ProduceSpec};
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::KeyPolicy;
+use tidewatch::sources::KeyPolicy;
 use tidewatch::types::Frame;
 
 /// Features and window of the test model: small, so that a run takes seconds.
@@ -484,10 +484,10 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
             got.iter().map(|m| (m.key.as_str(), m.json())).collect();
         let mut alerted = BTreeSet::new();
         for m in &alert_msgs {
-            let body = tidewatch::alert::check_like_client(
+            let body = tidewatch::sinks::alert::check_like_client(
                 Some("application/json"),
                 &m.payload,
-                tidewatch::webhook::CLIENT_BODY_LIMIT,
+                tidewatch::sinks::webhook::CLIENT_BODY_LIMIT,
             )
             .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&m.payload)));
             assert_eq!(body["id"].as_str(), Some(m.key.as_str()));

@@ -5,20 +5,19 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::core::UnorderedInput;
-use timely::dataflow::operators::{Input, Inspect, Probe};
+use timely::dataflow::operators::{Input, Inspect, Probe, ToStream};
 use timely::dataflow::InputHandle;
 
-use tidewatch::ops::{BatchOps, WindowConfig, WindowOps};
-use tidewatch::types::{FrameMeta, Slice, Window};
+use tidewatch::detect::{Detector, Needs, Scores};
+use tidewatch::ops::{BatchOps, MergeOps, Parts, ScoreOps, WindowConfig, WindowOps};
+use tidewatch::stats::Stats;
+use tidewatch::types::{Batch, FrameMeta, PartHits, Slice, Window};
 
 fn slice(seq: u64) -> Slice {
     Slice {
         seq,
         part: 0,
-        meta: Some(FrameMeta {
-            received_ms: seq as i64,
-            ..FrameMeta::default()
-        }),
+        received_us: seq,
         values: vec![seq as f32, seq as f32 + 0.5],
     }
 }
@@ -63,7 +62,7 @@ fn expected_window(end: u64, size: u64) -> Vec<f32> {
 }
 
 /// The first W-1 frames make no window; every later frame ends one holding the last W
-/// frames oldest first, with the last frame's metadata.
+/// frames oldest first, with the last frame's receive time.
 #[test]
 fn window_slides_by_one_frame() {
     let cfg = WindowConfig { size: 3, stride: 1 };
@@ -72,7 +71,7 @@ fn window_slides_by_one_frame() {
     assert_eq!(ends, vec![2, 3, 4, 5]);
     for w in &windows {
         assert_eq!(w.data, expected_window(w.seq, 3));
-        assert_eq!(w.meta.as_ref().unwrap().received_ms, w.seq as i64);
+        assert_eq!(w.received_us, w.seq);
     }
 }
 
@@ -146,7 +145,7 @@ fn batch_flushes_when_input_is_idle() {
         let window = |seq: u64| Window {
             seq,
             part: 0,
-            meta: None,
+            received_us: 0,
             data: vec![seq as f32; 6],
         };
         // one lone window: it must come out before time moves on
@@ -169,5 +168,68 @@ fn batch_flushes_when_input_is_idle() {
         assert_eq!(batches.len(), 4);
         assert_eq!(batches[1], vec![1, 2, 3, 4]);
         assert_eq!(batches[3], vec![9, 10]);
+    });
+}
+
+/// A frame that some partitions reported and others did not stops the run, naming the
+/// frame, instead of losing its verdict in silence.
+#[test]
+#[should_panic(expected = "frame 3: 1 of 2 partitions reported it")]
+fn merge_refuses_a_frame_a_partition_lost() {
+    timely::execute_directly(|worker| {
+        worker.dataflow::<u64, _, _>(|scope| {
+            let metas = Some((3u64, FrameMeta::default()))
+                .to_stream(scope)
+                .container::<Vec<_>>();
+            let data = Some(PartHits {
+                seq: 3,
+                ..PartHits::default()
+            })
+            .to_stream(scope)
+            .container::<Vec<_>>();
+            Parts {
+                data,
+                metas,
+                parts: 2,
+            }
+            .merge_frames();
+        });
+    });
+}
+
+/// A detector with state per feature gets its windows once and in frame order, or the
+/// score operator stops the run.
+#[test]
+#[should_panic(expected = "a stateful detector got window 3 after")]
+fn score_keeps_a_stateful_detector_in_order() {
+    struct Counter;
+    impl Detector for Counter {
+        fn needs(&self) -> Needs {
+            Needs {
+                window: 1,
+                stride: None,
+                stateful: true,
+            }
+        }
+        fn features(&self) -> std::ops::Range<usize> {
+            0..1
+        }
+        fn score(&mut self, windows: &[f32]) -> Scores {
+            Scores::All(windows.to_vec())
+        }
+    }
+    timely::execute_directly(|worker| {
+        worker.dataflow::<u64, _, _>(|scope| {
+            let batch = |seq: u64| Batch {
+                seqs: vec![seq],
+                received_us: vec![0],
+                data: vec![1.0],
+                ..Batch::default()
+            };
+            vec![batch(5), batch(3)]
+                .to_stream(scope)
+                .container::<Vec<_>>()
+                .score(Counter, Arc::new(Stats::default()));
+        });
     });
 }

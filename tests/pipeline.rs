@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{random_frames, random_rff_model, VecSource};
 use tidewatch::model::Scorer;
 use tidewatch::runtime::{self, ClusterArgs, Settings, SinkSpec, WorkerSlot};
-use tidewatch::source::{FrameSource, Pull, Sequencing};
+use tidewatch::sources::{FrameSource, Pull, Sequencing};
 
 /// (seq, [(feature, score)]) per anomalous frame, read back from an alert file.
 fn alerts(path: &std::path::Path) -> Vec<(u64, Vec<(u64, f32)>)> {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use tidewatch::model::Model;
-use tidewatch::source::Injection;
+use tidewatch::sources::Injection;
 
 /// ±8σ spikes are flagged on at least 99 % of the (frame, feature) pairs they touch, and
 /// at most 1 in 10,000 normal pairs (whose window holds no injected anomaly) is flagged.

@@ -93,7 +93,7 @@ fn replay_scores_on_the_device_asked_for() {
 
     let out = replay(dir.path(), &["--device", "cuda"]).output().unwrap();
     let err = stderr(&out);
-    match tidewatch::gpu::probe() {
+    match tidewatch::detect::gpu::probe() {
         Ok(gpu) => {
             assert!(out.status.success(), "{} is usable: {err}", gpu.name);
             assert_eq!(device_event(&err), ("Cuda".into(), "Cuda".into()), "{err}");

@@ -6,8 +6,8 @@ use std::path::Path;
 use tidewatch::commands::generate::{self, GenerateArgs};
 use tidewatch::commands::SyntheticArgs;
 use tidewatch::model::FeatureIndex;
-use tidewatch::source::file::open;
-use tidewatch::source::{
+use tidewatch::sources::file::open;
+use tidewatch::sources::{
     read_matrix, AnomalyKind, FrameSource, FrameWriter, Generator, GeneratorConfig,
     GeneratorSource, Injection, KeyPolicy, MissingKeys, Pull, UnknownKeys,
 };

@@ -9,7 +9,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::Value;
 use tidewatch::commands::train::{run, TrainArgs};
 use tidewatch::model::{Model, ModelKind, Params, Scorer};
-use tidewatch::source::{Generator, GeneratorConfig};
+use tidewatch::sources::{Generator, GeneratorConfig};
 use tidewatch::train::{
     self, fit_ocsvm, rff, LearningRate, MatrixView, Order, RffMap, SgdConfig, TrainConfig,
 };

@@ -14,45 +14,39 @@
 //! `serve --kafka-brokers` does, until it has read it all.
 //!
 //! Encoding is not measured: the ring is encoded before the clock starts, by the same
-//! encoder as `loadgen` ([`loadgen::FrameEncoder`]).
+//! encoder as `loadgen` ([`crate::load::FrameEncoder`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::loadgen::{self, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
 use super::receiver::AlertReceiver;
 use super::{DeviceArgs, SyntheticArgs};
 use crate::clock;
-use crate::model::{FeatureIndex, Model};
+use crate::load::{self as loadgen, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
+use crate::model::Model;
 use crate::ops::Pacing;
 use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
 use crate::runtime::{
     self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory, WorkerSlot,
 };
 use crate::server::{self, ModelSpec, ServeConfig};
-use crate::source::{
-    decode_body, decode_frame, inflate_if_gzip, FrameSource, KeyPolicy, Pull, Sequencing,
-    SourceError,
-};
+use crate::sinks::webhook::WebhookConfig;
+use crate::sources::ring::{RingCounters, RingSource};
+use crate::sources::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy};
 use crate::stats::StageSummary;
-use crate::types::{Frame, FrameMeta, FrameResult};
-use crate::webhook::WebhookConfig;
+use crate::types::FrameResult;
 
 /// How long a run lasts when neither --frames nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-
-/// The in-process source inflates at most this much per frame, as `serve` does by
-/// default; a 25,000-feature frame is about 0.9 MB.
-const MAX_INFLATED: usize = 16 << 20;
 
 /// RSS is read from `/proc` on every this-many-th verdict: often enough to see the
 /// steady state, rarely enough to cost nothing next to scoring a frame.
@@ -103,9 +97,6 @@ pub struct BenchArgs {
     /// Soak: the length of one sample.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub soak_interval: Duration,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD")]
-    pub threshold: Option<f32>,
     /// From Kafka at these brokers: produce --frames frames (default 1,000) to a fresh
     /// topic, then time the dataflow reading them on every worker (one process).
     #[arg(long, value_name = "BROKERS", conflicts_with = "http")]
@@ -119,9 +110,9 @@ pub struct BenchArgs {
     /// --http: frames accepted but not yet taken by the dataflow, at most.
     #[arg(long, env = "QUEUE_MAX_SIZE", default_value_t = 100)]
     pub queue_max_size: usize,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: crate::dataflows::PipelineArgs,
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
@@ -299,14 +290,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.n_features()
         );
     }
-    let device = crate::gpu::resolve_for(args.device.device, &model)?;
+    let device = crate::detect::gpu::resolve_for(args.device.device, &model)?;
     // One set of counters for the run, so that a soak can sample it while it runs.
     let stats = Arc::new(crate::stats::Stats::default());
     let settings = Settings {
         device: device.used,
-        dataflow: args.dataflow.clone(),
+        pipeline: args.pipeline.pipeline()?,
         batch_size: args.batch_size,
-        threshold: args.threshold,
+        threshold: args.pipeline.threshold,
+        window: args.pipeline.window,
+        stride: args.pipeline.stride,
         pacing: pacing(args),
         metrics_interval: args.metrics_interval,
         stats: Some(Arc::clone(&stats)),
@@ -378,7 +371,7 @@ impl RingFacts {
         let (mut wire, mut json) = (0usize, 0usize);
         let mut values = Vec::new();
         for (body, _) in ring {
-            let inflated = inflate_if_gzip(body, MAX_INFLATED)?;
+            let inflated = inflate_if_gzip(body, crate::sources::ring::MAX_INFLATED)?;
             decode_frame(&inflated, &index, KeyPolicy::default(), &mut values)
                 .context("the generated frames do not decode against the model")?;
             wire += body.len();
@@ -464,85 +457,6 @@ impl Probe {
     }
 }
 
-/// Counters the in-process source keeps for the report.
-#[derive(Default)]
-struct SourceCounters {
-    wire_bytes: AtomicU64,
-}
-
-/// Cycles a ring of encoded frames, inflating and decoding each as it is handed out:
-/// the dataflow pays for decoding exactly as `serve` does for a request.
-struct RingSource {
-    ring: Arc<Vec<Bytes>>,
-    index: FeatureIndex,
-    /// Ring positions this worker hands out: `first`, `first + step`, ...
-    first: u64,
-    step: u64,
-    handed_out: u64,
-    limit: Option<u64>,
-    duration: Option<Duration>,
-    /// Set on the first pull, so that worker start-up is not part of the duration.
-    deadline: Option<Instant>,
-    counters: Arc<SourceCounters>,
-}
-
-impl FrameSource for RingSource {
-    /// Every worker of process 0 decodes its own share of the ring, as `serve` decodes on
-    /// several HTTP threads at once, and the frames keep one global order.
-    fn sequencing(&self) -> Sequencing {
-        Sequencing::Interleaved
-    }
-
-    fn pull(&mut self) -> Pull {
-        let k = self.first + self.handed_out * self.step;
-        if self.limit.is_some_and(|n| k >= n) {
-            return Pull::Done;
-        }
-        let now = Instant::now();
-        let deadline = *self
-            .deadline
-            .get_or_insert_with(|| now + self.duration.unwrap_or(Duration::MAX / 4));
-        if self.duration.is_some() && now >= deadline {
-            return Pull::Done;
-        }
-        self.handed_out += 1;
-        // Received now, before decoding, as an HTTP request is received before its body
-        // is decoded.
-        let received_us = clock::now_us();
-        let body = &self.ring[(k % self.ring.len() as u64) as usize];
-        self.counters
-            .wire_bytes
-            .fetch_add(body.len() as u64, Relaxed);
-        let mut values = Vec::with_capacity(self.index.len());
-        let decoded = decode_body(
-            body,
-            MAX_INFLATED,
-            &self.index,
-            KeyPolicy::default(),
-            &mut values,
-        );
-        match decoded {
-            Ok(d) => Pull::Frame(Frame {
-                seq: 0,
-                meta: FrameMeta {
-                    received_ms: clock::unix_ms(),
-                    event_ms: d.event_ms,
-                    id: d.id,
-                    source: 0,
-                    received_us,
-                    decoded_us: clock::now_us(),
-                    ..FrameMeta::default()
-                },
-                values,
-            }),
-            Err(e) => Pull::Bad(SourceError {
-                origin: format!("bench frame {k}"),
-                problem: e.to_string(),
-            }),
-        }
-    }
-}
-
 /// How the dataflow's sources are paced for --rate: in process and from Kafka, every
 /// worker of this process reads, and they take turns so that together they offer the
 /// rate, evenly spaced; over HTTP the load generator offers it, and the dataflow takes
@@ -580,7 +494,7 @@ fn base_report(
         workers: args.cluster.peers(),
         threads: args.cluster.threads.max(1),
         processes: args.cluster.processes.max(1),
-        dataflow: args.dataflow.clone(),
+        dataflow: args.pipeline.dataflow.clone(),
         batch_size: args.batch_size,
         device: String::new(),
         ring: args.ring,
@@ -763,7 +677,7 @@ fn run_in_process(
 ) -> anyhow::Result<BenchReport> {
     let (limit, duration) = limits(args);
     let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
-    let counters = Arc::new(SourceCounters::default());
+    let counters = Arc::new(RingCounters::default());
     let index = model.feature_index();
     // the workers of this process read; those of other processes only score
     let readers = args.cluster.threads.max(1);
@@ -773,17 +687,14 @@ fn run_in_process(
             if slot.index >= readers {
                 return Ok(None);
             }
-            Ok(Some(Box::new(RingSource {
-                ring: Arc::clone(&ring),
-                index: index.clone(),
-                first: slot.index as u64,
-                step: readers as u64,
-                handed_out: 0,
+            Ok(Some(Box::new(RingSource::new(
+                Arc::clone(&ring),
+                index.clone(),
+                (slot.index as u64, readers as u64),
                 limit,
                 duration,
-                deadline: None,
-                counters: Arc::clone(&counters),
-            }) as Box<dyn FrameSource>))
+                Arc::clone(&counters),
+            )) as Box<dyn FrameSource>))
         })
     };
     let sinks = SinkSpec {
@@ -910,8 +821,8 @@ fn run_kafka(
     ring: Vec<Encoded>,
     probe: Arc<Probe>,
 ) -> anyhow::Result<BenchReport> {
-    use crate::kafka::load::{produce, ProduceSpec};
     use crate::kafka::{KafkaInput, KafkaInputConfig};
+    use crate::load::kafka::{produce, ProduceSpec};
     if args.cluster.processes > 1 {
         bail!("bench --kafka runs in one process: use -w for more workers");
     }
@@ -991,7 +902,6 @@ fn proc_status_mib(name: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Generator, GeneratorConfig};
 
     fn args() -> BenchArgs {
         BenchArgs {
@@ -1008,13 +918,12 @@ mod tests {
             kafka_partitions: 4,
             concurrency: 4,
             queue_max_size: 100,
-            dataflow: crate::dataflows::DEFAULT.into(),
+            pipeline: crate::dataflows::PipelineArgs::default(),
             batch_size: 64,
             device: DeviceArgs {
                 device: server::Device::Cpu,
             },
             alerts: false,
-            threshold: None,
             synthetic: SyntheticArgs::default(),
             json: false,
             metrics_interval: None,
@@ -1036,104 +945,6 @@ mod tests {
         let table = r.table();
         assert!(table.contains("frames/s"), "{table}");
         assert!(table.contains("5000"), "{table}");
-    }
-
-    #[test]
-    fn the_source_cycles_the_ring_and_decodes_each_frame() {
-        let config = GeneratorConfig {
-            n_features: 10,
-            ..GeneratorConfig::default()
-        };
-        let ring = FrameEncoder::new(config.clone()).unwrap().ring(3);
-        let sizes: Vec<u64> = ring.iter().map(|(b, _)| b.len() as u64).collect();
-        let mut expected = Generator::new(config).unwrap();
-        let counters = Arc::new(SourceCounters::default());
-        let mut source = RingSource {
-            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
-            index: FeatureIndex::numbered(10),
-            first: 0,
-            step: 1,
-            handed_out: 0,
-            limit: Some(5),
-            duration: None,
-            deadline: None,
-            counters: Arc::clone(&counters),
-        };
-        let mut frames = Vec::new();
-        while let Pull::Frame(f) = source.pull() {
-            frames.push(f.values);
-        }
-        assert!(matches!(source.pull(), Pull::Done));
-        assert_eq!(frames.len(), 5);
-        let mut values = Vec::new();
-        for frame in &frames[..3] {
-            expected.next_into(&mut values);
-            assert_eq!(frame, &values);
-        }
-        assert_eq!(frames[3], frames[0]);
-        assert_eq!(frames[4], frames[1]);
-        // All three, then the first two again.
-        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1];
-        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
-    }
-
-    /// Two readers deal the ring between them: each hands out every other position, and
-    /// together they hand out exactly the limit.
-    #[test]
-    fn readers_share_the_ring() {
-        let ring = FrameEncoder::new(GeneratorConfig {
-            n_features: 4,
-            ..GeneratorConfig::default()
-        })
-        .unwrap()
-        .ring(4);
-        let ring: Arc<Vec<Bytes>> = Arc::new(ring.into_iter().map(|(b, _)| b).collect());
-        let counters = Arc::new(SourceCounters::default());
-        let mut per_reader = Vec::new();
-        for first in 0..2 {
-            let mut source = RingSource {
-                ring: Arc::clone(&ring),
-                index: FeatureIndex::numbered(4),
-                first,
-                step: 2,
-                handed_out: 0,
-                limit: Some(7),
-                duration: None,
-                deadline: None,
-                counters: Arc::clone(&counters),
-            };
-            let mut n = 0;
-            while let Pull::Frame(_) = source.pull() {
-                n += 1;
-            }
-            per_reader.push(n);
-        }
-        assert_eq!(per_reader, vec![4, 3]);
-        let sizes: Vec<u64> = ring.iter().map(|b| b.len() as u64).collect();
-        let wire = sizes.iter().sum::<u64>() + sizes[0] + sizes[1] + sizes[2];
-        assert_eq!(counters.wire_bytes.load(Relaxed), wire);
-    }
-
-    #[test]
-    fn a_duration_stops_the_source() {
-        let ring = FrameEncoder::new(GeneratorConfig {
-            n_features: 2,
-            ..GeneratorConfig::default()
-        })
-        .unwrap()
-        .ring(1);
-        let mut source = RingSource {
-            ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
-            index: FeatureIndex::numbered(2),
-            first: 0,
-            step: 1,
-            handed_out: 0,
-            limit: None,
-            duration: Some(Duration::ZERO),
-            deadline: None,
-            counters: Arc::default(),
-        };
-        assert!(matches!(source.pull(), Pull::Done));
     }
 
     #[cfg(target_os = "linux")]

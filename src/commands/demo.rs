@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::commands::loadgen::{self, LoadgenArgs};
 use crate::commands::receiver::AlertReceiver;
 use crate::commands::SyntheticArgs;
+use crate::load::{self as loadgen, LoadgenArgs};
 use crate::model::Model;
 use crate::runtime::ClusterArgs;
 use crate::server::{self, ModelSpec, ServeConfig};
-use crate::webhook::WebhookConfig;
+use crate::sinks::webhook::WebhookConfig;
 use anyhow::Context;
 
 /// Flags of `tidewatch demo`.

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::SyntheticArgs;
 use crate::model::FeatureIndex;
-use crate::source::{FrameWriter, Generator};
+use crate::sources::{FrameWriter, Generator};
 
 /// Flags of `tidewatch generate`.
 #[derive(clap::Args, Debug)]

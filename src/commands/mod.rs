@@ -3,15 +3,14 @@
 pub mod bench;
 pub mod demo;
 pub mod generate;
-pub mod loadgen;
 pub mod receiver;
 pub mod replay;
 pub mod serve;
 pub mod soak;
 pub mod train;
 
-use crate::server::Device;
-use crate::source::{AnomalyKind, GeneratorConfig};
+use crate::detect::Device;
+use crate::sources::{AnomalyKind, GeneratorConfig};
 
 /// The scoring device flag (`DEFAULT_DEVICE`), shared by every command that scores.
 #[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
-use crate::alert::{check_like_client, Refusal};
-use crate::webhook::{join_url, CLIENT_BODY_LIMIT};
+use crate::sinks::alert::{check_like_client, Refusal};
+use crate::sinks::webhook::{join_url, CLIENT_BODY_LIMIT};
 
 /// What the receiver does with each alert it accepts, after counting it.
 pub type OnAlert = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;

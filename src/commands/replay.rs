@@ -6,10 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{DeviceArgs, SyntheticArgs};
+use crate::dataflows::PipelineArgs;
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
-use crate::source::{
+use crate::sources::{
     self, FrameSource, Generator, GeneratorSource, KeyPolicy, MissingKeys, UnknownKeys,
 };
 
@@ -35,21 +36,15 @@ pub struct ReplayArgs {
     /// Frames per second to replay at (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Dataflow variant (see `dataflows/`).
-    #[arg(long, default_value = crate::dataflows::DEFAULT)]
-    pub dataflow: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pipeline: PipelineArgs,
     /// Windows per scoring call at most.
     #[arg(long, env = "INFERENCE_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: usize,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub device: DeviceArgs,
-    /// Anomaly threshold on (calibrated) scores; default: the model's.
-    #[arg(long, env = "THRESHOLD")]
-    pub threshold: Option<f32>,
-    /// Frames between windows; default: the variant's.
-    #[arg(long)]
-    pub stride: Option<usize>,
     /// Write one alert body per anomalous frame to this JSONL file.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -57,7 +52,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub stdout: bool,
     /// Most features listed in one alert (the count is always complete).
-    #[arg(long, default_value_t = crate::alert::DEFAULT_MAX_FEATURES)]
+    #[arg(long, default_value_t = crate::sinks::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
     /// What to do with keys that name no model feature.
     #[arg(long, value_enum, default_value = "reject")]
@@ -91,10 +86,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let model =
         Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);
     let settings = Settings {
-        dataflow: args.dataflow.clone(),
+        pipeline: args.pipeline.pipeline()?,
         batch_size: args.batch_size,
-        threshold: args.threshold,
-        stride: args.stride,
+        threshold: args.pipeline.threshold,
+        window: args.pipeline.window,
+        stride: args.pipeline.stride,
         max_alert_features: args.max_alert_features,
         pacing: args.rate.map(Pacing::rate).unwrap_or(Pacing::Unpaced),
         stats: None,
@@ -141,7 +137,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     match (&args.input, args.generate) {
         (Some(path), _) => {
             let path = path.clone();
-            runtime::on_worker_zero(move || source::file::open(&path, &index, policy))
+            runtime::on_worker_zero(move || sources::file::open(&path, &index, policy))
         }
         (None, frames) => {
             let config = args.synthetic.config(model.n_features());

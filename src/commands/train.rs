@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::ArgGroup;
 
 use crate::model::ModelKind;
-use crate::source::{read_matrix, Generator, GeneratorConfig};
+use crate::sources::{read_matrix, Generator, GeneratorConfig};
 use crate::train::{self, LearningRate, MatrixView, RffSampling, TrainConfig};
 
 /// Flags of `tidewatch train`.

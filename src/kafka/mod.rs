@@ -5,7 +5,7 @@
 //!   input topic is read by global worker `p % peers`, so the partitions are spread over
 //!   the workers of all processes with no group rebalancing (a worker with no partition
 //!   reads nothing and holds nothing back). Frames are stamped with the clock
-//!   ([`crate::source::Sequencing::Clock`]).
+//!   ([`crate::sources::Sequencing::Clock`]).
 //! - At-least-once: a partition's offset is committed only once every message before it
 //!   has settled (its frame's verdict is everywhere and its alert was handed to the
 //!   sinks) and, for sinks writing to Kafka from the same process, the producer has
@@ -22,43 +22,28 @@
 //!   magic bytes) or the compact binary format of [`binary`].
 
 pub mod binary;
-mod consumer;
-pub mod load;
-mod offsets;
-mod producer;
+pub mod client;
+pub mod offsets;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
+use anyhow::bail;
 
 use crate::model::Model;
 use crate::runtime::{SourceFactory, WorkerSlot};
-use crate::source::{FrameSource, KeyPolicy};
+use crate::sources::{FrameSource, KeyPolicy};
 
-pub use consumer::{
+pub use crate::sinks::kafka::{result_hook, Outbox, OutboxStats, ResultTopics};
+pub use crate::sources::kafka::{
     decode_message, KafkaCounters, KafkaCountersSnapshot, KafkaInput, KafkaInputConfig, KafkaSource,
 };
+pub use client::{
+    client_config, ensure_topic, partition_count, DEFAULT_GROUP, MAX_MESSAGE_BYTES, SETUP_TIMEOUT,
+};
 pub use offsets::OffsetBook;
-pub use producer::{result_hook, Outbox, OutboxStats, ResultTopics};
 
 /// The alert topic when none is named.
 pub const DEFAULT_ALERTS_TOPIC: &str = "anomaly-alerts";
-
-/// The consumer group when none is named.
-pub const DEFAULT_GROUP: &str = "tidewatch";
-
-/// How long set-up calls to the broker (metadata, offsets, topic creation) may take.
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Largest message produced or fetched: a 25,000-feature frame is about 0.3 MB as gzip
-/// JSON and 0.9 MB plain, over librdkafka's 1 MB default.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// `tidewatch serve`'s Kafka flags, each with its environment variable.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -156,80 +141,6 @@ impl KafkaArgs {
                 .filter(|t| !t.is_empty())
                 .map(String::from),
         }
-    }
-}
-
-/// A client configuration for `brokers` with the settings every tidewatch client shares.
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        // librdkafka's logs go through `log` into tracing; errors also come back as
-        // results, so its own log lines are kept to warnings.
-        .set("log_level", "4")
-        .set("socket.keepalive.enable", "true");
-    c
-}
-
-/// The number of partitions of `topic`, or `None` if the broker does not know it.
-pub fn partition_count(brokers: &str, topic: &str) -> anyhow::Result<Option<usize>> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .context("creating a Kafka client")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), SETUP_TIMEOUT)
-        .with_context(|| format!("reading metadata of topic {topic} from {brokers}"))?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(None);
-    };
-    match t.error() {
-        None => Ok(Some(t.partitions().len()).filter(|&n| n > 0)),
-        Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
-            Ok(None)
-        }
-        Some(e) => bail!("topic {topic} on {brokers}: {}", RDKafkaErrorCode::from(e)),
-    }
-}
-
-/// Creates `topic` with `partitions` partitions unless it exists; returns its partition
-/// count (an existing topic keeps its own).
-pub fn ensure_topic(brokers: &str, topic: &str, partitions: usize) -> anyhow::Result<usize> {
-    if let Some(n) = partition_count(brokers, topic)? {
-        return Ok(n);
-    }
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
-        .create()
-        .context("creating a Kafka admin client")?;
-    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(SETUP_TIMEOUT));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime for the admin client")?;
-    let results = runtime
-        .block_on(async {
-            tokio::time::timeout(SETUP_TIMEOUT, admin.create_topics([&new], &opts)).await
-        })
-        .map_err(|_| anyhow::anyhow!("creating topic {topic} on {brokers} timed out"))?
-        .with_context(|| format!("creating topic {topic} on {brokers}"))?;
-    for r in results {
-        match r {
-            Ok(_) => {}
-            // Created meanwhile by someone else: fine.
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => bail!("creating topic {name} on {brokers}: {code}"),
-        }
-    }
-    // The broker may take a moment to serve metadata of a new topic.
-    let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
-    loop {
-        if let Some(n) = partition_count(brokers, topic)? {
-            return Ok(n);
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("topic {topic} was created on {brokers} but does not show in its metadata");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

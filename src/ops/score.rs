@@ -3,47 +3,108 @@ use timely::dataflow::operators::generic::Operator;
 
 use std::sync::Arc;
 
-use super::Stream;
+use super::{Parts, Stream};
 use crate::clock;
-use crate::gpu::{BatchScores, ScoringBackend};
+use crate::detect::{Detector, Scores};
 use crate::stats::{Stage, Stats};
-use crate::types::{Batch, Hit, PartHits, Scored};
+use crate::types::{Batch, Hit, PartHits, Scored, Seq};
 
 /// Scores batches of windows.
 pub trait ScoreOps<'s> {
-    /// Scores every window of every batch with `scorer` (`[B][W][F_part] -> [B][F_part]`):
-    /// a CPU [`crate::model::Scorer`] or a [`ScoringBackend`] (the GPU's thresholds on the
-    /// device and sends only the anomalies on, in [`Scored::compacted`]). Records into
-    /// `stats` how long each call took and (on partition 0, which carries the frames'
-    /// metadata) how long each window waited for it.
-    fn score<S: Into<ScoringBackend>>(self, scorer: S, stats: Arc<Stats>) -> Stream<'s, Scored>;
+    /// What comes out: scores, in the same shape as the input (a stream, or [`Parts`]).
+    type Output;
+
+    /// Scores every window of every batch with `detector` (`[B][W][F_part] ->
+    /// [B][F_part]`), any [`Detector`]: the CPU's one-class SVMs, the GPU's (which
+    /// threshold on the device and send only the anomalies on, in
+    /// [`Scored::compacted`]), or a variant's own. Records into `stats` how long each call
+    /// took.
+    ///
+    /// A stateful detector ([`crate::detect::Needs::stateful`]) must see each window once
+    /// and in frame order; the operator checks that it does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ops::Range;
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use tidewatch::detect::{Detector, Needs, Scores};
+    /// use tidewatch::ops::ScoreOps;
+    /// use tidewatch::stats::Stats;
+    /// use tidewatch::types::Batch;
+    ///
+    /// /// The sum of each window, one feature.
+    /// struct Sum;
+    /// impl Detector for Sum {
+    ///     fn needs(&self) -> Needs { Needs { window: 3, stride: None, stateful: false } }
+    ///     fn features(&self) -> Range<usize> { 4..5 }
+    ///     fn score(&mut self, windows: &[f32]) -> Scores {
+    ///         Scores::All(windows.chunks(3).map(|w| w.iter().sum()).collect())
+    ///     }
+    /// }
+    ///
+    /// let scored = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&scored);
+    /// timely::example(move |scope| {
+    ///     let batch = Batch { seqs: vec![2, 3], data: vec![1.0, 2.0, 3.0, 2.0, 3.0, 4.0], ..Batch::default() };
+    ///     Some(batch)
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .score(Sum, Arc::new(Stats::default()))
+    ///         .inspect(move |s| sink.lock().unwrap().push((s.lo, s.seqs.clone(), s.scores.clone())));
+    /// });
+    /// assert_eq!(*scored.lock().unwrap(), vec![(4, vec![2, 3], vec![6.0, 9.0])]);
+    /// ```
+    fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Self::Output;
+}
+
+impl<'s> ScoreOps<'s> for Parts<'s, Batch> {
+    type Output = Parts<'s, Scored>;
+
+    fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Parts<'s, Scored> {
+        self.map(|s| s.score(detector, stats))
+    }
 }
 
 impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
-    fn score<S: Into<ScoringBackend>>(self, scorer: S, stats: Arc<Stats>) -> Stream<'s, Scored> {
-        let mut scorer = scorer.into();
+    type Output = Stream<'s, Scored>;
+
+    fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Stream<'s, Scored> {
+        let mut detector = detector;
+        let lo = detector.features().start as u32;
+        let stateful = detector.needs().stateful;
         self.unary(Pipeline, "Score", move |_cap, _info| {
+            // the last window scored, for a stateful detector's order check
+            let mut last: Option<Seq> = None;
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
                     let mut session = output.session(&cap);
                     for batch in data {
-                        for mut b in batch.drain(..) {
+                        for b in batch.drain(..) {
+                            if stateful {
+                                for &seq in &b.seqs {
+                                    assert!(
+                                        last.is_none_or(|l| l < seq),
+                                        "a stateful detector got window {seq} after {last:?}: windows must come once, in frame order"
+                                    );
+                                    last = Some(seq);
+                                }
+                            }
                             let began = clock::now_us();
-                            let (scores, compacted) = match scorer.score_batch(&b.data) {
-                                BatchScores::All(scores) => (scores, None),
-                                BatchScores::Compacted(c) => (Vec::new(), Some(c)),
+                            let (scores, compacted) = match detector.score(&b.data) {
+                                Scores::All(scores) => (scores, None),
+                                Scores::Compacted(c) => (Vec::new(), Some(c)),
                             };
                             let done = clock::now_us();
                             stats.record(Stage::Score, done - began);
-                            for m in b.metas.iter_mut().flatten() {
-                                stats.record_since(Stage::Wait, m.entered_us, began);
-                                m.scored_us = done;
-                            }
                             session.give(Scored {
                                 part: b.part,
-                                lo: scorer.lo() as u32,
+                                lo,
                                 seqs: b.seqs,
-                                metas: b.metas,
+                                received_us: b.received_us,
+                                began_us: began,
+                                scored_us: done,
                                 scores,
                                 compacted,
                             });
@@ -57,15 +118,50 @@ impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
 
 /// Turns scores into the features over a threshold.
 pub trait ThresholdOps<'s> {
-    /// One [`PartHits`] per window with at least one score `>= threshold`, and one for
-    /// every window that carries frame metadata (partition 0), so that the merge hears of
+    /// What comes out: reports, in the same shape as the input (a stream, or [`Parts`]).
+    type Output;
+
+    /// One [`PartHits`] per window scored, with the features whose score is
+    /// `>= threshold` (often none), so that the merge hears from every partition about
     /// every scored frame. Batches thresholded on the device ([`Scored::compacted`]) give
     /// the same hits, provided the device's threshold was not above this one (which
-    /// [`crate::runtime::Env::scorer`] ensures: it passes the same threshold).
-    fn threshold(self, threshold: f32) -> Stream<'s, PartHits>;
+    /// [`crate::runtime::Env::ocsvm`] ensures: it passes the same threshold).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use tidewatch::ops::ThresholdOps;
+    /// use tidewatch::types::Scored;
+    ///
+    /// let hits = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&hits);
+    /// timely::example(move |scope| {
+    ///     // two windows of features 10 and 11
+    ///     let scored = Scored { lo: 10, seqs: vec![7, 8], scores: vec![0.1, 2.0, 0.3, 0.2], ..Scored::default() };
+    ///     Some(scored)
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .threshold(0.9)
+    ///         .inspect(move |p| sink.lock().unwrap().push((p.seq, p.hits.len())));
+    /// });
+    /// assert_eq!(*hits.lock().unwrap(), vec![(7, 1), (8, 0)]);
+    /// ```
+    fn threshold(self, threshold: f32) -> Self::Output;
+}
+
+impl<'s> ThresholdOps<'s> for Parts<'s, Scored> {
+    type Output = Parts<'s, PartHits>;
+
+    fn threshold(self, threshold: f32) -> Parts<'s, PartHits> {
+        self.map(|s| s.threshold(threshold))
+    }
 }
 
 impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
+    type Output = Stream<'s, PartHits>;
+
     fn threshold(self, threshold: f32) -> Stream<'s, PartHits> {
         self.unary(Pipeline, "Threshold", move |_cap, _info| {
             move |input, output| {
@@ -85,7 +181,7 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                             }
                             // the device's hits, by window: a cursor over them
                             let mut device_hits = s.compacted.as_ref().map(|c| c.hits.as_slice());
-                            for (i, (seq, meta)) in s.seqs.into_iter().zip(s.metas).enumerate() {
+                            for (i, seq) in s.seqs.into_iter().enumerate() {
                                 let hits: Vec<Hit> = match &mut device_hits {
                                     Some(rest) => {
                                         let n = rest.iter().take_while(|h| h.0 as usize == i).count();
@@ -110,9 +206,12 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                                         .collect(),
                                 };
                                 anomalous += hits.len();
-                                if !hits.is_empty() || meta.is_some() {
-                                    session.give(PartHits { seq, meta, hits });
-                                }
+                                session.give(PartHits {
+                                    seq,
+                                    began_us: s.began_us,
+                                    scored_us: s.scored_us,
+                                    hits,
+                                });
                             }
                             if let Some(log) = log {
                                 log.finish(anomalous);
@@ -127,13 +226,12 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
 
 /// The seed's per-batch log line (latency from receive to inference done, batch size,
 /// anomalous features, resource use), one per scored batch and never per frame. Only
-/// partition 0 logs at info (it carries the frames' metadata, so it knows latencies);
-/// the other partitions log at debug, so -w 16 does not mean 16 lines a frame.
+/// partition 0 logs at info; the other partitions log at debug, so -w 16 does not mean
+/// 16 lines a frame.
 struct BatchLog {
     part: u32,
     size: usize,
-    /// Receive → now over the batch's frames, in ms (partition 0 only: it carries the
-    /// frames' metadata).
+    /// Receive → now over the batch's frames, in ms (when their receive times are known).
     latency_ms: Option<(f64, f64)>,
 }
 
@@ -150,10 +248,10 @@ impl BatchLog {
         }
         let now = crate::clock::now_us();
         let latency_ms = s
-            .metas
+            .received_us
             .iter()
-            .flatten()
-            .map(|m| now.saturating_sub(m.received_us) as f64 / 1000.0)
+            .filter(|&&r| r != 0)
+            .map(|&r| now.saturating_sub(r) as f64 / 1000.0)
             .fold(None, |acc: Option<(f64, f64)>, l| match acc {
                 None => Some((l, l)),
                 Some((lo, hi)) => Some((lo.min(l), hi.max(l))),

@@ -12,7 +12,7 @@ use timely::progress::Antichain;
 use timely::scheduling::{Activator, SyncActivator};
 
 use super::{Stream, Time};
-use crate::source::{FrameSource, Pull, Sequencing};
+use crate::sources::{FrameSource, Pull, Sequencing};
 use crate::stats::{Stage, Stats};
 use crate::types::Frame;
 

@@ -4,7 +4,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{Stream, Time};
+use super::{Parts, Stream, Time};
 use crate::types::{Seq, Slice, Window};
 
 /// Sliding windows over consecutive frames.
@@ -28,15 +28,52 @@ impl WindowConfig {
 
 /// Sliding windows by logical time.
 pub trait WindowOps<'s> {
+    /// What comes out: windows, in the same shape as the input (a stream, or [`Parts`]).
+    type Output;
+
     /// Emits, for every frame at which a window ends, that frame's slice and the W-1
     /// frames before it in seq order as one [`Window`], once the frontier has passed the
     /// frame's seq. Slices may arrive in any order the frontier allows. Seqs need not be
     /// consecutive (frames read by several workers are numbered with gaps): a window is
     /// the W most recent frames, and the stride counts frames, not seqs.
-    fn window(self, cfg: WindowConfig) -> Stream<'s, Window>;
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use tidewatch::ops::{WindowConfig, WindowOps};
+    /// use tidewatch::types::Slice;
+    ///
+    /// let ends = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&ends);
+    /// timely::example(move |scope| {
+    ///     (0..6u64)
+    ///         .map(|seq| Slice { seq, part: 0, received_us: 0, values: vec![seq as f32] })
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .window(WindowConfig { size: 3, stride: 2 })
+    ///         .inspect(move |w| sink.lock().unwrap().push((w.seq, w.data.clone())));
+    /// });
+    /// assert_eq!(
+    ///     *ends.lock().unwrap(),
+    ///     vec![(2, vec![0.0, 1.0, 2.0]), (4, vec![2.0, 3.0, 4.0])]
+    /// );
+    /// ```
+    fn window(self, cfg: WindowConfig) -> Self::Output;
+}
+
+impl<'s> WindowOps<'s> for Parts<'s, Slice> {
+    type Output = Parts<'s, Window>;
+
+    fn window(self, cfg: WindowConfig) -> Parts<'s, Window> {
+        self.map(|s| s.window(cfg))
+    }
 }
 
 impl<'s> WindowOps<'s> for Stream<'s, Slice> {
+    type Output = Stream<'s, Window>;
+
     fn window(self, cfg: WindowConfig) -> Stream<'s, Window> {
         assert!(cfg.size > 0, "window size must be at least 1");
         self.unary_frontier(Pipeline, "Window", move |_cap, _info| {
@@ -81,16 +118,13 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
                             );
                             data.extend_from_slice(&s.values);
                         }
-                        let last = history.back_mut().expect("window is not empty");
+                        let last = history.back().expect("window is not empty");
                         output.session(&cap).give(Window {
                             seq,
                             part: last.part,
-                            meta: last.meta.take(),
+                            received_us: last.received_us,
                             data,
                         });
-                    } else if let Some(last) = history.back_mut() {
-                        // no window ends here: the frame's metadata is not needed later
-                        last.meta = None;
                     }
                 }
             }

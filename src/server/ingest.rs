@@ -17,7 +17,7 @@ use warp::Reply;
 use super::{error_reply, Phase, ServeConfig, Shared};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
-use crate::source::{decode_body, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing};
+use crate::sources::{decode_body, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing};
 use crate::types::{Frame, FrameMeta, Seq};
 
 /// What the client is told to wait before sending again after a 429 or 503, in seconds.

@@ -1,5 +1,5 @@
 //! `tidewatch serve`'s HTTP side: seed 001's ingest endpoint and probes on warp, in front
-//! of a dataflow run by [`crate::runtime::run`], with alerts posted by [`crate::webhook`].
+//! of a dataflow run by [`crate::runtime::run`], with alerts posted by [`crate::sinks::webhook`].
 //!
 //! Threads: the HTTP server and the webhook sender share one tokio runtime (its own, so a
 //! library user's runtime is not involved); frames are decoded on its blocking pool; the
@@ -33,26 +33,13 @@ use warp::{Filter, Rejection, Reply};
 use crate::kafka::{KafkaInput, KafkaReport, KafkaServeConfig, Outbox};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
-use crate::source::{FrameSource, KeyPolicy};
+use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
+use crate::sources::{FrameSource, KeyPolicy};
 use crate::stats::Stats;
-use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
 
+pub use crate::detect::Device;
 pub use ingest::IngestSource;
 pub use listen::{ConnectionCounters, ConnectionLimits};
-
-/// Where scoring runs (`DEFAULT_DEVICE`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The GPU where this build (feature `gpu`) and machine can use one, else the CPU;
-    /// start-up logs which and why.
-    #[default]
-    Auto,
-    /// The GPU; start-up fails if it cannot be used.
-    Cuda,
-    /// The CPU.
-    Cpu,
-}
 
 /// Which model to serve.
 #[derive(Clone, Debug)]
@@ -335,7 +322,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
             config
                 .webhook
                 .as_ref()
-                .map_or(crate::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
+                .map_or(crate::sinks::webhook::CLIENT_BODY_LIMIT, |w| w.body_limit),
             Arc::clone(&shared.stats),
         )),
         _ => None,

@@ -27,7 +27,7 @@ pub(super) struct DeviceFacts {
     note: String,
     /// The GPU scoring uses (name, UUID, compute capability, memory at start-up); the
     /// memory in use now is added per request (`memory_used_bytes`).
-    gpu: Option<crate::gpu::GpuInfo>,
+    gpu: Option<crate::detect::gpu::GpuInfo>,
     /// Where scoring runs, for the dataflow's settings.
     #[serde(skip)]
     device: Device,
@@ -48,12 +48,12 @@ fn visible_gpus() -> usize {
         .unwrap_or(0)
 }
 
-/// Checks that the requested device can score ([`crate::gpu::resolve_for`]): `auto` takes the
+/// Checks that the requested device can score ([`crate::detect::gpu::resolve_for`]): `auto` takes the
 /// GPU when one is usable and says why not otherwise; `cuda` without a usable GPU (or in
 /// a build without the `gpu` feature) is refused rather than silently run elsewhere.
 pub(super) fn resolve_device(requested: Device, model: &Model) -> anyhow::Result<DeviceFacts> {
     let gpus = visible_gpus();
-    let choice = crate::gpu::resolve_for(requested, model)
+    let choice = crate::detect::gpu::resolve_for(requested, model)
         .map_err(|e| anyhow::anyhow!("{e} ({gpus} NVIDIA GPU(s) visible to the kernel)"))?;
     let gpu_used = choice.used == Device::Cuda;
     tracing::info!(
@@ -95,7 +95,7 @@ pub(super) fn ready_facts(
             "provenance": model.meta.provenance,
         },
         "device": device,
-        "dataflow": config.settings.dataflow,
+        "dataflow": config.settings.pipeline.name,
         "inference_batch_size": config.settings.batch_size,
         "workers": config.cluster.peers(),
     })
@@ -115,7 +115,7 @@ pub(super) fn ready(shared: Arc<Shared>) -> warp::reply::Response {
                 "capacity": ready.ingress.capacity(),
                 "queued": ready.ingress.queued(),
             });
-            if let Some(g) = crate::gpu::sample() {
+            if let Some(g) = crate::detect::gpu::sample() {
                 body["device"]["memory_used_bytes"] = g.memory_used_bytes.into();
                 body["device"]["memory_total_bytes"] = g.memory_total_bytes.into();
             }

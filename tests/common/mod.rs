@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use tidewatch::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance, RffMeta};
-use tidewatch::source::{FrameSource, Pull};
+use tidewatch::sources::{FrameSource, Pull};
 use tidewatch::types::{Frame, FrameMeta};
 
 /// A deterministic pseudo-random stream in [-1, 1) (no dependency on rand's versions).

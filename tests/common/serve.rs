@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tidewatch::alert::{check_like_client, Refusal};
 use tidewatch::model::Model;
 use tidewatch::runtime::SinkSpec;
 use tidewatch::server::{self, ModelSpec, ServeConfig, ServerHandle};
+use tidewatch::sinks::alert::{check_like_client, Refusal};
+use tidewatch::sinks::webhook::WebhookConfig;
 use tidewatch::types::FrameResult;
-use tidewatch::webhook::WebhookConfig;
 use warp::Filter;
 
 /// Generous: only failures wait this long.
@@ -168,7 +168,7 @@ pub fn config(
     c.addr = "127.0.0.1:0".parse().unwrap();
     c.settings.threshold = Some(-1e30);
     c.webhook = Some(WebhookConfig {
-        url: tidewatch::webhook::join_url(alert_base, "/api/v1/alert"),
+        url: tidewatch::sinks::webhook::join_url(alert_base, "/api/v1/alert"),
         timeout: Duration::from_secs(5),
         max_retries: 3,
         initial_delay: Duration::from_millis(50),

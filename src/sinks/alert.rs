@@ -2,8 +2,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
 
+use crate::clock;
 use crate::types::FrameResult;
 
 /// The most features an alert lists by default: about 40 bytes each, so 2,000 stay well
@@ -111,6 +113,49 @@ pub fn check_like_client(
 pub fn iso_ms(ms: i64) -> String {
     let ms = ms.clamp(0, 253_402_300_799_999) as u64;
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The body posted for an anomalous frame: the contract's alert plus the end-to-end
+/// latency (extra fields are ignored by the client).
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertBody {
+    /// The contract's fields and the frame's identity (seq, id, receive time).
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// From receiving the frame to its verdict, in milliseconds.
+    pub latency_ms: f64,
+    /// The process's run id ([`clock::run_id`]): with `seq`, names the frame across
+    /// restarts (a receiver can use the pair as an idempotency key).
+    pub run_id: &'static str,
+}
+
+impl AlertBody {
+    /// The serialized body for `result`, listing at most `max_features` features and at
+    /// most `limit` bytes long: features are dropped from the end of the list (the lowest
+    /// scores) until it fits. `num_anomalous_features` keeps the true count.
+    pub fn encode(
+        result: &FrameResult,
+        latency_ms: f64,
+        max_features: usize,
+        limit: usize,
+    ) -> Bytes {
+        let mut body = AlertBody {
+            alert: Alert::new(result, max_features),
+            latency_ms,
+            run_id: clock::run_id(),
+        };
+        loop {
+            let bytes = serde_json::to_vec(&body).expect("alert bodies serialize");
+            let n = body.alert.anomalous_features.len();
+            if bytes.len() <= limit || n == 0 {
+                return Bytes::from(bytes);
+            }
+            // Shrink in proportion to the excess; the lengths of score texts vary, so
+            // check again rather than trust one estimate.
+            let keep = (n as f64 * limit as f64 / bytes.len() as f64) as usize;
+            body.alert.anomalous_features.truncate(keep.min(n - 1));
+        }
+    }
 }
 
 #[cfg(test)]

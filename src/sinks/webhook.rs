@@ -23,9 +23,9 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::alert::Alert;
 use crate::clock;
-use crate::runtime::ResultHook;
+use crate::sinks::alert::AlertBody;
+use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
 
@@ -78,7 +78,7 @@ impl Default for WebhookConfig {
             queue: 1024,
             dead_letter: PathBuf::from("tidewatch-dead-letter.jsonl"),
             body_limit: CLIENT_BODY_LIMIT,
-            max_features: crate::alert::DEFAULT_MAX_FEATURES,
+            max_features: crate::sinks::alert::DEFAULT_MAX_FEATURES,
             drain_timeout: Duration::from_secs(30),
             stats: Arc::default(),
         }
@@ -90,49 +90,6 @@ pub fn join_url(base: &str, endpoint: &str) -> String {
     let base = base.trim_end_matches('/');
     let endpoint = endpoint.trim_start_matches('/');
     format!("{base}/{endpoint}")
-}
-
-/// The body posted for an anomalous frame: the contract's alert plus the end-to-end
-/// latency (extra fields are ignored by the client).
-#[derive(Clone, Debug, Serialize)]
-pub struct AlertBody {
-    /// The contract's fields and the frame's identity (seq, id, receive time).
-    #[serde(flatten)]
-    pub alert: Alert,
-    /// From receiving the frame to its verdict, in milliseconds.
-    pub latency_ms: f64,
-    /// The process's run id ([`clock::run_id`]): with `seq`, names the frame across
-    /// restarts (a receiver can use the pair as an idempotency key).
-    pub run_id: &'static str,
-}
-
-impl AlertBody {
-    /// The serialized body for `result`, listing at most `max_features` features and at
-    /// most `limit` bytes long: features are dropped from the end of the list (the lowest
-    /// scores) until it fits. `num_anomalous_features` keeps the true count.
-    pub fn encode(
-        result: &FrameResult,
-        latency_ms: f64,
-        max_features: usize,
-        limit: usize,
-    ) -> Bytes {
-        let mut body = AlertBody {
-            alert: Alert::new(result, max_features),
-            latency_ms,
-            run_id: clock::run_id(),
-        };
-        loop {
-            let bytes = serde_json::to_vec(&body).expect("alert bodies serialize");
-            let n = body.alert.anomalous_features.len();
-            if bytes.len() <= limit || n == 0 {
-                return Bytes::from(bytes);
-            }
-            // Shrink in proportion to the excess; the lengths of score texts vary, so
-            // check again rather than trust one estimate.
-            let keep = (n as f64 * limit as f64 / bytes.len() as f64) as usize;
-            body.alert.anomalous_features.truncate(keep.min(n - 1));
-        }
-    }
 }
 
 /// The delay before retry number `retry` (1 for the first): `initial · 2^(retry-1)`, at most
@@ -216,7 +173,7 @@ impl Shared {
         );
         let line = format!(
             "{{\"dead_lettered_at\":{},\"url\":{},\"seq\":{seq},\"attempts\":{attempts},\"last_error\":{},\"alert\":{}}}\n",
-            json_string(&crate::alert::iso_ms(clock::unix_ms())),
+            json_string(&crate::sinks::alert::iso_ms(clock::unix_ms())),
             json_string(&self.config.url),
             json_string(last_error),
             String::from_utf8_lossy(body),
@@ -522,7 +479,7 @@ fn log_anomaly(job: &Job) {
     tracing::info!(
         seq = r.seq,
         id = r.meta.id.as_deref(),
-        timestamp = %crate::alert::iso_ms(r.meta.event_ms.unwrap_or(r.meta.received_ms)),
+        timestamp = %crate::sinks::alert::iso_ms(r.meta.event_ms.unwrap_or(r.meta.received_ms)),
         num_anomalous_features = r.hits.len(),
         top_scores = %format!("[{top_scores}]"),
         latency_ms = job.latency_ms,

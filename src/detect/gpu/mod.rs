@@ -1,5 +1,5 @@
-//! Where scoring runs: choosing the device (`DEFAULT_DEVICE=auto|cuda|cpu`), the scoring
-//! backend a worker's score operator uses, and GPU telemetry for the metrics.
+//! Where scoring runs: choosing the device (`DEFAULT_DEVICE=auto|cuda|cpu`), the GPU's
+//! one-class SVM detector (`GpuOcSvm`, feature `gpu`), and GPU telemetry for the metrics.
 //!
 //! The GPU scorer (feature `gpu`) runs CUDA kernels ([`KERNELS`], compiled at start-up with
 //! NVRTC) through `cudarc`, loading the driver and NVRTC at run time: a `gpu` build needs
@@ -14,21 +14,21 @@ mod telemetry;
 #[cfg(feature = "gpu")]
 pub use cuda::{compile_kernels, compile_kernels_cubin, GpuScorer};
 
+#[cfg(feature = "gpu")]
 use std::ops::Range;
 
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::model::{Model, Scorer};
-use crate::server::Device;
-use crate::types::Compacted;
+use crate::detect::Device;
+use crate::model::Model;
 
 /// The CUDA C source of the scoring kernels.
 pub const KERNELS: &str = include_str!("kernels.cu");
 
 /// Why a build without the `gpu` feature cannot use a GPU.
 #[cfg(not(feature = "gpu"))]
-const NO_GPU_BUILD: &str =
+pub(super) const NO_GPU_BUILD: &str =
     "this build has no GPU support (built without the `gpu` feature: cargo build --features gpu)";
 
 /// The GPU scoring would run on.
@@ -147,93 +147,49 @@ fn device_name(d: Device) -> &'static str {
     }
 }
 
-/// One worker's scorer: the CPU's, or the GPU's (which thresholds on the device).
-pub enum ScoringBackend {
-    /// [`Scorer`] on this worker's thread.
-    Cpu(Scorer),
-    /// [`GpuScorer`] on this worker's own CUDA stream.
-    #[cfg(feature = "gpu")]
-    Cuda(Box<GpuScorer>),
+/// The one-class SVM (linear or kernel) on this worker's own CUDA stream: the
+/// [`super::Detector`] for a GPU, scoring as [`GpuScorer`] does and bringing back only
+/// the scores at its threshold and over.
+#[cfg(feature = "gpu")]
+pub struct GpuOcSvm {
+    scorer: GpuScorer,
 }
 
-/// What a backend made of one batch.
-pub enum BatchScores {
-    /// Every score, `[B][F_part]`.
-    All(Vec<f32>),
-    /// The anomalies alone, thresholded on the device.
-    Compacted(Compacted),
-}
-
-impl ScoringBackend {
-    /// The backend `device` ([`DeviceChoice::used`]) calls for, for features `range` of
-    /// `model`; the GPU one keeps the anomalies at `threshold` and over.
-    pub fn new(
-        device: Device,
-        model: &Model,
-        range: Range<usize>,
-        threshold: f32,
-    ) -> anyhow::Result<ScoringBackend> {
-        match device {
-            Device::Cpu => Ok(ScoringBackend::Cpu(Scorer::new(model, range))),
-            // More workers than features leaves some with none: nothing to put on a GPU
-            // (and the driver refuses empty allocations).
-            Device::Cuda if range.is_empty() => Ok(ScoringBackend::Cpu(Scorer::new(model, range))),
-            #[cfg(feature = "gpu")]
-            Device::Cuda => Ok(ScoringBackend::Cuda(Box::new(GpuScorer::new(
-                model, range, threshold,
-            )?))),
-            #[cfg(not(feature = "gpu"))]
-            Device::Cuda => {
-                let _ = threshold;
-                bail!("{NO_GPU_BUILD}")
-            }
-            Device::Auto => bail!("the device must be resolved (gpu::resolve) before scoring"),
-        }
-    }
-
-    /// Global index of the first feature scored.
-    pub fn lo(&self) -> usize {
-        match self {
-            ScoringBackend::Cpu(s) => s.lo(),
-            #[cfg(feature = "gpu")]
-            ScoringBackend::Cuda(s) => s.lo(),
-        }
-    }
-
-    /// Number of features scored.
-    pub fn width(&self) -> usize {
-        match self {
-            ScoringBackend::Cpu(s) => s.width(),
-            #[cfg(feature = "gpu")]
-            ScoringBackend::Cuda(s) => s.width(),
-        }
-    }
-
-    /// Scores a batch `[B][W][F_part]`. A GPU failure mid-run (a lost device) is not
-    /// recoverable here: the worker panics with the driver's error, and the run reports it.
-    pub fn score_batch(&mut self, windows: &[f32]) -> BatchScores {
-        match self {
-            ScoringBackend::Cpu(s) => {
-                let b = windows
-                    .len()
-                    .checked_div(s.window() * s.width())
-                    .unwrap_or(0);
-                let mut scores = vec![0f32; b * s.width()];
-                s.score(windows, &mut scores);
-                BatchScores::All(scores)
-            }
-            #[cfg(feature = "gpu")]
-            ScoringBackend::Cuda(s) => match s.score_compacted(windows) {
-                Ok(c) => BatchScores::Compacted(c),
-                Err(e) => panic!("GPU scoring of features {}..: {e:#}", s.lo()),
-            },
-        }
+#[cfg(feature = "gpu")]
+impl GpuOcSvm {
+    /// The detector for features `range` of `model`, keeping the scores `>= threshold`.
+    pub fn new(model: &Model, range: Range<usize>, threshold: f32) -> anyhow::Result<GpuOcSvm> {
+        Ok(GpuOcSvm {
+            scorer: GpuScorer::new(model, range, threshold)?,
+        })
     }
 }
 
-impl From<Scorer> for ScoringBackend {
-    fn from(s: Scorer) -> Self {
-        ScoringBackend::Cpu(s)
+#[cfg(feature = "gpu")]
+impl super::Detector for GpuOcSvm {
+    fn needs(&self) -> super::Needs {
+        super::Needs {
+            window: self.scorer.window(),
+            stride: None,
+            stateful: false,
+        }
+    }
+
+    fn features(&self) -> Range<usize> {
+        self.scorer.lo()..self.scorer.lo() + self.scorer.width()
+    }
+
+    /// A GPU failure mid-run (a lost device) is not recoverable here: the worker panics
+    /// with the driver's error, and the run reports it.
+    fn score(&mut self, windows: &[f32]) -> super::Scores {
+        match self.scorer.score_compacted(windows) {
+            Ok(c) => super::Scores::Compacted(c),
+            Err(e) => panic!("GPU scoring of features {}..: {e:#}", self.scorer.lo()),
+        }
+    }
+
+    fn device(&self) -> Device {
+        Device::Cuda
     }
 }
 

@@ -8,6 +8,8 @@ use crate::types::Frame;
 pub mod decode;
 pub mod file;
 pub mod generator;
+pub mod kafka;
+pub mod ring;
 
 pub use decode::{
     decode_body, decode_frame, inflate_if_gzip, with_inflated, DecodeError, Decoded, KeyPolicy,

@@ -15,10 +15,10 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::{binary, client_config, ensure_topic, MAX_MESSAGE_BYTES};
 use crate::clock;
-use crate::commands::loadgen::{client_json, LoadReport, Percentiles};
-use crate::source::{Generator, GeneratorConfig};
+use crate::kafka::{binary, client_config, ensure_topic, MAX_MESSAGE_BYTES};
+use crate::load::{client_json, LoadReport, Percentiles};
+use crate::sources::{Generator, GeneratorConfig};
 
 /// How frames are written into messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -259,7 +259,7 @@ mod tests {
     use super::*;
     use crate::kafka::decode_message;
     use crate::model::FeatureIndex;
-    use crate::source::KeyPolicy;
+    use crate::sources::KeyPolicy;
 
     #[test]
     fn every_format_decodes_to_the_generated_values() {

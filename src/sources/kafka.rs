@@ -15,13 +15,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::binary;
-use super::offsets::OffsetBook;
-use super::producer::Outbox;
-use super::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
 use crate::clock;
+use crate::kafka::binary;
+use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
+use crate::kafka::offsets::OffsetBook;
 use crate::model::FeatureIndex;
-use crate::source::{
+use crate::sinks::kafka::Outbox;
+use crate::sources::{
     decode_frame, with_inflated, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
 };
 use crate::types::{Frame, FrameMeta};
@@ -83,12 +83,12 @@ pub struct KafkaInputConfig {
 }
 
 impl KafkaInputConfig {
-    /// Defaults for `topic` on `brokers`, group [`super::DEFAULT_GROUP`].
+    /// Defaults for `topic` on `brokers`, group [`crate::kafka::client::DEFAULT_GROUP`].
     pub fn new(brokers: &str, topic: &str) -> KafkaInputConfig {
         KafkaInputConfig {
             brokers: brokers.to_string(),
             topic: topic.to_string(),
-            group: super::DEFAULT_GROUP.to_string(),
+            group: crate::kafka::client::DEFAULT_GROUP.to_string(),
             dead_letter_topic: None,
             rewind: 0,
             until_end: false,
@@ -626,7 +626,7 @@ impl FrameSource for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::load::{produce, ProduceSpec};
+    use crate::load::kafka::{produce, ProduceSpec};
     use rdkafka::mocking::MockCluster;
 
     fn frame_json(k: u64) -> Vec<u8> {

@@ -2,7 +2,9 @@
 //! features as compact JSON, gzip, `Content-Type: application/x-www-form-urlencoded`, no
 //! `Content-Encoding`, keep-alive) at a fixed rate or as fast as the server answers, and
 //! reports status counts and latency percentiles. With `--kafka`, it produces the
-//! frames to a Kafka topic instead (see [`crate::kafka::load`]).
+//! frames to a Kafka topic instead (see [`kafka`]).
+
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,8 +18,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::SyntheticArgs;
-use crate::source::{Generator, GeneratorConfig};
+use crate::commands::SyntheticArgs;
+use crate::sources::{Generator, GeneratorConfig};
 
 /// Flags of `tidewatch loadgen`.
 #[derive(clap::Args, Clone, Debug)]
@@ -68,7 +70,7 @@ pub struct LoadgenArgs {
     /// --kafka: message format: the client's JSON gzip-compressed, plain, or tidewatch's
     /// binary frame.
     #[arg(long, value_enum, default_value = "gzip")]
-    pub kafka_format: crate::kafka::load::WireFormat,
+    pub kafka_format: crate::load::kafka::WireFormat,
     /// --kafka: frame ids (JSON `"id"`, binary header, message key) are this prefix and
     /// the frame number.
     #[arg(long, default_value = "frame-")]
@@ -92,7 +94,7 @@ impl LoadgenArgs {
             kafka: None,
             kafka_topic: "tidewatch-frames".to_string(),
             kafka_partitions: 4,
-            kafka_format: crate::kafka::load::WireFormat::Gzip,
+            kafka_format: crate::load::kafka::WireFormat::Gzip,
             id_prefix: "frame-".to_string(),
         }
     }
@@ -197,7 +199,7 @@ pub fn run(args: &LoadgenArgs) -> anyhow::Result<()> {
 
 /// `loadgen --kafka`: the same frames, one message each, keyed by frame id.
 fn run_kafka(args: &LoadgenArgs, brokers: &str) -> anyhow::Result<LoadReport> {
-    use crate::kafka::load::{produce, MessageEncoder, ProduceSpec};
+    use crate::load::kafka::{produce, MessageEncoder, ProduceSpec};
     check(args)?;
     let mut encoder = MessageEncoder::new(
         args.synthetic.config(args.features),

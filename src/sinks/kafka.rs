@@ -18,13 +18,12 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 
-use super::{client_config, MAX_MESSAGE_BYTES};
-use crate::alert::Alert;
 use crate::clock;
-use crate::runtime::ResultHook;
+use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES};
+use crate::sinks::alert::{Alert, AlertBody};
+use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
-use crate::webhook::AlertBody;
 
 /// Messages waiting in the producer at most; past it a message is refused (counted and
 /// logged as an error) rather than a worker waiting.

@@ -1,0 +1,144 @@
+//! Detection: the [`Detector`] contract between the score operator and whatever turns
+//! windows into anomaly scores, its implementations, and where they run.
+//!
+//! The contract is small, in the manner of differential dataflow's `PrefixExtender`: a
+//! detector says what it needs ([`Needs`]: window length, stride, whether it keeps state)
+//! and scores a batch of windows of one feature partition. The score operator
+//! ([`crate::ops::ScoreOps`]) composes any implementation, so a new detector is a new
+//! type here (or in a variant's own file), and neither the operator nor [`gpu`] changes.
+//!
+//! - [`LinearOcSvm`] and [`RffOcSvm`]: seed 001's feature-wise one-class SVM and its
+//!   kernel (random Fourier features) form, from a trained [`crate::model::Model`].
+//! - [`gpu`]: the same two on an NVIDIA GPU (feature `gpu`), thresholded on the device.
+//! - [`Ewma`]: a per-feature exponentially weighted mean and variance, scoring each
+//!   frame's z-score; needs no trained model, keeps state per feature.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::types::Compacted;
+
+mod ewma;
+pub mod gpu;
+mod ocsvm;
+
+pub use ewma::{Ewma, EwmaConfig};
+pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
+
+/// Where scoring runs (`DEFAULT_DEVICE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The GPU where this build (feature `gpu`) and machine can use one, else the CPU;
+    /// start-up logs which and why.
+    #[default]
+    Auto,
+    /// The GPU; start-up fails if it cannot be used.
+    Cuda,
+    /// The CPU.
+    Cpu,
+}
+
+/// What a detector needs from the stages in front of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// Frames per window (W): every window it scores holds this many.
+    pub window: usize,
+    /// Frames between the ends of consecutive windows it expects; `None`: any stride.
+    pub stride: Option<usize>,
+    /// Whether a score depends on the windows scored before it (state per feature): such
+    /// a detector must see each of its partition's windows once, in frame order, which
+    /// the score operator checks.
+    pub stateful: bool,
+}
+
+/// What a detector made of one batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scores {
+    /// Every score, `[B][F_part]`.
+    All(Vec<f32>),
+    /// The scores at or over a threshold alone, picked out where they were computed (the
+    /// GPU), so that only they came back.
+    Compacted(Compacted),
+}
+
+/// Turns windows of one feature partition into anomaly scores (higher: more anomalous).
+///
+/// One detector per worker scores that worker's features ([`Detector::features`]),
+/// a batch at a time: `[B][W][F_part] -> [B][F_part]`. It is called once per batch,
+/// never per value, so a boxed `dyn Detector` costs nothing measurable.
+///
+/// # Examples
+///
+/// A detector that scores the last value of each window, composed by the score operator
+/// like any other:
+///
+/// ```
+/// use std::ops::Range;
+/// use std::sync::{Arc, Mutex};
+/// use timely::dataflow::operators::{Inspect, ToStream};
+/// use tidewatch::detect::{Detector, Needs, Scores};
+/// use tidewatch::ops::ScoreOps;
+/// use tidewatch::stats::Stats;
+/// use tidewatch::types::Batch;
+///
+/// struct Last;
+/// impl Detector for Last {
+///     fn needs(&self) -> Needs {
+///         Needs { window: 2, stride: None, stateful: false }
+///     }
+///     fn features(&self) -> Range<usize> {
+///         0..1
+///     }
+///     fn score(&mut self, windows: &[f32]) -> Scores {
+///         Scores::All(windows.chunks(2).map(|w| w[1]).collect())
+///     }
+/// }
+///
+/// let scores = Arc::new(Mutex::new(Vec::new()));
+/// let seen = Arc::clone(&scores);
+/// timely::example(move |scope| {
+///     let batch = Batch { part: 0, seqs: vec![1, 2], data: vec![0.0, 1.0, 1.0, 7.0], ..Batch::default() };
+///     Some(batch)
+///         .to_stream(scope)
+///         .container::<Vec<_>>()
+///         .score(Last, Arc::new(Stats::default()))
+///         .inspect(move |s| seen.lock().unwrap().extend(s.scores.clone()));
+/// });
+/// assert_eq!(*scores.lock().unwrap(), vec![1.0, 7.0]);
+/// ```
+pub trait Detector: Send {
+    /// The windows it scores: their length, stride, and whether it keeps state.
+    fn needs(&self) -> Needs;
+
+    /// The global (model) features it scores, contiguous: its worker's partition.
+    fn features(&self) -> Range<usize>;
+
+    /// Scores a batch of windows `[B][W][F_part]` (`F_part` = the width of
+    /// [`Detector::features`]), each window oldest frame first.
+    fn score(&mut self, windows: &[f32]) -> Scores;
+
+    /// Where it computes: [`Device::Cpu`] unless it runs on a GPU.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+impl<D: Detector + ?Sized> Detector for Box<D> {
+    fn needs(&self) -> Needs {
+        (**self).needs()
+    }
+
+    fn features(&self) -> Range<usize> {
+        (**self).features()
+    }
+
+    fn score(&mut self, windows: &[f32]) -> Scores {
+        (**self).score(windows)
+    }
+
+    fn device(&self) -> Device {
+        (**self).device()
+    }
+}
