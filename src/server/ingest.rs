@@ -2,10 +2,8 @@
 //! threads, number the frame and queue it for worker 0, all without ever waiting for the
 //! dataflow.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -17,26 +15,22 @@ use warp::Reply;
 use super::{error_reply, Phase, ServeConfig, Shared};
 use crate::clock;
 use crate::model::{FeatureIndex, Model};
-use crate::sources::{decode_body, DecodeError, FrameSource, KeyPolicy, Pull, Sequencing};
+use crate::sources::http::{IngestQueue, IngestSource, Refusal};
+use crate::sources::{decode_body, DecodeError, KeyPolicy};
 use crate::types::{Frame, FrameMeta, Seq};
 
 /// What the client is told to wait before sending again after a 429 or 503, in seconds.
 const RETRY_AFTER_S: &str = "1";
 
-/// The ingest side of the queue, shared by all handlers.
+/// The ingest side of the queue, shared by all handlers: the limits on bodies and
+/// decoding, around the queue itself (a source, in `sources/http.rs`).
 pub(super) struct Ingress {
     index: Arc<FeatureIndex>,
     policy: KeyPolicy,
     max_body: usize,
     max_inflated: usize,
-    capacity: usize,
-    /// Frames queued and not yet pulled by the dataflow (the channel does not say).
-    queued: Arc<AtomicUsize>,
-    /// Numbering and sending under one lock, so that frames enter the queue in seq order
-    /// (the source requires increasing seqs) and a refused frame uses up no seq.
-    queue: Mutex<Option<Queue>>,
-    /// Wakes worker 0 for each frame queued and when the queue closes.
-    doorbell: Arc<Doorbell>,
+    /// Numbers frames and queues them for worker 0; closed when `Ingress` is dropped.
+    frames: IngestQueue,
     decode_permits: Semaphore,
     /// Bytes of request bodies held at once (being received or decoded), taken as each
     /// chunk arrives: this bounds the memory of uploads however many clients connect, and,
@@ -56,155 +50,40 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// that sends its headers before its body is ready.
 const BODY_GRACE: Duration = Duration::from_secs(2);
 
-struct Queue {
-    tx: SyncSender<Frame>,
-    next: Seq,
-}
-
-/// The dataflow's waker, once worker 0 has built its source; rung from the handlers.
-#[derive(Default)]
-struct Doorbell(Mutex<Option<Waker>>);
-
-impl Doorbell {
-    fn ring(&self) {
-        if let Some(w) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            w.wake_by_ref();
-        }
-    }
-
-    fn hang(&self, waker: Waker) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
-    }
-}
-
-/// The dataflow side of the ingest queue: worker 0 pulls decoded frames from it.
-pub struct IngestSource {
-    rx: Receiver<Frame>,
-    queued: Arc<AtomicUsize>,
-    doorbell: Arc<Doorbell>,
-}
-
-impl FrameSource for IngestSource {
-    fn pull(&mut self) -> Pull {
-        match self.rx.try_recv() {
-            Ok(frame) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                Pull::Frame(frame)
-            }
-            Err(TryRecvError::Empty) => Pull::Idle,
-            // Only once the queue is empty: every accepted frame is scored.
-            Err(TryRecvError::Disconnected) => Pull::Done,
-        }
-    }
-
-    fn sequencing(&self) -> Sequencing {
-        Sequencing::Assigned
-    }
-
-    /// Frames queued before this are pulled at the source's first activation, which
-    /// every operator gets; later ones ring.
-    fn wake_with(&mut self, waker: Waker) -> bool {
-        self.doorbell.hang(waker);
-        true
-    }
-}
-
 impl Ingress {
     pub(super) fn new(model: &Model, config: &ServeConfig) -> (Arc<Ingress>, IngestSource) {
-        let capacity = config.queue_max_size.max(1);
-        let (tx, rx) = sync_channel(capacity);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let doorbell = Arc::new(Doorbell::default());
+        let (frames, source) = IngestQueue::new(config.queue_max_size);
         let ingress = Arc::new(Ingress {
             index: Arc::new(model.feature_index()),
             policy: config.key_policy,
             max_body: config.max_body_bytes,
             max_inflated: config.max_inflated_bytes,
-            capacity,
-            queued: Arc::clone(&queued),
-            queue: Mutex::new(Some(Queue { tx, next: 0 })),
-            doorbell: Arc::clone(&doorbell),
+            frames,
             decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
             upload_bytes: Arc::new(Semaphore::new(config.upload_buffer_bytes.max(1))),
             upload_budget: config.upload_buffer_bytes.max(1),
             min_body_rate: config.min_body_rate,
         });
-        let source = IngestSource {
-            rx,
-            queued,
-            doorbell,
-        };
         (ingress, source)
     }
 
     /// Closes the queue: later frames are refused (503); the dataflow finishes what was
     /// queued and then sees the end of its input.
     pub(super) fn close(&self) {
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if queue.is_some() {
-            // Rung once the sender is gone, so that the source, woken, sees the end.
-            drop(queue);
-            self.doorbell.ring();
-        }
+        self.frames.close();
     }
 
     pub(super) fn capacity(&self) -> usize {
-        self.capacity
+        self.frames.capacity()
     }
 
     pub(super) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.frames.queued()
     }
 
     fn is_full(&self) -> bool {
-        self.queued() >= self.capacity
+        self.frames.is_full()
     }
-
-    /// Numbers `frame`, queues it and wakes the dataflow; `Err` says why it was refused.
-    fn enqueue(&self, frame: Frame) -> Result<Seq, Refusal> {
-        let seq = self.send(frame)?;
-        self.doorbell.ring();
-        Ok(seq)
-    }
-
-    fn send(&self, mut frame: Frame) -> Result<Seq, Refusal> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(q) = queue.as_mut() else {
-            return Err(Refusal::Closed);
-        };
-        frame.seq = q.next;
-        // Counted before sending, so the source's decrement can never come first.
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        match q.tx.try_send(frame) {
-            Ok(()) => {
-                q.next += 1;
-                Ok(q.next - 1)
-            }
-            Err(e) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => Refusal::Full,
-                    TrySendError::Disconnected(_) => Refusal::Closed,
-                })
-            }
-        }
-    }
-}
-
-impl Drop for Ingress {
-    /// Dropped without [`Ingress::close`] (the server never became ready), the queue still
-    /// ends, and the source must hear of it.
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-enum Refusal {
-    Full,
-    Closed,
-    /// The handler was dropped (its client went away) while the frame was decoded: never
-    /// answered.
-    Abandoned,
 }
 
 /// Marks a handler gone when dropped, so that the decoding thread does not queue a frame
@@ -326,10 +205,12 @@ where
             },
             values,
         };
+        // The handler was dropped (its client went away) while the frame was decoded:
+        // never answered, so not queued.
         if gone.load(Ordering::Relaxed) {
-            return Ok(Err(Refusal::Abandoned));
+            return Ok(None);
         }
-        Ok::<_, DecodeError>(queue.enqueue(frame))
+        Ok::<_, DecodeError>(Some(queue.frames.enqueue(frame)))
     })
     .await;
     drop(permit);
@@ -352,10 +233,11 @@ where
             ));
         }
     };
-    queued.map_err(|r| match r {
-        Refusal::Full => queue_full(ingress),
-        Refusal::Closed | Refusal::Abandoned => unavailable("shutting down"),
-    })
+    match queued {
+        Some(Ok(seq)) => Ok(seq),
+        Some(Err(Refusal::Full)) => Err(queue_full(ingress)),
+        Some(Err(Refusal::Closed)) | None => Err(unavailable("shutting down")),
+    }
 }
 
 /// gzip is recognised by its magic bytes whatever the headers say; an encoding we cannot
@@ -495,7 +377,7 @@ fn queue_full(ingress: &Ingress) -> warp::reply::Response {
         &format!(
             "the queue is full ({} of {} frames waiting to be scored); retry later",
             ingress.queued(),
-            ingress.capacity
+            ingress.capacity()
         ),
     );
     resp.headers_mut()

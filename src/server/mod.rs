@@ -34,11 +34,11 @@ use crate::kafka::{KafkaInput, KafkaReport, KafkaServeConfig, Outbox};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
 use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
+use crate::sources::http::IngestSource;
 use crate::sources::{FrameSource, KeyPolicy};
 use crate::stats::Stats;
 
 pub use crate::detect::Device;
-pub use ingest::IngestSource;
 pub use listen::{ConnectionCounters, ConnectionLimits};
 
 /// Which model to serve.
@@ -481,11 +481,7 @@ fn kafka_factory(
 }
 
 /// Frames from `POST /data-enqueue`, read by worker 0; ready once it has taken the queue.
-fn http_factory(
-    source: ingest::IngestSource,
-    shared: &Arc<Shared>,
-    ready: Arc<Ready>,
-) -> SourceFactory {
+fn http_factory(source: IngestSource, shared: &Arc<Shared>, ready: Arc<Ready>) -> SourceFactory {
     let slot = Mutex::new(Some(source));
     let factory_shared = Arc::clone(shared);
     runtime::on_worker_zero(move || {

@@ -8,6 +8,7 @@ use crate::types::Frame;
 pub mod decode;
 pub mod file;
 pub mod generator;
+pub mod http;
 pub mod kafka;
 pub mod ring;
 
