@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::kafka::DEFAULT_GROUP;
 use crate::model::Model;
 use crate::runtime::{ClusterArgs, Settings, SinkSpec};
+use crate::server::kafka::KafkaServeConfig;
 use crate::server::{ModelSpec, ServeConfig};
+use crate::sinks::kafka::ResultTopics;
 use crate::sinks::webhook::{join_url, WebhookConfig, CLIENT_BODY_LIMIT};
+use crate::sources::kafka::KafkaInputConfig;
 use crate::sources::{KeyPolicy, MissingKeys, UnknownKeys};
 
 /// Loads `.env` from the current directory (or the nearest parent that has one) into the
@@ -140,7 +144,7 @@ pub struct ServeArgs {
     pub http_threads: usize,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kafka: crate::kafka::KafkaArgs,
+    pub kafka: KafkaArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
@@ -229,6 +233,108 @@ impl ServeArgs {
             on_result: None,
         };
         Ok(config)
+    }
+}
+
+/// The alert topic when none is named.
+pub const DEFAULT_ALERTS_TOPIC: &str = "anomaly-alerts";
+
+/// `tidewatch serve`'s Kafka flags, each with its environment variable.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KafkaArgs {
+    /// Read frames from Kafka at these bootstrap brokers (`host:port,...`) instead of
+    /// taking them over HTTP; every worker of every process reads its share of the
+    /// partitions.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic the frames are read from (required with --kafka-brokers).
+    #[arg(long, env = "KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Consumer group whose committed offsets say where reading resumes.
+    #[arg(long, env = "KAFKA_GROUP", default_value = DEFAULT_GROUP)]
+    pub kafka_group: String,
+    /// Messages that do not decode are copied to this topic (they are always logged and
+    /// skipped).
+    #[arg(long, env = "KAFKA_DEAD_LETTER_TOPIC")]
+    pub kafka_dead_letter_topic: Option<String>,
+    /// Topic the alerts go to (the webhook's body, keyed by frame id); empty: none.
+    #[arg(long, env = "ALERTS_KAFKA_TOPIC", default_value = DEFAULT_ALERTS_TOPIC)]
+    pub alerts_kafka_topic: String,
+    /// Topic every frame's verdict goes to, anomalous or not (for downstream storage, as
+    /// seed 003's inference-results), keyed by frame id: the alert body's shape with
+    /// `anomaly_detected` true or false, the count of features over the threshold, and
+    /// those features with their scores (at most --max-alert-features of them).
+    #[arg(long, env = "RESULTS_KAFKA_TOPIC")]
+    pub results_kafka_topic: Option<String>,
+}
+
+impl KafkaArgs {
+    /// Whether Kafka input was asked for.
+    pub fn enabled(&self) -> bool {
+        self.kafka_brokers.is_some()
+    }
+
+    /// Checks that the flags make sense together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let named = |t: &Option<String>| t.as_deref().is_some_and(|s| !s.trim().is_empty());
+        match (&self.kafka_brokers, named(&self.kafka_topic)) {
+            (Some(b), _) if b.trim().is_empty() => bail!("--kafka-brokers is empty"),
+            (Some(_), false) => bail!("--kafka-brokers needs --kafka-topic (the input topic)"),
+            (None, _)
+                if named(&self.kafka_topic)
+                    || self.kafka_dead_letter_topic.is_some()
+                    || self.results_kafka_topic.is_some() =>
+            {
+                bail!("Kafka topics were given but no --kafka-brokers (KAFKA_BROKERS)")
+            }
+            _ => {}
+        }
+        if self.kafka_group.trim().is_empty() {
+            bail!("--kafka-group is empty");
+        }
+        Ok(())
+    }
+
+    /// What `serve` needs for Kafka, or `None` without --kafka-brokers. JSON frames are
+    /// decoded with `key_policy` and inflated up to `max_inflated` bytes, as over HTTP.
+    pub fn to_config(
+        &self,
+        key_policy: KeyPolicy,
+        max_inflated: usize,
+    ) -> anyhow::Result<Option<KafkaServeConfig>> {
+        self.validate()?;
+        let (Some(brokers), Some(topic)) = (&self.kafka_brokers, &self.kafka_topic) else {
+            return Ok(None);
+        };
+        let mut input = KafkaInputConfig::new(brokers.trim(), topic.trim());
+        input.group = self.kafka_group.trim().to_string();
+        input.dead_letter_topic = self
+            .kafka_dead_letter_topic
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from);
+        input.key_policy = key_policy;
+        input.max_inflated = max_inflated;
+        Ok(Some(KafkaServeConfig {
+            input,
+            topics: self.result_topics(),
+        }))
+    }
+
+    /// The output topics these flags name.
+    pub fn result_topics(&self) -> ResultTopics {
+        ResultTopics {
+            alerts: Some(self.alerts_kafka_topic.trim())
+                .filter(|t| !t.is_empty())
+                .map(String::from),
+            results: self
+                .results_kafka_topic
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from),
+        }
     }
 }
 

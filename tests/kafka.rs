@@ -18,10 +18,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use tidewatch::kafka::{binary, client_config, decode_message, partition_count};
+use tidewatch::kafka::{binary, client_config, partition_count};
 use tidewatch::load::client_json;
 use tidewatch::load::kafka::{produce, ProduceSpec};
 use tidewatch::model::FeatureIndex;
+use tidewatch::sources::kafka::decode_message;
 use tidewatch::sources::KeyPolicy;
 use tidewatch::types::Frame;
 

@@ -821,8 +821,8 @@ fn run_kafka(
     ring: Vec<Encoded>,
     probe: Arc<Probe>,
 ) -> anyhow::Result<BenchReport> {
-    use crate::kafka::{KafkaInput, KafkaInputConfig};
     use crate::load::kafka::{produce, ProduceSpec};
+    use crate::sources::kafka::{KafkaInput, KafkaInputConfig};
     if args.cluster.processes > 1 {
         bail!("bench --kafka runs in one process: use -w for more workers");
     }

@@ -61,7 +61,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_kafka(k: &crate::kafka::KafkaReport) {
+fn print_kafka(k: &crate::server::kafka::KafkaReport) {
     let i = &k.input;
     let o = k.output.unwrap_or_default();
     println!(
@@ -108,7 +108,7 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
         "tidewatch serve (process {}): stopped after {:.1} s",
         args.cluster.process, run.seconds
     );
-    print_kafka(&crate::kafka::KafkaReport {
+    print_kafka(&crate::server::kafka::KafkaReport {
         input: input.counters().snapshot(),
         output: outbox.map(|o| o.stats()),
     });
@@ -117,7 +117,7 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
 
 /// Stops `input` on the first SIGINT or SIGTERM, so that the process drains, commits and
 /// exits like process 0 does.
-fn stop_on_signal(input: Arc<crate::kafka::KafkaInput>) -> anyhow::Result<()> {
+fn stop_on_signal(input: Arc<crate::sources::kafka::KafkaInput>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

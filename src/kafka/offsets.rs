@@ -9,9 +9,9 @@
 //! Sinks that write to Kafka from this process hand their messages to a producer, which
 //! confirms them later; each settlement is therefore stamped with a *ticket*, the number
 //! of messages the producer had been given by then, and becomes committable only once the
-//! producer has confirmed every message up to that ticket ([`super::Outbox`]). A crash
-//! between the hand-over and the confirmation then redelivers the frames instead of
-//! losing their alerts.
+//! producer has confirmed every message up to that ticket
+//! ([`crate::sinks::kafka::Outbox`]). A crash between the hand-over and the confirmation
+//! then redelivers the frames instead of losing their alerts.
 
 use std::collections::{BTreeMap, VecDeque};
 

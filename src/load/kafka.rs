@@ -257,8 +257,8 @@ pub fn produce(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::decode_message;
     use crate::model::FeatureIndex;
+    use crate::sources::kafka::decode_message;
     use crate::sources::KeyPolicy;
 
     #[test]

@@ -14,6 +14,7 @@
 //! the dataflow drains and stops, then gives the webhook a bounded time to deliver.
 
 mod ingest;
+pub mod kafka;
 pub mod listen;
 mod probes;
 
@@ -30,13 +31,15 @@ use tokio::sync::{oneshot, watch};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::kafka::{KafkaInput, KafkaReport, KafkaServeConfig, Outbox};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
+use crate::sinks::kafka::Outbox;
 use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
 use crate::sources::http::IngestSource;
+use crate::sources::kafka::KafkaInput;
 use crate::sources::{FrameSource, KeyPolicy};
 use crate::stats::Stats;
+use kafka::{KafkaReport, KafkaServeConfig};
 
 pub use crate::detect::Device;
 pub use listen::{ConnectionCounters, ConnectionLimits};
@@ -315,7 +318,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         None => None,
     };
     let kafka_hook = match (&config.kafka, &outbox) {
-        (Some(k), Some(outbox)) if k.topics.any() => Some(crate::kafka::result_hook(
+        (Some(k), Some(outbox)) if k.topics.any() => Some(crate::sinks::kafka::result_hook(
             Arc::clone(outbox),
             k.topics.clone(),
             config.settings.max_alert_features,

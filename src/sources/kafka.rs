@@ -20,6 +20,7 @@ use crate::kafka::binary;
 use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES, SETUP_TIMEOUT};
 use crate::kafka::offsets::OffsetBook;
 use crate::model::FeatureIndex;
+use crate::runtime::{SourceFactory, WorkerSlot};
 use crate::sinks::kafka::Outbox;
 use crate::sources::{
     decode_frame, with_inflated, Decoded, FrameSource, KeyPolicy, Pull, Sequencing, SourceError,
@@ -620,6 +621,24 @@ impl FrameSource for KafkaSource {
         } else {
             self.commit(false);
         }
+    }
+}
+
+impl KafkaInput {
+    /// A source factory that opens this input on every worker. A worker that cannot open
+    /// it stops the input in this process, so that the run ends and reports the error
+    /// instead of the other workers reading on.
+    pub fn factory(self: &Arc<Self>) -> SourceFactory {
+        let input = Arc::clone(self);
+        Arc::new(
+            move |slot: WorkerSlot| match input.open(slot.index, slot.peers) {
+                Ok(s) => Ok(s.map(|s| Box::new(s) as Box<dyn FrameSource>)),
+                Err(e) => {
+                    input.stop();
+                    Err(e.context(format!("opening the Kafka input on worker {}", slot.index)))
+                }
+            },
+        )
     }
 }
 
