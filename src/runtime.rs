@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,8 @@ use timely::dataflow::{ProbeHandle, Scope};
 use crate::detect::{Detector, Device};
 use crate::layout::Layout;
 use crate::model::Model;
-use crate::ops::{frame_source, Pacing, Progress, SinkOps, StatsOps, Stream, Time, WindowConfig};
+use crate::ops::{frame_source, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
+use crate::sinks::file::AlertLines;
 pub use crate::sinks::{ResultHook, SinkSpec};
 use crate::sources::FrameSource;
 use crate::stats::{StageSummary, Stats, StatsSnapshot};
@@ -508,16 +508,23 @@ pub fn run(
         // still builds the dataflow (with no input), so the other workers see it finish
         // instead of waiting for it forever, and reports the failure afterwards.
         let mut failure = None;
-        let (mut source, mut out) = (None, None);
+        let (mut source, mut lines) = (None, None);
         let outputs = if index == 0 {
-            open_alert_output(&sinks)
+            let path = sinks.alerts_path.as_deref();
+            AlertLines::open(path, sinks.stdout, settings.max_alert_features)
         } else {
             Ok(None)
         };
         match outputs.and_then(|o| Ok((make_source(slot)?, o))) {
-            Ok((s, o)) => (source, out) = (s, o),
+            Ok((s, o)) => (source, lines) = (s, o),
             Err(e) => failure = Some(e),
         }
+        // Only worker 0, where verdicts are merged, calls the sinks: the caller's hook,
+        // then the alert lines.
+        let hook = crate::sinks::combine(
+            sinks.on_result.clone().filter(|_| index == 0),
+            lines.map(AlertLines::hook),
+        );
         let mut env = Env::new(
             Arc::clone(&model),
             Arc::clone(&settings),
@@ -528,17 +535,13 @@ pub fn run(
             let results = build(scope, &mut env)?.count_into(Arc::clone(&env.stats));
             // Every worker of every process must build the same operators (timely tracks
             // progress per operator and peer), whether or not its process has a hook: the
-            // hook operator is always there, and only worker 0, where verdicts are merged,
-            // calls a hook.
-            let hook = sinks.on_result.clone().filter(|_| index == 0);
+            // hook operator is always there, and only worker 0 has hooks to call.
             let results = results.inspect(move |r| {
                 if let Some(h) = &hook {
                     h(r)
                 }
             });
-            env.progress
-                .watch(results)
-                .sink_alert_lines(out, env.settings.max_alert_features);
+            env.progress.watch(results);
             Ok(env.probe().clone())
         })?;
         // Every source, timer and channel wakes the worker when it has work, so it sleeps
@@ -562,18 +565,6 @@ pub fn run(
         stats: stats.snapshot(),
         seconds: started.elapsed().as_secs_f64(),
         latencies: stats.latencies(),
-    })
-}
-
-/// The alert-line writer worker 0 was asked for, if any.
-fn open_alert_output(sinks: &SinkSpec) -> anyhow::Result<Option<Box<dyn Write>>> {
-    Ok(match (&sinks.alerts_path, sinks.stdout) {
-        (Some(path), _) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("creating alert file {}", path.display()))?,
-        ))),
-        (None, true) => Some(Box::new(std::io::stdout())),
-        (None, false) => None,
     })
 }
 

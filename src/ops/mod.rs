@@ -1,5 +1,6 @@
 //! The stages of a tidewatch dataflow, each an extension trait on timely streams, usable
-//! on its own: source → split → window → batch → score → threshold → merge → sinks.
+//! on its own: source → split → window → batch → score → threshold → merge → stats; the
+//! verdicts then go to the sinks (`crate::sinks`), hooks the runtime calls on worker 0.
 //!
 //! Logical time is the frame's sequence number. Operators keep one invariant: a record
 //! about frame `seq` is never stamped with a time later than `seq`, so "the frontier has
@@ -22,7 +23,7 @@ mod window;
 pub use batch::BatchOps;
 pub use merge::MergeOps;
 pub use score::{ScoreOps, ThresholdOps};
-pub use sinks::{SinkOps, StatsOps};
+pub use sinks::StatsOps;
 pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};
 pub use split::SplitOps;
 pub use window::{WindowConfig, WindowOps};

@@ -341,8 +341,8 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
             let _ = stopped.await;
         },
     ));
-    let hook = combine_hooks(
-        combine_hooks(webhook.as_ref().map(Webhook::hook), kafka_hook),
+    let hook = crate::sinks::combine(
+        crate::sinks::combine(webhook.as_ref().map(Webhook::hook), kafka_hook),
         config.sinks.on_result.clone(),
     );
     let dataflow_shared = Arc::clone(&shared);
@@ -380,16 +380,6 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         outbox,
         kafka,
     })
-}
-
-fn combine_hooks(a: Option<ResultHook>, b: Option<ResultHook>) -> Option<ResultHook> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(Arc::new(move |r| {
-            a(r);
-            b(r);
-        })),
-        (a, b) => a.or(b),
-    }
 }
 
 /// On the dataflow thread: loads the model, checks the device, runs the dataflow until

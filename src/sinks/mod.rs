@@ -1,7 +1,8 @@
 //! Where verdicts go. The contract the runtime hands verdicts through ([`SinkSpec`],
-//! [`ResultHook`]) and the alert body ([`alert`]) live here and import no sink, so that
-//! the core can name them without reaching a webhook or a broker; the concrete sinks
-//! (the webhook here, the Kafka producer in `kafka/`) implement the contract.
+//! [`ResultHook`], [`combine`]) and the alert body ([`alert`]) live here and import no
+//! edge, so that the core can name them without reaching a webhook or a broker. Every
+//! sink is a [`ResultHook`] called on worker 0: alert lines to a file or stdout
+//! ([`file`]), the webhook ([`webhook`]) and the Kafka producer ([`kafka`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use crate::types::FrameResult;
 
 pub mod alert;
+pub mod file;
 pub mod kafka;
 pub mod webhook;
 
@@ -25,4 +27,15 @@ pub struct SinkSpec {
     pub stdout: bool,
     /// Also hand every verdict to this hook (webhook senders, Kafka producers, tests).
     pub on_result: Option<ResultHook>,
+}
+
+/// Both hooks, `a` then `b`, as one; either alone if the other is `None`.
+pub fn combine(a: Option<ResultHook>, b: Option<ResultHook>) -> Option<ResultHook> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Arc::new(move |r| {
+            a(r);
+            b(r);
+        })),
+        (a, b) => a.or(b),
+    }
 }
