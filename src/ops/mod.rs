@@ -15,17 +15,17 @@
 mod batch;
 mod merge;
 mod score;
-mod sinks;
 mod source;
 mod split;
+mod stats;
 mod window;
 
 pub use batch::BatchOps;
 pub use merge::MergeOps;
 pub use score::{ScoreOps, ThresholdOps};
-pub use sinks::StatsOps;
 pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};
 pub use split::SplitOps;
+pub use stats::StatsOps;
 pub use window::{WindowConfig, WindowOps};
 
 /// The time of every tidewatch stream: the frame sequence number.
