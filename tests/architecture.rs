@@ -1,7 +1,9 @@
 //! The layout's rules, checked on the source: the core (operators, detectors, models,
 //! the runtime) never reaches a concrete edge (the HTTP server, Kafka, the webhook,
-//! settings, commands, load generators, the variants), and modules import each other in
-//! a loop only inside one folder.
+//! settings, commands, load generators, the variants), modules import each other in a
+//! loop only inside one folder, sources and sinks never reach a composition root (the
+//! server, settings, commands, the variants), and `kafka/`, the shared client, reaches
+//! none of its users.
 //!
 //! Every `crate::`, `super::` and `self::` path of every `src/**/*.rs` and
 //! `dataflows/*.rs` file is resolved to the file that defines it (the longest module
@@ -19,7 +21,10 @@ const CORE: &[&str] = &["ops", "detect", "model", "runtime"];
 const EDGES: &[&str] = &[
     "server",
     "kafka",
+    "sources::http",
+    "sources::kafka",
     "sinks::webhook",
+    "sinks::kafka",
     "settings",
     "commands",
     "load",
@@ -536,4 +541,91 @@ fn no_import_loops_across_folders() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n  "));
+}
+
+/// The first chain of imports from a file matching `from` to one matching `to`, for each
+/// such starting file, as `file:line -> ... -> file`.
+fn chains(
+    files: &[File],
+    g: &BTreeMap<usize, BTreeMap<usize, usize>>,
+    from: impl Fn(&File) -> bool,
+    to: impl Fn(&File) -> bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for start in (0..files.len()).filter(|&i| from(&files[i])) {
+        let mut came_from: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        let mut seen = BTreeSet::from([start]);
+        while let Some(i) = queue.pop_front() {
+            if to(&files[i]) {
+                let mut chain = vec![rel(&files[i].path)];
+                let mut at = i;
+                while let Some(&(prev, line)) = came_from.get(&at) {
+                    chain.push(format!("{}:{line}", rel(&files[prev].path)));
+                    at = prev;
+                }
+                chain.reverse();
+                problems.push(chain.join(" -> "));
+                break;
+            }
+            for (&j, &line) in &g[&i] {
+                if seen.insert(j) {
+                    came_from.insert(j, (i, line));
+                    queue.push_back(j);
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Sources and sinks are parts the composition roots put together, never the other way
+/// round: nothing in `sources/` or `sinks/` reaches the server, settings, commands or
+/// the variants (so the HTTP ingest queue is a source like the others, and the server
+/// only uses it).
+#[test]
+fn sources_and_sinks_never_reach_a_composition_root() {
+    let files = load();
+    let g = graph(&files);
+    let roots = ["server", "settings", "commands", "dataflows"];
+    let problems = chains(
+        &files,
+        &g,
+        |f| within(&f.module, "sources") || within(&f.module, "sinks"),
+        |f| roots.iter().any(|r| within(&f.module, r)),
+    );
+    assert!(
+        problems.is_empty(),
+        "a source or sink reaches a composition root:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// `src/kafka/` is only the client shared by the Kafka source, sink and load generator:
+/// it reaches none of them, nor the runtime, serve's set-up or the commands.
+#[test]
+fn the_kafka_client_reaches_none_of_its_users() {
+    let files = load();
+    let g = graph(&files);
+    let users = [
+        "sources",
+        "sinks",
+        "load",
+        "runtime",
+        "server",
+        "settings",
+        "commands",
+        "dataflows",
+    ];
+    let problems = chains(
+        &files,
+        &g,
+        |f| within(&f.module, "kafka"),
+        |f| users.iter().any(|u| within(&f.module, u)),
+    );
+    assert!(
+        problems.is_empty(),
+        "the Kafka client reaches a user of it:\n  {}",
+        problems.join("\n  ")
+    );
 }
