@@ -43,7 +43,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge; ewma: alpha, warmup, z.
+    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -104,6 +104,8 @@ impl EvaluateArgs {
                     z_step: p.take("z_step", d.z_step)?,
                     prune: p.take("prune", d.prune)?,
                     floor: p.take("floor", d.floor)?,
+                    history: p.take("history", d.history)?,
+                    refresh: p.take("refresh", d.refresh)?,
                 })
             }
             DetectorName::Ewma => {

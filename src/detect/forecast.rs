@@ -10,6 +10,11 @@
 //! stays open while it is at or over epsilon (`low`), so a weak excursion over epsilon
 //! never raises an alert, and a strong one is flagged until it falls back.
 //!
+//! As Telemanom does, the thresholds are chosen again every `refresh` (70) frames over
+//! the last `history` (2,100) smoothed residuals, which start as the training tail, so
+//! that a stream whose errors drift gets thresholds that drift with it; no labels are
+//! used. `history = 0` keeps the thresholds of the training residuals.
+//!
 //! Scores are the smoothed residual over `high` (at least 1 while an event is open), so
 //! the verdict threshold is 1 for every feature and scores grow with the departure.
 
@@ -79,6 +84,13 @@ pub struct ForecastConfig {
     /// percentile), as Telemanom ignores errors under 5 % of the value range: without it
     /// a flat training feature gets epsilon 0 and every later wobble alerts.
     pub floor: f32,
+    /// Smoothed residuals the threshold is chosen over while scoring, as Telemanom
+    /// chooses it over a trailing window of errors (30 batches of 70: 2,100); 0: the
+    /// training residuals alone, fixed. The window starts with the training tail.
+    pub history: usize,
+    /// Frames between two choices of the threshold over the history (Telemanom's batch,
+    /// 70).
+    pub refresh: usize,
 }
 
 impl Default for ForecastConfig {
@@ -93,6 +105,8 @@ impl Default for ForecastConfig {
             z_step: 0.5,
             prune: 0.13,
             floor: 0.05,
+            history: 2100,
+            refresh: 70,
         }
     }
 }
@@ -113,6 +127,11 @@ pub struct FeatureFit {
     pub high: f32,
     /// Smoothed residual at the end of the training data: where scoring starts.
     pub start: f32,
+    /// The floor under epsilon (see [`ForecastConfig::floor`]).
+    pub floor: f32,
+    /// The last [`ForecastConfig::history`] smoothed training residuals, oldest first:
+    /// the history a dynamic threshold starts from.
+    pub tail: Vec<f32>,
     /// Whether the floor raised epsilon (the training residuals alone gave a smaller
     /// one).
     pub floored: bool,
@@ -147,6 +166,7 @@ impl ForecastModel {
             (0.0..1.0).contains(&config.prune),
             "prune must be in [0, 1)"
         );
+        ensure!(config.refresh > 0, "refresh must be at least 1");
         let rows = train.len() / cols;
         ensure!(
             rows * cols == train.len(),
@@ -334,7 +354,6 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         s = Some(next);
         smoothed.push(next as f64);
     }
-    let eps = epsilon(&smoothed, config);
     let spread = quantile(x, 0.95) - quantile(x, 0.05);
     let flat = spread <= 0.0;
     // a flat feature has no spread to take a share of: its own size, at least 1
@@ -344,13 +363,11 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         spread
     };
     let floor = config.floor as f64 * unit;
-    let low = eps.max(floor);
-    let normal_max = smoothed
+    let (low, high, eps) = thresholds(&smoothed, floor, config);
+    let tail = smoothed[smoothed.len().saturating_sub(config.history)..]
         .iter()
-        .copied()
-        .filter(|&e| e < low)
-        .fold(0.0, f64::max);
-    let high = low.max(normal_max / (1.0 - config.prune as f64));
+        .map(|&v| v as f32)
+        .collect();
     FeatureFit {
         form,
         mean,
@@ -358,9 +375,21 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         low: low as f32,
         high: high as f32,
         start: s.unwrap_or(0.0),
+        floor: floor as f32,
+        tail,
         floored: floor > eps,
         flat,
     }
+}
+
+/// Epsilon (`low`, at least `floor`) and the bar an event must reach (`high`, epsilon
+/// after pruning) over smoothed residuals `e`, and epsilon before the floor.
+fn thresholds(e: &[f64], floor: f64, config: &ForecastConfig) -> (f64, f64, f64) {
+    let eps = epsilon(e, config);
+    let low = eps.max(floor);
+    let normal_max = e.iter().copied().filter(|&v| v < low).fold(0.0, f64::max);
+    let high = low.max(normal_max / (1.0 - config.prune as f64));
+    (low, high, eps)
 }
 
 /// `|x[p] - forecast(x[..p])|` for a window of `p + 1` values, oldest first.
@@ -432,6 +461,12 @@ pub struct Forecast {
     features: Range<usize>,
     smoothed: Vec<f32>,
     open: Vec<bool>,
+    /// Per feature: the thresholds in force, `(low, high)`.
+    bars: Vec<(f32, f32)>,
+    /// Per feature: the recent smoothed residuals (dynamic thresholds only).
+    history: Vec<std::collections::VecDeque<f32>>,
+    /// Frames since the thresholds were last chosen.
+    since: usize,
 }
 
 impl Forecast {
@@ -449,8 +484,15 @@ impl Forecast {
             .iter()
             .map(|f| f.start)
             .collect();
+        let fits = &model.features[features.clone()];
         Forecast {
             open: vec![false; features.len()],
+            bars: fits.iter().map(|f| (f.low, f.high)).collect(),
+            history: fits
+                .iter()
+                .map(|f| f.tail.iter().copied().collect())
+                .collect(),
+            since: 0,
             smoothed,
             model,
             features,
@@ -476,7 +518,8 @@ impl Detector for Forecast {
         let per_window = w * width;
         let b = windows.len().checked_div(per_window).unwrap_or(0);
         assert_eq!(windows.len(), b * per_window, "batch is not whole windows");
-        let alpha = self.model.config.alpha;
+        let config = &self.model.config;
+        let alpha = config.alpha;
         let fits = &self.model.features[self.features.clone()];
         let mut scores = vec![0f32; b * width];
         let mut column = vec![0f32; w];
@@ -491,10 +534,28 @@ impl Detector for Forecast {
                 let e = residual(&column, fit.form, fit.mean, &fit.coef);
                 let s = &mut self.smoothed[j];
                 *s += alpha * (e - *s);
+                let (low, high) = self.bars[j];
                 let open = &mut self.open[j];
-                *open = if *open { *s >= fit.low } else { *s >= fit.high };
-                let z = *s / fit.high.max(f32::MIN_POSITIVE);
+                *open = if *open { *s >= low } else { *s >= high };
+                let z = *s / high.max(f32::MIN_POSITIVE);
                 out[j] = if *open { z.max(1.0) } else { z };
+                if config.history > 0 {
+                    let h = &mut self.history[j];
+                    if h.len() == config.history {
+                        h.pop_front();
+                    }
+                    h.push_back(*s);
+                }
+            }
+            self.since += 1;
+            if config.history > 0 && self.since >= config.refresh {
+                // Telemanom's dynamic threshold: chosen again over the recent errors
+                self.since = 0;
+                for (j, fit) in fits.iter().enumerate() {
+                    let h: Vec<f64> = self.history[j].iter().map(|&v| v as f64).collect();
+                    let (low, high, _) = thresholds(&h, fit.floor as f64, config);
+                    self.bars[j] = (low as f32, high as f32);
+                }
             }
         }
         Scores::All(scores)
@@ -584,6 +645,27 @@ mod tests {
             peaks.push(peak);
         }
         assert!(peaks[0] < peaks[1] && peaks[1] < peaks[2], "{peaks:?}");
+    }
+
+    /// With a history the thresholds follow a stream whose errors grew for good (as
+    /// Telemanom's do); without, the training thresholds keep flagging it.
+    #[test]
+    fn dynamic_thresholds_follow_the_stream() {
+        let train = ar1(4000, 0.9, 1);
+        let louder: Vec<f32> = ar1(8000, 0.9, 2).iter().map(|v| v * 3.0).collect();
+        let flagged_late = |history: usize| {
+            let config = ForecastConfig {
+                history,
+                ..ForecastConfig::default()
+            };
+            let m = Arc::new(ForecastModel::fit(&train, 1, config).unwrap());
+            let w = m.window();
+            let s = scores(&mut Forecast::new(m, 0..1), &windows(&louder, w));
+            s[s.len() - 3000..].iter().filter(|&&z| z >= 1.0).count()
+        };
+        let (fixed, dynamic) = (flagged_late(0), flagged_late(2100));
+        assert!(fixed > 2000, "fixed thresholds flag {fixed} of 3000");
+        assert!(dynamic < 300, "dynamic thresholds flag {dynamic} of 3000");
     }
 
     /// A flat training feature gets a threshold from the floor, not 0: the same flat
