@@ -191,6 +191,17 @@ fn both_layouts_give_the_same_figures() {
         // NumPy f64 and CSV text round-trip to the same f32 values
         assert!((x - y).abs() < 1e-9, "{key}: {x} vs {y}");
     }
+    // the other detectors run through the same protocol; CUSUM accumulates the burst,
+    // while a z-score of the value alone does not see it within the sine's swing
+    let cusum = evaluate(&["--data", t.to_str().unwrap(), "--detector", "cusum"]);
+    assert_eq!(cusum["detector"], "cusum");
+    assert_eq!(cusum["event_recall"], 1.0, "{cusum}");
+    let ewma = evaluate(&["--data", t.to_str().unwrap(), "--detector", "ewma"]);
+    assert_eq!(ewma["detector"], "ewma");
+    assert!(
+        ewma["pr_auc"].as_f64().unwrap() < a["pr_auc"].as_f64().unwrap(),
+        "{ewma}"
+    );
     // scoring the command column too: its flips are departures the value never makes
     let c = evaluate(&["--data", g.to_str().unwrap()]);
     assert!(

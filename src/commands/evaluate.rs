@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::detect::{EwmaConfig, ForecastConfig};
+use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig};
 use crate::eval::{self, DetectorKind, Evaluation};
 
 /// Which detector `evaluate` fits.
@@ -20,6 +20,9 @@ pub enum DetectorName {
     Forecast,
     /// EWMA z-scores of the values (no training; warmed on the training data).
     Ewma,
+    /// Two-sided CUSUM of standardised values (no training; warmed on the training
+    /// data).
+    Cusum,
 }
 
 /// `tidewatch evaluate` flags.
@@ -43,7 +46,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z.
+    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z; cusum: alpha, k, h, warmup.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -122,6 +125,26 @@ impl EvaluateArgs {
                     config,
                     z: p.take("z", 6.0)?,
                 }
+            }
+            DetectorName::Cusum => {
+                let d = CusumConfig::default();
+                let config = CusumConfig {
+                    alpha: p.take("alpha", d.alpha)?,
+                    k: p.take("k", d.k)?,
+                    h: p.take("h", d.h)?,
+                    warmup: p.take("warmup", d.warmup)?,
+                };
+                if !(config.alpha > 0.0 && config.alpha <= 1.0) {
+                    bail!("--param alpha={}: must be in (0, 1]", config.alpha);
+                }
+                if !(config.k >= 0.0
+                    && config.h > 0.0
+                    && config.k.is_finite()
+                    && config.h.is_finite())
+                {
+                    bail!("--param k must be at least 0 and h over 0");
+                }
+                DetectorKind::Cusum(config)
             }
         };
         p.done()?;

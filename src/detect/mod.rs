@@ -12,6 +12,8 @@
 //! - [`gpu`]: the same two on an NVIDIA GPU (feature `gpu`), thresholded on the device.
 //! - [`Ewma`]: a per-feature exponentially weighted mean and variance, scoring each
 //!   frame's z-score; needs no trained model, keeps state per feature.
+//! - [`Cusum`]: Page's two-sided CUSUM of standardised values against a slow EWMA
+//!   baseline; needs no trained model, accumulates small persistent shifts.
 //! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
 //!   Telemanom's dynamic threshold chosen on training residuals ([`ForecastModel`]).
 
@@ -21,11 +23,13 @@ use serde::Serialize;
 
 use crate::types::Compacted;
 
+mod cusum;
 mod ewma;
 mod forecast;
 pub mod gpu;
 mod ocsvm;
 
+pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};

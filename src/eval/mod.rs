@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
-use crate::detect::{Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Scores};
+use crate::detect::{
+    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Scores,
+};
 use data::{DataSet, Entity};
 use metrics::{pr_auc, roc_auc, Report, Tally};
 
@@ -33,6 +35,9 @@ pub enum DetectorKind {
         /// Threshold on the z-score.
         z: f32,
     },
+    /// Two-sided CUSUM ([`Cusum`]), warmed on the training data; its scores are already
+    /// relative to its decision interval.
+    Cusum(CusumConfig),
 }
 
 impl DetectorKind {
@@ -44,6 +49,7 @@ impl DetectorKind {
                 "detector": "ewma",
                 "config": { "alpha": config.alpha, "warmup": config.warmup, "window": config.window, "z": z },
             }),
+            DetectorKind::Cusum(c) => json!({ "detector": "cusum", "config": c }),
         }
     }
 }
@@ -157,6 +163,7 @@ pub fn evaluate_entity(
             )
         }
         DetectorKind::Ewma { config, z } => (Box::new(Ewma::new(0..width, *config)), *z, vec![]),
+        DetectorKind::Cusum(config) => (Box::new(Cusum::new(0..width, *config)), 1.0, vec![]),
     };
     ensure!(
         first + 1 >= detector.needs().window,
