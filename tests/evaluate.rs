@@ -192,10 +192,14 @@ fn both_layouts_give_the_same_figures() {
         assert!((x - y).abs() < 1e-9, "{key}: {x} vs {y}");
     }
     // the other detectors run through the same protocol; CUSUM accumulates the burst,
+    // PCA cannot reconstruct it,
     // while a z-score of the value alone does not see it within the sine's swing
     let cusum = evaluate(&["--data", t.to_str().unwrap(), "--detector", "cusum"]);
     assert_eq!(cusum["detector"], "cusum");
     assert_eq!(cusum["event_recall"], 1.0, "{cusum}");
+    let pca = evaluate(&["--data", t.to_str().unwrap(), "--detector", "pca"]);
+    assert_eq!(pca["detector"], "pca");
+    assert_eq!(pca["event_recall"], 1.0, "{pca}");
     let ewma = evaluate(&["--data", t.to_str().unwrap(), "--detector", "ewma"]);
     assert_eq!(ewma["detector"], "ewma");
     assert!(

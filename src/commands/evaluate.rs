@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig};
+use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig, PcaConfig};
 use crate::eval::{self, DetectorKind, Evaluation};
 
 /// Which detector `evaluate` fits.
@@ -23,6 +23,8 @@ pub enum DetectorName {
     /// Two-sided CUSUM of standardised values (no training; warmed on the training
     /// data).
     Cusum,
+    /// PCA reconstruction error of each feature's windows.
+    Pca,
 }
 
 /// `tidewatch evaluate` flags.
@@ -46,7 +48,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z; cusum: alpha, k, h, warmup.
+    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -145,6 +147,14 @@ impl EvaluateArgs {
                     bail!("--param k must be at least 0 and h over 0");
                 }
                 DetectorKind::Cusum(config)
+            }
+            DetectorName::Pca => {
+                let d = PcaConfig::default();
+                DetectorKind::Pca(PcaConfig {
+                    window: p.take("window", d.window)?,
+                    variance: p.take("variance", d.variance)?,
+                    floor: p.take("floor", d.floor)?,
+                })
             }
         };
         p.done()?;

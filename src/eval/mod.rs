@@ -17,7 +17,8 @@ use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 use crate::detect::{
-    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Scores,
+    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Pca,
+    PcaConfig, PcaModel, Scores,
 };
 use data::{DataSet, Entity};
 use metrics::{pr_auc, roc_auc, Report, Tally};
@@ -38,6 +39,8 @@ pub enum DetectorKind {
     /// Two-sided CUSUM ([`Cusum`]), warmed on the training data; its scores are already
     /// relative to its decision interval.
     Cusum(CusumConfig),
+    /// PCA reconstruction error ([`Pca`]), fitted on the training data.
+    Pca(PcaConfig),
 }
 
 impl DetectorKind {
@@ -50,6 +53,7 @@ impl DetectorKind {
                 "config": { "alpha": config.alpha, "warmup": config.warmup, "window": config.window, "z": z },
             }),
             DetectorKind::Cusum(c) => json!({ "detector": "cusum", "config": c }),
+            DetectorKind::Pca(c) => json!({ "detector": "pca", "config": c }),
         }
     }
 }
@@ -164,6 +168,11 @@ pub fn evaluate_entity(
         }
         DetectorKind::Ewma { config, z } => (Box::new(Ewma::new(0..width, *config)), *z, vec![]),
         DetectorKind::Cusum(config) => (Box::new(Cusum::new(0..width, *config)), 1.0, vec![]),
+        DetectorKind::Pca(config) => {
+            let model = PcaModel::fit(&train, width, *config)
+                .with_context(|| format!("{}: fitting PCA", entity.name))?;
+            (Box::new(Pca::new(Arc::new(model), 0..width)), 1.0, vec![])
+        }
     };
     ensure!(
         first + 1 >= detector.needs().window,
