@@ -10,6 +10,7 @@ pub mod commands;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
 pub mod detect;
+pub mod eval;
 pub mod kafka;
 pub mod layout;
 pub mod load;

@@ -30,6 +30,8 @@ enum Command {
     Loadgen(tidewatch::load::LoadgenArgs),
     /// Serve, a load generator and an alert receiver in one process: alerts arriving.
     Demo(commands::demo::DemoArgs),
+    /// Fit a detector per entity of a labelled data set and report its figures.
+    Evaluate(commands::evaluate::EvaluateArgs),
     /// Measure throughput (frames/s, feature values/s, MB/s), CPU, RSS and latency of
     /// the dataflow fed pre-encoded client frames, in process or over HTTP.
     Bench(commands::bench::BenchArgs),
@@ -61,6 +63,7 @@ fn main() {
         Command::Loadgen(args) => tidewatch::load::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Evaluate(args) => commands::evaluate::run(args),
     };
     if let Err(e) = result {
         tracing::error!(error = format!("{e:#}"), "tidewatch failed");

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod evaluate;
 pub mod generate;
 pub mod receiver;
 pub mod replay;

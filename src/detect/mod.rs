@@ -12,6 +12,12 @@
 //! - [`gpu`]: the same two on an NVIDIA GPU (feature `gpu`), thresholded on the device.
 //! - [`Ewma`]: a per-feature exponentially weighted mean and variance, scoring each
 //!   frame's z-score; needs no trained model, keeps state per feature.
+//! - [`Cusum`]: Page's two-sided CUSUM of standardised values against a slow EWMA
+//!   baseline; needs no trained model, accumulates small persistent shifts.
+//! - [`Pca`]: reconstruction error of each feature's windows from the principal
+//!   components of its training windows ([`PcaModel`]), for seed 003's autoencoder.
+//! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
+//!   Telemanom's dynamic threshold chosen on training residuals ([`ForecastModel`]).
 
 use std::ops::Range;
 
@@ -19,12 +25,18 @@ use serde::Serialize;
 
 use crate::types::Compacted;
 
+mod cusum;
 mod ewma;
+mod forecast;
 pub mod gpu;
 mod ocsvm;
+mod pca;
 
+pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
+pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
+pub use pca::{Pca, PcaConfig, PcaFit, PcaModel};
 
 /// Where scoring runs (`DEFAULT_DEVICE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]

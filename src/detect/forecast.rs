@@ -1,0 +1,711 @@
+//! Forecasting residuals with non-parametric dynamic thresholding, after Telemanom
+//! (Hundman et al., KDD 2018), with a linear autoregressive forecaster in place of the
+//! LSTM: per feature, `x[t]` is predicted from `x[t-p..t]` by least squares on training
+//! data; the absolute residuals are smoothed by an EWMA; the threshold is chosen on the
+//! smoothed training residuals by Telemanom's epsilon search; weak events are pruned.
+//!
+//! Streaming form of the pruning: Telemanom drops an anomalous sequence whose peak is
+//! within `prune` (13 %) of the largest normal smoothed error. Here an event opens only
+//! when the smoothed residual reaches that bar (`high`, from the training errors) and
+//! stays open while it is at or over epsilon (`low`), so a weak excursion over epsilon
+//! never raises an alert, and a strong one is flagged until it falls back.
+//!
+//! As Telemanom does, the thresholds are chosen again every `refresh` (70) frames over
+//! the last `history` (2,100) smoothed residuals, which start as the training tail, so
+//! that a stream whose errors drift gets thresholds that drift with it; no labels are
+//! used. `history = 0` keeps the thresholds of the training residuals.
+//!
+//! Scores are the smoothed residual over `high` (at least 1 while an event is open), so
+//! the verdict threshold is 1 for every feature and scores grow with the departure.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure};
+use serde::Serialize;
+
+use super::{Detector, Needs, Scores};
+
+/// What a feature's forecaster predicts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// The centred values: `x[t]` from `x[t-p..t]` (mean-reverting: a departure from
+    /// the training level keeps a residual while it lasts).
+    Level,
+    /// The differences: `x[t] - x[t-1]` from the `p - 1` differences before it
+    /// (shrinks towards "same as the last value", so a level never seen in training is
+    /// no anomaly in itself, only the change into it).
+    Diff,
+    /// Per feature, whichever of the two forecasts the last quarter of the training data
+    /// better when fitted on the first three quarters (training data only).
+    Auto,
+}
+
+impl std::str::FromStr for Form {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Form, String> {
+        match s {
+            "level" => Ok(Form::Level),
+            "diff" => Ok(Form::Diff),
+            "auto" => Ok(Form::Auto),
+            _ => Err(format!("{s:?} is not level, diff or auto")),
+        }
+    }
+}
+
+/// How a [`ForecastModel`] is fitted and scores.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ForecastConfig {
+    /// What the forecaster predicts from. Default [`Form::Level`]: Telemanom's LSTM
+    /// forecasts values, not changes, and on SMAP the hold-out choice ([`Form::Auto`])
+    /// mostly picks differences, which miss the slow departures (see the README's
+    /// figures of all three).
+    pub form: Form,
+    /// Past values each forecast uses (`p`); the detector's windows hold `p + 1` frames.
+    pub lags: usize,
+    /// Ridge penalty on the lag coefficients, relative to the mean diagonal of the
+    /// normal equations: keeps the solve well posed on flat or collinear training data.
+    pub ridge: f64,
+    /// EWMA weight of the newest residual. Telemanom smooths with a span of 105
+    /// (batch 70 × window 30 × 5 %), i.e. `2 / 106`.
+    pub alpha: f32,
+    /// Epsilon search: `mean + z·std` of the smoothed training residuals for `z` from
+    /// `z_min` to `z_max` by `z_step` (Telemanom: 2.5 to 12 by 0.5).
+    pub z_min: f32,
+    /// Largest `z` tried; also the epsilon when no `z` isolates anything.
+    pub z_max: f32,
+    /// Step of `z`.
+    pub z_step: f32,
+    /// Minimum relative margin of an event's peak over the largest normal smoothed
+    /// training residual (Telemanom's `p`, 0.13).
+    pub prune: f32,
+    /// Floor on epsilon as a share of the feature's training spread (5th to 95th
+    /// percentile), as Telemanom ignores errors under 5 % of the value range: without it
+    /// a flat training feature gets epsilon 0 and every later wobble alerts.
+    pub floor: f32,
+    /// Smoothed residuals the threshold is chosen over while scoring, as Telemanom
+    /// chooses it over a trailing window of errors (30 batches of 70: 2,100); 0: the
+    /// training residuals alone, fixed. The window starts with the training tail.
+    pub history: usize,
+    /// Frames between two choices of the threshold over the history (Telemanom's batch,
+    /// 70).
+    pub refresh: usize,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        ForecastConfig {
+            form: Form::Level,
+            lags: 10,
+            ridge: 1e-3,
+            alpha: 2.0 / 106.0,
+            z_min: 2.5,
+            z_max: 12.0,
+            z_step: 0.5,
+            prune: 0.13,
+            floor: 0.05,
+            history: 2100,
+            refresh: 70,
+        }
+    }
+}
+
+/// One feature's fitted forecaster and thresholds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FeatureFit {
+    /// What it forecasts from ([`Form::Level`] or [`Form::Diff`]).
+    pub form: Form,
+    /// Training mean, subtracted before the lags are weighed (level form).
+    pub mean: f32,
+    /// Weights of the centred lags (level form) or of the differences (diff form),
+    /// oldest first, then the intercept.
+    pub coef: Vec<f32>,
+    /// Epsilon: an open event stays open while the smoothed residual is at or over it.
+    pub low: f32,
+    /// The bar an event must reach to open (epsilon after pruning).
+    pub high: f32,
+    /// Smoothed residual at the end of the training data: where scoring starts.
+    pub start: f32,
+    /// The floor under epsilon (see [`ForecastConfig::floor`]).
+    pub floor: f32,
+    /// The last [`ForecastConfig::history`] smoothed training residuals, oldest first:
+    /// the history a dynamic threshold starts from.
+    pub tail: Vec<f32>,
+    /// Whether the floor raised epsilon (the training residuals alone gave a smaller
+    /// one).
+    pub floored: bool,
+    /// Whether the training values never moved (5th and 95th percentiles equal).
+    pub flat: bool,
+}
+
+/// A fitted forecaster per feature, shared by the detectors of its partitions.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ForecastModel {
+    /// The settings it was fitted with.
+    pub config: ForecastConfig,
+    /// One fit per feature.
+    pub features: Vec<FeatureFit>,
+}
+
+impl ForecastModel {
+    /// Fits every column of `train` (row-major, `cols` columns): training data only.
+    pub fn fit(train: &[f32], cols: usize, config: ForecastConfig) -> anyhow::Result<Self> {
+        ensure!(cols > 0, "no features to fit");
+        ensure!(config.lags > 0, "lags must be at least 1");
+        ensure!(
+            config.alpha > 0.0 && config.alpha <= 1.0,
+            "alpha must be in (0, 1], not {}",
+            config.alpha
+        );
+        ensure!(
+            config.z_step > 0.0 && config.z_min <= config.z_max,
+            "the z range must be non-empty"
+        );
+        ensure!(
+            (0.0..1.0).contains(&config.prune),
+            "prune must be in [0, 1)"
+        );
+        ensure!(config.refresh > 0, "refresh must be at least 1");
+        let rows = train.len() / cols;
+        ensure!(
+            rows * cols == train.len(),
+            "training data is not whole rows"
+        );
+        // at least a few forecasts per coefficient, or the residuals say nothing
+        if rows < 2 * (config.lags + 1) + 10 {
+            bail!(
+                "{rows} training rows are too few for {} lags (need {})",
+                config.lags,
+                2 * (config.lags + 1) + 10
+            );
+        }
+        let features = (0..cols)
+            .map(|j| {
+                let x: Vec<f64> = (0..rows).map(|r| train[r * cols + j] as f64).collect();
+                fit_feature(&x, &config)
+            })
+            .collect();
+        Ok(ForecastModel { config, features })
+    }
+
+    /// Frames per window: the lags and the frame forecast.
+    pub fn window(&self) -> usize {
+        self.config.lags + 1
+    }
+
+    /// Features whose training values never moved: their threshold rests on the floor
+    /// alone, so a caller should name them.
+    pub fn flat_features(&self) -> Vec<usize> {
+        (0..self.features.len())
+            .filter(|&j| self.features[j].flat)
+            .collect()
+    }
+}
+
+/// Least squares with a ridge on the lag weights, by the normal equations and a
+/// Cholesky factorisation in f64. Written out rather than taken from ndarray-linalg:
+/// the system is `(p+1)²` with p ≈ 10, so LAPACK would buy nothing, and it would tie the
+/// build to a system OpenBLAS that this machine lacks.
+fn solve_ridge(ata: &mut [f64], atb: &mut [f64], n: usize) -> Option<()> {
+    // in place: ata becomes L (lower), atb becomes the solution
+    for j in 0..n {
+        let mut d = ata[j * n + j];
+        for k in 0..j {
+            d -= ata[j * n + k] * ata[j * n + k];
+        }
+        if d <= 0.0 || !d.is_finite() {
+            return None;
+        }
+        let d = d.sqrt();
+        ata[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = ata[i * n + j];
+            for k in 0..j {
+                s -= ata[i * n + k] * ata[j * n + k];
+            }
+            ata[i * n + j] = s / d;
+        }
+    }
+    for i in 0..n {
+        let mut s = atb[i];
+        for k in 0..i {
+            s -= ata[i * n + k] * atb[k];
+        }
+        atb[i] = s / ata[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = atb[i];
+        for k in i + 1..n {
+            s -= ata[k * n + i] * atb[k];
+        }
+        atb[i] = s / ata[i * n + i];
+    }
+    Some(())
+}
+
+/// The `q` quantile of `v` (sorted copy, nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_unstable_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * q).round() as usize]
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// Ridge least squares of `s[t]` on `s[t-q..t]` and an intercept: the weights, oldest
+/// lag first, then the intercept.
+fn regress(s: &[f64], q: usize, ridge: f64) -> Vec<f64> {
+    let dim = q + 1;
+    let mut ata = vec![0f64; dim * dim];
+    let mut atb = vec![0f64; dim];
+    let mut z = vec![1f64; dim];
+    for t in q..s.len() {
+        z[..q].copy_from_slice(&s[t - q..t]);
+        for i in 0..dim {
+            atb[i] += z[i] * s[t];
+            for k in 0..=i {
+                ata[i * dim + k] += z[i] * z[k];
+            }
+        }
+    }
+    for i in 0..dim {
+        for k in i + 1..dim {
+            ata[i * dim + k] = ata[k * dim + i];
+        }
+    }
+    let scale = (0..dim).map(|i| ata[i * dim + i]).sum::<f64>() / dim as f64;
+    let lambda = ridge * scale.max(f64::MIN_POSITIVE);
+    for i in 0..q {
+        ata[i * dim + i] += lambda;
+    }
+    match solve_ridge(&mut ata, &mut atb, dim) {
+        Some(()) => atb,
+        // not positive definite even with the ridge (the intercept's diagonal prevents
+        // it, but never panic on data): forecast no change
+        None => vec![0.0; dim],
+    }
+}
+
+/// The forecaster of `x` in `form` (level or diff) with `p` lags.
+fn forecaster(x: &[f64], form: Form, p: usize, ridge: f64) -> (f32, Vec<f32>) {
+    let (mean, _) = mean_std(x);
+    let coef = match form {
+        Form::Diff => {
+            let d: Vec<f64> = x.windows(2).map(|w| w[1] - w[0]).collect();
+            regress(&d, p - 1, ridge)
+        }
+        _ => {
+            let c: Vec<f64> = x.iter().map(|v| v - mean).collect();
+            regress(&c, p, ridge)
+        }
+    };
+    (mean as f32, coef.iter().map(|&v| v as f32).collect())
+}
+
+/// Mean absolute residual of a forecaster over `x[from..]`.
+fn holdout_error(x: &[f32], from: usize, form: Form, mean: f32, coef: &[f32], p: usize) -> f64 {
+    let n = x.len() - from;
+    (from..x.len())
+        .map(|t| residual(&x[t - p..=t], form, mean, coef) as f64)
+        .sum::<f64>()
+        / n.max(1) as f64
+}
+
+fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
+    let p = config.lags;
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let form = match config.form {
+        Form::Auto => {
+            // fit on the first three quarters, judge on the last: training data only
+            let cut = x.len() * 3 / 4;
+            if cut < 2 * (p + 1) + 10 || x.len() - cut < p + 10 {
+                Form::Diff
+            } else {
+                let err = |form| {
+                    let (mean, coef) = forecaster(&x[..cut], form, p, config.ridge);
+                    holdout_error(&x32, cut, form, mean, &coef, p)
+                };
+                if err(Form::Level) < err(Form::Diff) {
+                    Form::Level
+                } else {
+                    Form::Diff
+                }
+            }
+        }
+        f => f,
+    };
+    let (mean, coef32) = forecaster(x, form, p, config.ridge);
+    // smoothed absolute residuals over the training data, computed in f32 exactly as the
+    // detector will, so that the thresholds fit the scores
+    let mut smoothed = Vec::with_capacity(x.len() - p);
+    let mut s = None;
+    for t in p..x32.len() {
+        let e = residual(&x32[t - p..=t], form, mean, &coef32);
+        let next = match s {
+            None => e,
+            Some(prev) => prev + config.alpha * (e - prev),
+        };
+        s = Some(next);
+        smoothed.push(next as f64);
+    }
+    let spread = quantile(x, 0.95) - quantile(x, 0.05);
+    let flat = spread <= 0.0;
+    // a flat feature has no spread to take a share of: its own size, at least 1
+    let unit = if flat {
+        (mean as f64).abs().max(1.0)
+    } else {
+        spread
+    };
+    let floor = config.floor as f64 * unit;
+    let (low, high, eps) = thresholds(&smoothed, floor, config);
+    let tail = smoothed[smoothed.len().saturating_sub(config.history)..]
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    FeatureFit {
+        form,
+        mean,
+        coef: coef32,
+        low: low as f32,
+        high: high as f32,
+        start: s.unwrap_or(0.0),
+        floor: floor as f32,
+        tail,
+        floored: floor > eps,
+        flat,
+    }
+}
+
+/// Epsilon (`low`, at least `floor`) and the bar an event must reach (`high`, epsilon
+/// after pruning) over smoothed residuals `e`, and epsilon before the floor.
+fn thresholds(e: &[f64], floor: f64, config: &ForecastConfig) -> (f64, f64, f64) {
+    let eps = epsilon(e, config);
+    let low = eps.max(floor);
+    let normal_max = e.iter().copied().filter(|&v| v < low).fold(0.0, f64::max);
+    let high = low.max(normal_max / (1.0 - config.prune as f64));
+    (low, high, eps)
+}
+
+/// `|x[p] - forecast(x[..p])|` for a window of `p + 1` values, oldest first.
+#[inline]
+fn residual(window: &[f32], form: Form, mean: f32, coef: &[f32]) -> f32 {
+    let p = window.len() - 1;
+    match form {
+        Form::Diff => {
+            // the last difference against the p - 1 before it
+            let mut f = coef[p - 1];
+            for k in 0..p - 1 {
+                f += coef[k] * (window[k + 1] - window[k]);
+            }
+            (window[p] - window[p - 1] - f).abs()
+        }
+        _ => {
+            let mut f = coef[p];
+            for k in 0..p {
+                f += coef[k] * (window[k] - mean);
+            }
+            (window[p] - mean - f).abs()
+        }
+    }
+}
+
+/// Telemanom's epsilon: over `z`, the `mean + z·std` that most reduces the mean and
+/// the spread of the errors below it, per anomalous point and squared sequence count,
+/// with at most 5 sequences and fewer than half the points over it; `z_max` when no `z`
+/// isolates anything.
+fn epsilon(e: &[f64], config: &ForecastConfig) -> f64 {
+    let (mean, std) = mean_std(e);
+    let mut best = (f64::NEG_INFINITY, mean + config.z_max as f64 * std);
+    if std <= 0.0 {
+        return mean;
+    }
+    let steps = ((config.z_max - config.z_min) / config.z_step).floor() as usize;
+    for i in 0..=steps {
+        let z = (config.z_min + i as f32 * config.z_step) as f64;
+        let eps = mean + z * std;
+        let below: Vec<f64> = e.iter().copied().filter(|&v| v < eps).collect();
+        let above = e.len() - below.len();
+        if above == 0 || below.is_empty() {
+            continue;
+        }
+        let mut sequences = 0;
+        let mut inside = false;
+        for &v in e {
+            let over = v >= eps;
+            if over && !inside {
+                sequences += 1;
+            }
+            inside = over;
+        }
+        let (m, s) = mean_std(&below);
+        let score =
+            ((mean - m) / mean + (std - s) / std) / ((sequences * sequences + above) as f64);
+        if score >= best.0 && sequences <= 5 && above * 2 < e.len() {
+            best = (score, eps);
+        }
+    }
+    best.1
+}
+
+/// The detector of a [`ForecastModel`]'s features `features`: stateful (the smoothed
+/// residual and whether an event is open, per feature).
+#[derive(Clone, Debug)]
+pub struct Forecast {
+    model: Arc<ForecastModel>,
+    features: Range<usize>,
+    smoothed: Vec<f32>,
+    open: Vec<bool>,
+    /// Per feature: the thresholds in force, `(low, high)`.
+    bars: Vec<(f32, f32)>,
+    /// Per feature: the recent smoothed residuals (dynamic thresholds only).
+    history: Vec<std::collections::VecDeque<f32>>,
+    /// Frames since the thresholds were last chosen.
+    since: usize,
+}
+
+impl Forecast {
+    /// The detector for features `features` of `model`, starting where training ended.
+    ///
+    /// # Panics
+    /// When `features` is not within the model's.
+    pub fn new(model: Arc<ForecastModel>, features: Range<usize>) -> Forecast {
+        assert!(
+            features.end <= model.features.len(),
+            "features {features:?} of a model of {}",
+            model.features.len()
+        );
+        let smoothed = model.features[features.clone()]
+            .iter()
+            .map(|f| f.start)
+            .collect();
+        let fits = &model.features[features.clone()];
+        Forecast {
+            open: vec![false; features.len()],
+            bars: fits.iter().map(|f| (f.low, f.high)).collect(),
+            history: fits
+                .iter()
+                .map(|f| f.tail.iter().copied().collect())
+                .collect(),
+            since: 0,
+            smoothed,
+            model,
+            features,
+        }
+    }
+}
+
+impl Detector for Forecast {
+    fn needs(&self) -> Needs {
+        Needs {
+            window: self.model.window(),
+            stride: Some(1),
+            stateful: true,
+        }
+    }
+
+    fn features(&self) -> Range<usize> {
+        self.features.clone()
+    }
+
+    fn score(&mut self, windows: &[f32]) -> Scores {
+        let (w, width) = (self.model.window(), self.features.len());
+        let per_window = w * width;
+        let b = windows.len().checked_div(per_window).unwrap_or(0);
+        assert_eq!(windows.len(), b * per_window, "batch is not whole windows");
+        let config = &self.model.config;
+        let alpha = config.alpha;
+        let fits = &self.model.features[self.features.clone()];
+        let mut scores = vec![0f32; b * width];
+        let mut column = vec![0f32; w];
+        for (x, out) in windows
+            .chunks_exact(per_window.max(1))
+            .zip(scores.chunks_exact_mut(width.max(1)))
+        {
+            for (j, fit) in fits.iter().enumerate() {
+                for (k, v) in column.iter_mut().enumerate() {
+                    *v = x[k * width + j];
+                }
+                let e = residual(&column, fit.form, fit.mean, &fit.coef);
+                let s = &mut self.smoothed[j];
+                *s += alpha * (e - *s);
+                let (low, high) = self.bars[j];
+                let open = &mut self.open[j];
+                *open = if *open { *s >= low } else { *s >= high };
+                let z = *s / high.max(f32::MIN_POSITIVE);
+                out[j] = if *open { z.max(1.0) } else { z };
+                if config.history > 0 {
+                    let h = &mut self.history[j];
+                    if h.len() == config.history {
+                        h.pop_front();
+                    }
+                    h.push_back(*s);
+                }
+            }
+            self.since += 1;
+            if config.history > 0 && self.since >= config.refresh {
+                // Telemanom's dynamic threshold: chosen again over the recent errors
+                self.since = 0;
+                for (j, fit) in fits.iter().enumerate() {
+                    let h: Vec<f64> = self.history[j].iter().map(|&v| v as f64).collect();
+                    let (low, high, _) = thresholds(&h, fit.floor as f64, config);
+                    self.bars[j] = (low as f32, high as f32);
+                }
+            }
+        }
+        Scores::All(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(d: &mut Forecast, windows: &[f32]) -> Vec<f32> {
+        match d.score(windows) {
+            Scores::All(s) => s,
+            Scores::Compacted(_) => unreachable!("the CPU keeps every score"),
+        }
+    }
+
+    /// Windows of `w` frames, stride 1, over one feature.
+    fn windows(x: &[f32], w: usize) -> Vec<f32> {
+        x.windows(w).flatten().copied().collect()
+    }
+
+    /// A noisy AR(1) series from a fixed linear congruential generator.
+    fn ar1(n: usize, phi: f32, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut v = 0f32;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+                v = phi * v + u;
+                v
+            })
+            .collect()
+    }
+
+    /// The least-squares solve recovers an exact linear recurrence.
+    #[test]
+    fn fits_a_recurrence() {
+        let x: Vec<f32> = ar1(3000, 0.8, 7);
+        let config = ForecastConfig {
+            form: Form::Level,
+            lags: 2,
+            ridge: 0.0,
+            ..ForecastConfig::default()
+        };
+        let m = ForecastModel::fit(&x, 1, config).unwrap();
+        let c = &m.features[0].coef;
+        assert!((c[1] - 0.8).abs() < 0.05 && c[0].abs() < 0.05, "{c:?}");
+        // 2x2 by hand: [[4,2],[2,3]] x = [10, 8] → x = [1.75, 1.5]
+        let (mut a, mut b) = (vec![4.0, 2.0, 2.0, 3.0], vec![10.0, 8.0]);
+        solve_ridge(&mut a, &mut b, 2).unwrap();
+        assert!(
+            (b[0] - 1.75).abs() < 1e-12 && (b[1] - 1.5).abs() < 1e-12,
+            "{b:?}"
+        );
+    }
+
+    /// Quiet on more of its own kind of data, loud on a level shift, and the score grows
+    /// with the size of the shift.
+    #[test]
+    fn quiet_on_normal_loud_on_shift() {
+        let train = ar1(4000, 0.9, 1);
+        let m = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
+        let w = m.window();
+        let test = ar1(3000, 0.9, 2);
+        let mut d = Forecast::new(Arc::clone(&m), 0..1);
+        let s = scores(&mut d, &windows(&test, w));
+        let flagged = s.iter().filter(|&&z| z >= 1.0).count();
+        assert!(
+            flagged < 30,
+            "{flagged} of {} normal windows flagged",
+            s.len()
+        );
+        let mut peaks = Vec::new();
+        for size in [4.0f32, 8.0, 16.0] {
+            let mut shifted = test.clone();
+            for v in &mut shifted[1500..1700] {
+                *v += size;
+            }
+            let mut d = Forecast::new(Arc::clone(&m), 0..1);
+            let s = scores(&mut d, &windows(&shifted, w));
+            let peak = s[1490..1720].iter().copied().fold(0f32, f32::max);
+            assert!(peak >= 1.0, "shift {size}: peak {peak}");
+            peaks.push(peak);
+        }
+        assert!(peaks[0] < peaks[1] && peaks[1] < peaks[2], "{peaks:?}");
+    }
+
+    /// With a history the thresholds follow a stream whose errors grew for good (as
+    /// Telemanom's do); without, the training thresholds keep flagging it.
+    #[test]
+    fn dynamic_thresholds_follow_the_stream() {
+        let train = ar1(4000, 0.9, 1);
+        let louder: Vec<f32> = ar1(8000, 0.9, 2).iter().map(|v| v * 3.0).collect();
+        let flagged_late = |history: usize| {
+            let config = ForecastConfig {
+                history,
+                ..ForecastConfig::default()
+            };
+            let m = Arc::new(ForecastModel::fit(&train, 1, config).unwrap());
+            let w = m.window();
+            let s = scores(&mut Forecast::new(m, 0..1), &windows(&louder, w));
+            s[s.len() - 3000..].iter().filter(|&&z| z >= 1.0).count()
+        };
+        let (fixed, dynamic) = (flagged_late(0), flagged_late(2100));
+        assert!(fixed > 2000, "fixed thresholds flag {fixed} of 3000");
+        assert!(dynamic < 300, "dynamic thresholds flag {dynamic} of 3000");
+    }
+
+    /// A flat training feature gets a threshold from the floor, not 0: the same flat
+    /// line later is not flagged, a move is.
+    #[test]
+    fn flat_training_gets_a_floor() {
+        let mut train = vec![0.25f32; 500];
+        train.extend(ar1(500, 0.5, 3));
+        // column 0 flat, column 1 noisy: rows interleaved
+        let rows: Vec<f32> = (0..500).flat_map(|r| [train[r], train[500 + r]]).collect();
+        let m = Arc::new(ForecastModel::fit(&rows, 2, ForecastConfig::default()).unwrap());
+        assert_eq!(m.flat_features(), vec![0]);
+        assert!(m.features[0].low > 0.0 && m.features[0].floored);
+        let w = m.window();
+        let mut d = Forecast::new(Arc::clone(&m), 0..1);
+        let s = scores(&mut d, &windows(&[0.25f32; 300], w));
+        assert!(s.iter().all(|&z| z < 1.0), "{s:?}");
+        let mut moved = vec![0.25f32; 100];
+        moved.extend(vec![5.0f32; 200]);
+        let s = scores(&mut d, &windows(&moved, w));
+        assert!(s.iter().any(|&z| z >= 1.0));
+    }
+
+    /// Partitions score as the whole does.
+    #[test]
+    fn any_split_gives_the_same_bits() {
+        let a = ar1(1000, 0.7, 4);
+        let b = ar1(1000, 0.3, 5);
+        let rows: Vec<f32> = (0..1000).flat_map(|r| [a[r], b[r]]).collect();
+        let m = Arc::new(ForecastModel::fit(&rows, 2, ForecastConfig::default()).unwrap());
+        let w = m.window();
+        let test: Vec<f32> = (0..300).flat_map(|r| [a[r] * 3.0, b[r]]).collect();
+        let win: Vec<f32> = (0..300 - w + 1)
+            .flat_map(|s| test[s * 2..(s + w) * 2].to_vec())
+            .collect();
+        let all = scores(&mut Forecast::new(Arc::clone(&m), 0..2), &win);
+        let right_in: Vec<f32> = win.chunks(2).map(|f| f[1]).collect();
+        let right = scores(&mut Forecast::new(Arc::clone(&m), 1..2), &right_in);
+        for (k, z) in right.iter().enumerate() {
+            assert_eq!(z.to_bits(), all[k * 2 + 1].to_bits());
+        }
+    }
+}
