@@ -50,29 +50,6 @@ fn replay(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Command 
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Alert lines with their (nondeterministic) receive times removed.
-fn verdicts(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("received_at");
-            o.remove("timestamp");
-            v
-        })
-        .collect()
-}
-
 /// The anomalies of a replayed file are identical for -w 1, -w 2, and two processes.
 #[test]
 fn same_anomalies_for_threads_and_processes() {
@@ -93,7 +70,11 @@ fn same_anomalies_for_threads_and_processes() {
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(
         &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+        format!(
+            "127.0.0.1:{}\n127.0.0.1:{}\n",
+            common::free_port(),
+            common::free_port()
+        ),
     )
     .unwrap();
     let procs = dir.path().join("n2.jsonl");
@@ -119,10 +100,18 @@ fn same_anomalies_for_threads_and_processes() {
     check(p0, "process 0 of 2");
     check(p1, "process 1 of 2");
 
-    let reference = verdicts(&one);
+    let reference = common::alert_lines(&one);
     assert!(reference.len() > 10, "the fixture model flags frames");
-    assert_eq!(verdicts(&two), reference, "-w 2 differs from -w 1");
-    assert_eq!(verdicts(&procs), reference, "two processes differ from one");
+    assert_eq!(
+        common::alert_lines(&two),
+        reference,
+        "-w 2 differs from -w 1"
+    );
+    assert_eq!(
+        common::alert_lines(&procs),
+        reference,
+        "two processes differ from one"
+    );
     assert!(
         !unused.exists(),
         "only the process hosting worker 0 writes alerts"

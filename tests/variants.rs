@@ -3,6 +3,8 @@
 //! verdicts are identical at `-w 1`, `-w 2` and in two processes (`-n 2`), and the
 //! spikes are found. A variant added to `dataflows/mod.rs` is tested here with no edit.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -41,29 +43,6 @@ fn replay(variant: &str, frames: u64, truth: &Path, output: &Path, extra: &[&str
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Alert lines with their (nondeterministic) receive times removed.
-fn verdicts(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("received_at");
-            o.remove("timestamp");
-            v
-        })
-        .collect()
-}
-
 /// The variant's alerts at -w 1, -w 2 and -n 2 (two processes on loopback), and the
 /// ground truth of the spikes.
 fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
@@ -94,7 +73,11 @@ fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
     let hosts = dir.join("hosts.txt");
     std::fs::write(
         &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+        format!(
+            "127.0.0.1:{}\n127.0.0.1:{}\n",
+            common::free_port(),
+            common::free_port()
+        ),
     )
     .unwrap();
     let hostfile = hosts.to_str().unwrap();
@@ -135,7 +118,7 @@ fn quality(alerts: &Path, truth: &Path, window: u64, features: u64) -> (f64, f64
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let mut flagged = HashSet::new();
-    for v in verdicts(alerts) {
+    for v in common::alert_lines(alerts) {
         let seq = v["seq"].as_u64().unwrap();
         for feat in v["anomalous_features"].as_array().unwrap() {
             flagged.insert((seq, feat["feature_idx"].as_u64().unwrap()));
@@ -172,15 +155,15 @@ fn every_variant_is_deterministic_and_finds_spikes() {
     for &variant in dataflows::NAMES {
         let dir = tempfile::tempdir().unwrap();
         let ([w1, w2, n2], truth) = runs(variant, dir.path());
-        let reference = verdicts(&w1);
+        let reference = common::alert_lines(&w1);
         assert!(reference.len() > 10, "{variant} flags frames");
         assert_eq!(
-            verdicts(&w2),
+            common::alert_lines(&w2),
             reference,
             "{variant}: -w 2 differs from -w 1"
         );
         assert_eq!(
-            verdicts(&n2),
+            common::alert_lines(&n2),
             reference,
             "{variant}: two processes differ from one"
         );
@@ -232,12 +215,12 @@ fn variant_parameters_are_checked_and_used() {
     // a z threshold no score reaches: no alerts at all
     let quiet = run(&["--param", "z=1e30", "--param", "warmup=5"]);
     check(&quiet, "ewma with z=1e30");
-    assert!(verdicts(&out).is_empty());
+    assert!(common::alert_lines(&out).is_empty());
     // a threshold every score after warm-up reaches (those before are 0): every frame
     // after it alerts
     let loud = run(&["--param", "z=1e-30", "--param", "warmup=5"]);
     check(&loud, "ewma with z=1e-30");
-    let seqs: Vec<u64> = verdicts(&out)
+    let seqs: Vec<u64> = common::alert_lines(&out)
         .iter()
         .map(|v| v["seq"].as_u64().unwrap())
         .collect();

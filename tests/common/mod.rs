@@ -183,6 +183,31 @@ pub fn ready_addr(
     (addr, stdout)
 }
 
+/// A loopback port nothing listens on now (for a cluster's hostfile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The alert lines of a JSONL file, with their (nondeterministic) receive times removed,
+/// for comparing runs.
+pub fn alert_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("received_at");
+            o.remove("timestamp");
+            v
+        })
+        .collect()
+}
+
 /// The value of the Prometheus sample `name` (with its labels, exactly as exposed) in a
 /// `/metrics` text.
 pub fn sample(text: &str, name: &str) -> f64 {
