@@ -68,41 +68,31 @@ fn features(scorer: &Scorer) -> Range<usize> {
     scorer.lo()..scorer.lo() + scorer.width()
 }
 
-impl Detector for LinearOcSvm {
-    fn needs(&self) -> Needs {
-        Needs {
-            window: self.scorer.window(),
-            stride: None,
-            stateful: false,
+/// Both detectors are a [`Scorer`] and differ only in the model kind they accept: one
+/// `Detector` impl serves both.
+macro_rules! scorer_detector {
+    ($($name:ident),*) => {$(
+        impl Detector for $name {
+            fn needs(&self) -> Needs {
+                Needs {
+                    window: self.scorer.window(),
+                    stride: None,
+                    stateful: false,
+                }
+            }
+
+            fn features(&self) -> Range<usize> {
+                features(&self.scorer)
+            }
+
+            fn score(&mut self, windows: &[f32]) -> Scores {
+                score_all(&self.scorer, windows)
+            }
         }
-    }
-
-    fn features(&self) -> Range<usize> {
-        features(&self.scorer)
-    }
-
-    fn score(&mut self, windows: &[f32]) -> Scores {
-        score_all(&self.scorer, windows)
-    }
+    )*};
 }
 
-impl Detector for RffOcSvm {
-    fn needs(&self) -> Needs {
-        Needs {
-            window: self.scorer.window(),
-            stride: None,
-            stateful: false,
-        }
-    }
-
-    fn features(&self) -> Range<usize> {
-        features(&self.scorer)
-    }
-
-    fn score(&mut self, windows: &[f32]) -> Scores {
-        score_all(&self.scorer, windows)
-    }
-}
+scorer_detector!(LinearOcSvm, RffOcSvm);
 
 /// The model's one-class SVM for features `range`, on `device` (as resolved by
 /// [`super::gpu::resolve_for`]): [`LinearOcSvm`] or [`RffOcSvm`] by the model's kind on
