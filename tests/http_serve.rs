@@ -21,12 +21,7 @@ use tidewatch::types::FrameResult;
 fn nestjs_gzip_frame_reaches_the_alert_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (c, _) = config(model(40), &receiver.base_url(), &dir);
     let server = start(c);
     let client = Client::new();
@@ -100,12 +95,7 @@ fn nestjs_gzip_frame_reaches_the_alert_receiver() {
 fn bad_inputs_get_their_codes_and_the_next_valid_frame_is_scored() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (mut c, verdicts) = config(model(4), &receiver.base_url(), &dir);
     c.max_body_bytes = 64 << 10;
     c.max_inflated_bytes = 256 << 10;
@@ -208,12 +198,7 @@ fn bad_inputs_get_their_codes_and_the_next_valid_frame_is_scored() {
 fn a_61_byte_deeply_nested_body_is_refused_and_scoring_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (c, verdicts) = config(model(4), &receiver.base_url(), &dir);
     let server = start(c);
     let client = Client::new();
@@ -378,12 +363,7 @@ fn failing_receivers_lead_to_dead_letters_after_the_allowed_attempts() {
 fn an_alert_with_25000_anomalous_features_fits_the_client_limit() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (mut c, _) = config(model(25_000), &receiver.base_url(), &dir);
     if let Some(w) = c.webhook.as_mut() {
         // The default cap would fit anyway; lift it so the size limit itself is tested.
@@ -489,12 +469,7 @@ fn a_full_queue_answers_429_and_every_accepted_frame_is_scored() {
 fn a_frame_a_second_is_scored_without_waiting_for_a_full_batch() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (mut c, _) = config(model(16), &receiver.base_url(), &dir);
     c.settings.batch_size = 64;
     let server = start(c);
@@ -516,12 +491,7 @@ fn a_frame_a_second_is_scored_without_waiting_for_a_full_batch() {
 fn metrics_count_frames_refusals_alerts_and_stage_latencies() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let receiver = Receiver::start(
-        &rt,
-        Mode::Client {
-            limit: CLIENT_BODY_LIMIT,
-        },
-    );
+    let receiver = Receiver::like_client(&rt);
     let (c, verdicts) = config(model(8), &receiver.base_url(), &dir);
     let server = start(c);
     let client = Client::new();

@@ -13,7 +13,7 @@ use tidewatch::model::Model;
 use tidewatch::runtime::SinkSpec;
 use tidewatch::server::{self, ModelSpec, ServeConfig, ServerHandle};
 use tidewatch::sinks::alert::{check_like_client, Refusal};
-use tidewatch::sinks::webhook::WebhookConfig;
+use tidewatch::sinks::webhook::{WebhookConfig, CLIENT_BODY_LIMIT};
 use tidewatch::types::FrameResult;
 use warp::Filter;
 
@@ -98,6 +98,16 @@ impl Receiver {
             attempts,
             _stop: stop,
         }
+    }
+
+    /// A receiver on loopback that answers like the NestJS client, with its body limit.
+    pub fn like_client(rt: &tokio::runtime::Runtime) -> Receiver {
+        Receiver::start(
+            rt,
+            Mode::Client {
+                limit: CLIENT_BODY_LIMIT,
+            },
+        )
     }
 
     pub fn base_url(&self) -> String {
