@@ -401,8 +401,17 @@ pub fn on_worker_zero<F>(make: F) -> SourceFactory
 where
     F: Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync + 'static,
 {
+    on_worker(0, make)
+}
+
+/// A factory for input read by the worker with global index `index` alone (each process
+/// of a cluster that takes HTTP frames reads them on its own first worker).
+pub fn on_worker<F>(index: usize, make: F) -> SourceFactory
+where
+    F: Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync + 'static,
+{
     Arc::new(move |slot: WorkerSlot| {
-        if slot.index == 0 {
+        if slot.index == index {
             make().map(Some)
         } else {
             Ok(None)

@@ -192,3 +192,161 @@ fn setup_errors_end_the_run_with_a_message() {
     let stderr = String::from_utf8_lossy(&many.stderr);
     assert!(stderr.contains("64 workers for 50 features"), "{stderr}");
 }
+
+/// `serve --ingest every-process` in two real processes: each takes HTTP frames on its own
+/// address (from `--ingest-addrs`) and answers with a seq in its own residue class, while
+/// two clients send to both at once; the verdicts are those of one process replaying the
+/// same frames in seq order, and only process 0 writes alerts.
+#[cfg(unix)]
+#[test]
+fn http_frames_enter_every_process_and_are_windowed_in_seq_order() {
+    use std::collections::BTreeMap;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (f, w) = (50, 5);
+    let model = dir.path().join("model");
+    random_rff_model(f, w, 11).save(&model).unwrap();
+    let frames: Vec<_> = random_frames(160, f, 5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut frame)| {
+            frame.meta.id = Some(format!("f{i}"));
+            frame
+        })
+        .collect();
+    // The bodies as a client sends them: one JSONL line each.
+    let index = FeatureIndex::numbered(f);
+    let lines = |frames: &[&tidewatch::types::Frame], path: &Path| {
+        let mut writer = FrameWriter::create(path, &index).unwrap();
+        for frame in frames {
+            writer.write(frame).unwrap();
+        }
+        writer.finish().unwrap();
+    };
+    let all = dir.path().join("all.jsonl");
+    lines(&frames.iter().collect::<Vec<_>>(), &all);
+    let bodies: Vec<String> = std::fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+
+    let hosts = dir.path().join("hosts.txt");
+    let ingest = dir.path().join("ingest.txt");
+    for path in [&hosts, &ingest] {
+        std::fs::write(
+            path,
+            format!(
+                "127.0.0.1:{}\n127.0.0.1:{}\n",
+                common::free_port(),
+                common::free_port()
+            ),
+        )
+        .unwrap();
+    }
+    let alerts = dir.path().join("alerts.jsonl");
+    let serve = |p: usize| {
+        common::tidewatch(dir.path())
+            .args(["serve", "--model"])
+            .arg(&model)
+            .args(["--ingest", "every-process", "--ingest-addrs"])
+            .arg(&ingest)
+            .args(["-n", "2", "-p", &p.to_string(), "-h"])
+            .arg(&hosts)
+            .args(["--no-webhook", "--output"])
+            .arg(&alerts)
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut procs = Cluster(vec![serve(0), serve(1)]);
+    // the stdout readers stay open until the processes have printed their reports
+    let (addrs, _stdouts): (Vec<_>, Vec<_>) = procs.0.iter_mut().map(common::ready_addr).unzip();
+    let listed: Vec<std::net::SocketAddr> = std::fs::read_to_string(&ingest)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        addrs, listed,
+        "process p listens on line p of --ingest-addrs"
+    );
+
+    // Frame i goes to process i % 2; the two clients send at the same time.
+    let seqs: BTreeMap<u64, usize> = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..2)
+            .map(|p| {
+                let (bodies, addr) = (&bodies, addrs[p]);
+                s.spawn(move || {
+                    let client = common::serve::Client::new();
+                    (p..bodies.len())
+                        .step_by(2)
+                        .map(|i| {
+                            let answer = client.enqueue(addr, bodies[i].clone().into(), &[]);
+                            assert_eq!(answer.status, 202, "frame {i} to process {p}");
+                            let seq = answer.body["seq"].as_u64().unwrap();
+                            assert_eq!(seq % 2, p as u64, "process {p}'s seqs are its own");
+                            (seq, i)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(seqs.len(), frames.len(), "every frame got a seq of its own");
+    for child in &procs.0 {
+        common::sigterm(child);
+    }
+    for (p, child) in std::mem::take(&mut procs.0).into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "process {p} of 2: {}", out.status);
+    }
+
+    // One process replays the frames in the order of their seqs.
+    let ordered: Vec<_> = seqs.values().map(|&i| &frames[i]).collect();
+    let in_order = dir.path().join("ordered.jsonl");
+    lines(&ordered, &in_order);
+    let reference = dir.path().join("reference.jsonl");
+    check(
+        replay(&model, &in_order, &reference, &["-w", "1"])
+            .output()
+            .unwrap(),
+        "replay in seq order",
+    );
+    let verdicts = |path: &Path| -> BTreeMap<String, serde_json::Value> {
+        common::alert_lines(path)
+            .into_iter()
+            .map(|a| {
+                (
+                    a["id"].as_str().unwrap().to_owned(),
+                    a["anomalous_features"].clone(),
+                )
+            })
+            .collect()
+    };
+    let expected = verdicts(&reference);
+    assert!(expected.len() > 10, "the fixture model flags frames");
+    assert_eq!(
+        verdicts(&alerts),
+        expected,
+        "two ingest points differ from one replay"
+    );
+}
+
+/// Processes killed when dropped, so that a failing test leaves none behind.
+struct Cluster(Vec<std::process::Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

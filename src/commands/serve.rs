@@ -17,10 +17,11 @@ use crate::settings::ServeArgs;
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Serves until SIGINT/SIGTERM, then drains and exits. In a multi-process cluster,
-/// processes other than 0 run their workers only; process 0 hosts HTTP and worker 0.
+/// processes other than 0 run their workers only, and process 0 hosts HTTP and worker 0;
+/// with `--ingest every-process` each process also takes HTTP frames of its own.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    if !args.cluster.is_leader() {
+    if !args.cluster.is_leader() && !args.ingests_everywhere() {
         return run_follower(args, config);
     }
     let handle = server::start(config)?;

@@ -64,8 +64,13 @@ pub struct ServeConfig {
     pub device: Device,
     /// Pipeline settings (variant, batch size, threshold, ...).
     pub settings: Settings,
-    /// timely cluster flags; this process must be process 0 (it hosts worker 0).
+    /// timely cluster flags. This process must be process 0 (which hosts worker 0 and the
+    /// sinks) unless `ingest_everywhere` is set.
     pub cluster: ClusterArgs,
+    /// In a cluster, every process takes `POST /data-enqueue` and decodes its own frames
+    /// (numbered by [`Sequencing::AssignedClock`](crate::sources::Sequencing)), rather
+    /// than process 0 alone.
+    pub ingest_everywhere: bool,
     /// Frames accepted but not yet taken by the dataflow, at most (`QUEUE_MAX_SIZE`).
     pub queue_max_size: usize,
     /// Largest request body, as sent on the wire.
@@ -109,6 +114,7 @@ impl ServeConfig {
             device: Device::Auto,
             settings: Settings::default(),
             cluster: ClusterArgs::default(),
+            ingest_everywhere: false,
             queue_max_size: 100,
             max_body_bytes: 1 << 20,
             max_inflated_bytes: 16 << 20,
@@ -271,9 +277,9 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
     if let Some(w) = config.webhook.as_mut() {
         w.stats = Arc::clone(&stats);
     }
-    if !config.cluster.is_leader() {
+    if !config.cluster.is_leader() && !config.ingest_everywhere {
         bail!(
-            "the HTTP server runs in process 0 only (this is process {})",
+            "the HTTP server runs in process 0 only (this is process {}) unless every process takes frames",
             config.cluster.process
         );
     }
@@ -416,7 +422,7 @@ fn run_dataflow(
     });
     let factory = match &config.kafka {
         Some(kafka) => kafka_factory(kafka, &model, outbox, shared, ready)?,
-        None => http_factory(source, shared, ready),
+        None => http_factory(source, shared, ready, ingest_worker(&config)),
     };
     let sinks = SinkSpec {
         on_result: hook,
@@ -473,11 +479,27 @@ fn kafka_factory(
     }))
 }
 
-/// Frames from `POST /data-enqueue`, read by worker 0; ready once it has taken the queue.
-fn http_factory(source: IngestSource, shared: &Arc<Shared>, ready: Arc<Ready>) -> SourceFactory {
+/// The worker that reads this process's HTTP queue: worker 0, or with ingest on every
+/// process, the first worker of this one.
+fn ingest_worker(config: &ServeConfig) -> usize {
+    if config.ingest_everywhere {
+        config.cluster.process * config.cluster.threads.max(1)
+    } else {
+        0
+    }
+}
+
+/// Frames from `POST /data-enqueue`, read by worker `reader`; ready once it has taken the
+/// queue.
+fn http_factory(
+    source: IngestSource,
+    shared: &Arc<Shared>,
+    ready: Arc<Ready>,
+    reader: usize,
+) -> SourceFactory {
     let slot = Mutex::new(Some(source));
     let factory_shared = Arc::clone(shared);
-    runtime::on_worker_zero(move || {
+    runtime::on_worker(reader, move || {
         let source = slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())

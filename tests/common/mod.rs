@@ -171,8 +171,15 @@ pub fn ready_addr(
 ) {
     use std::io::BufRead;
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // timely prints its cluster's connection progress on stdout before serve is ready
     let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
+    while !ready.contains("http://") {
+        ready.clear();
+        assert!(
+            stdout.read_line(&mut ready).unwrap() > 0,
+            "serve ended before it was ready"
+        );
+    }
     let addr = ready
         .split("http://")
         .nth(1)
