@@ -1,6 +1,7 @@
 //! The subcommands of the `tidewatch` binary, one module each.
 
 pub mod bench;
+pub mod cluster;
 pub mod demo;
 pub mod evaluate;
 pub mod generate;
