@@ -350,3 +350,89 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// `tidewatch cluster -n 2 -- <serve args>` as a user's first multi-process run: both
+/// processes come up on `APP_PORT` and `APP_PORT + 1`, take frames, and one SIGTERM to the
+/// launcher drains the whole cluster, which exits 0 with every frame scored.
+#[cfg(unix)]
+#[test]
+fn the_cluster_command_starts_every_process_and_passes_signals_on() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = fixture(dir.path());
+    // a port whose successor is free too
+    let port = loop {
+        let p = common::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let alerts = dir.path().join("alerts.jsonl");
+    let mut launcher = Cluster(vec![common::tidewatch(dir.path())
+        .args(["cluster", "-n", "2", "--", "--model"])
+        .arg(&model)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--no-webhook",
+        ])
+        .arg("--output")
+        .arg(&alerts)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()]);
+    let mut stdout = std::io::BufReader::new(launcher.0[0].stdout.take().unwrap());
+    let mut ready = Vec::new();
+    while ready.len() < 2 {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the cluster ended early"
+        );
+        if let Some(rest) = line.split("http://").nth(1) {
+            ready.push(rest.split_whitespace().next().unwrap().to_owned());
+        }
+    }
+    ready.sort();
+    assert_eq!(
+        ready,
+        [
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{}", port + 1)
+        ],
+        "process p on APP_PORT + p"
+    );
+    let client = common::serve::Client::new();
+    let body = common::serve::frame_json(50, 3, "");
+    for i in 0..10 {
+        let addr = ready[i % 2].parse().unwrap();
+        assert_eq!(
+            client.enqueue(addr, body.clone().into_bytes(), &[]).status,
+            202
+        );
+    }
+    common::sigterm(&launcher.0[0]);
+    let status = launcher.0[0].wait().unwrap();
+    assert!(
+        status.success(),
+        "the cluster drained and exited 0: {status}"
+    );
+    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
+    assert!(
+        rest.contains("5 frames accepted, 6 scored"),
+        "process 0 took 5 frames and has the verdicts of all 10 but the 4 that fill the first window of 5: {rest}"
+    );
+    let lingering = Command::new("pgrep")
+        .args(["-f", &format!("--port {port} --no-webhook")])
+        .output()
+        .unwrap();
+    assert!(
+        lingering.stdout.is_empty(),
+        "no serve process outlives the launcher"
+    );
+}
