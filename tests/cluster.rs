@@ -436,3 +436,42 @@ fn the_cluster_command_starts_every_process_and_passes_signals_on() {
         "no serve process outlives the launcher"
     );
 }
+
+/// `replay -w 2` parses a file's records on both workers: for JSONL and CSV, with a record
+/// that does not decode in the middle, the alerts (seqs included: a frame's seq is its
+/// record's number) are those of `-w 1`.
+#[test]
+fn workers_share_a_files_records_and_keep_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, jsonl) = fixture(dir.path());
+    let csv = dir.path().join("frames.csv");
+    let mut writer = FrameWriter::create(&csv, &FeatureIndex::numbered(50)).unwrap();
+    for frame in random_frames(200, 50, 5) {
+        writer.write(&frame).unwrap();
+    }
+    writer.finish().unwrap();
+    for (input, bad) in [(&jsonl, "{\"data\": not json}"), (&csv, "1,2,3")] {
+        let text = std::fs::read_to_string(input).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(lines.len() / 2, bad);
+        std::fs::write(input, lines.join("\n") + "\n").unwrap();
+        let outputs: Vec<_> = ["1", "2"]
+            .iter()
+            .map(|w| {
+                let out = dir.path().join(format!("w{w}.jsonl"));
+                check(
+                    replay(&model, input, &out, &["-w", w]).output().unwrap(),
+                    &format!("{} -w {w}", input.display()),
+                );
+                common::alert_lines(&out)
+            })
+            .collect();
+        assert!(outputs[0].len() > 10, "the fixture model flags frames");
+        assert_eq!(outputs[1], outputs[0], "{}: -w 2 differs", input.display());
+        let last = outputs[0].last().unwrap()["seq"].as_u64().unwrap();
+        assert!(
+            last <= 200,
+            "seqs are record numbers, the bad one unused: {last}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! `tidewatch replay`: a file or the generator through a dataflow variant into sinks.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
@@ -136,8 +136,30 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     };
     match (&args.input, args.generate) {
         (Some(path), _) => {
+            // Process 0's workers share the file: each parses the records it takes.
             let path = path.clone();
-            runtime::on_worker_zero(move || sources::file::open(&path, &index, policy))
+            // Paced (`--rate`), decoding is not what limits: one reader keeps the pace exact.
+            let readers = match args.rate {
+                Some(_) => 1,
+                None => args.cluster.threads.max(1),
+            };
+            type Opened = Option<Vec<Option<Box<dyn FrameSource>>>>;
+            let opened: Mutex<Opened> = Mutex::new(None);
+            Arc::new(move |slot: runtime::WorkerSlot| {
+                if slot.index >= readers {
+                    return Ok(None);
+                }
+                let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+                if opened.is_none() {
+                    let sources = sources::file::open_split(&path, &index, policy, readers)?;
+                    // a format read by one source alone (NPY) leaves the other workers none
+                    *opened = Some(sources.into_iter().map(Some).collect());
+                }
+                Ok(opened
+                    .as_mut()
+                    .and_then(|s| s.get_mut(slot.index))
+                    .and_then(Option::take))
+            })
         }
         (None, frames) => {
             let config = args.synthetic.config(model.n_features());
