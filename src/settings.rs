@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// tokio threads serving HTTP and sending alerts.
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    /// Bearer token of the admin routes (`POST /admin/model`, `PUT /admin/threshold`,
+    /// `PUT|DELETE /admin/mutes`); unset or empty: those routes do not exist (404).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -227,6 +231,7 @@ impl ServeArgs {
         config.min_body_rate = self.min_body_rate;
         config.drain_timeout = self.drain_timeout;
         config.webhook = (!self.no_webhook).then_some(webhook);
+        config.admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
         config.sinks = SinkSpec {
             alerts_path: self.output.clone(),
             stdout: self.stdout,
