@@ -195,13 +195,13 @@ impl Watch {
     }
 }
 
+/// A model for unit tests here and in the operators that read [`Controls`].
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{FeatureNames, ModelKind, ModelMeta, Params, Provenance};
+pub(crate) mod test_model {
+    use crate::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance};
 
     /// A linear model of `f` features over windows of `w`, all weights zero.
-    fn tiny(f: usize, w: usize) -> Model {
+    pub(crate) fn tiny(f: usize, w: usize) -> Model {
         Model {
             meta: ModelMeta {
                 format: 1,
@@ -224,6 +224,12 @@ mod tests {
             calibration: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_model::tiny;
+    use super::*;
 
     /// A swap of a model with the same layout takes; one with other features or another
     /// window is refused and leaves the old one in force; mutes are kept sorted and

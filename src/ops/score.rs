@@ -355,3 +355,68 @@ impl BatchLog {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use timely::dataflow::operators::{Inspect, ToStream};
+
+    use super::*;
+    use crate::types::Compacted;
+
+    /// Runs one scored batch through the threshold operator cut by `cut`; returns each
+    /// window's anomalous features.
+    fn cut_batch(scored: Scored, cut: Cut) -> Vec<Vec<u32>> {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        timely::example(move |scope| {
+            Some(scored)
+                .to_stream(scope)
+                .container::<Vec<_>>()
+                .threshold(cut)
+                .inspect(move |p| {
+                    sink.lock()
+                        .unwrap()
+                        .push(p.hits.iter().map(|h| h.feature).collect())
+                });
+        });
+        let v = out.lock().unwrap().clone();
+        v
+    }
+
+    /// A live cut follows the controls' threshold and mutes; a batch thresholded on the
+    /// device just before the threshold was lowered is cut where the device cut it
+    /// (rather than failing), and muted features drop out of device hits too.
+    #[test]
+    fn a_live_cut_follows_threshold_and_mutes() {
+        let model = Arc::new(crate::controls::test_model::tiny(4, 1));
+        let controls = Arc::new(Controls::new(model, None, Some(1.0)));
+        let live = || Cut::Live {
+            controls: Arc::clone(&controls),
+            fallback: None,
+        };
+        let scored = || Scored {
+            lo: 0,
+            seqs: vec![7],
+            scores: vec![0.5, 1.5, 2.5, 3.5],
+            ..Scored::default()
+        };
+        assert_eq!(cut_batch(scored(), live()), vec![vec![1, 2, 3]]);
+        controls.set_threshold(Some(3.0));
+        assert_eq!(cut_batch(scored(), live()), vec![vec![3]]);
+        controls.set_threshold(Some(0.0));
+        controls.set_muted(&[2]).unwrap();
+        assert_eq!(cut_batch(scored(), live()), vec![vec![0, 1, 3]]);
+        let device = Scored {
+            lo: 0,
+            seqs: vec![7],
+            compacted: Some(Compacted {
+                threshold: 2.0,
+                hits: vec![(0, 2, 2.5), (0, 3, 3.5)],
+            }),
+            ..Scored::default()
+        };
+        assert_eq!(cut_batch(device, live()), vec![vec![3]]);
+    }
+}
