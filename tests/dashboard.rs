@@ -439,3 +439,46 @@ fn a_real_browser_shows_the_counters_move_and_the_injected_anomaly() {
     drop(sender);
     h.shutdown().unwrap();
 }
+
+/// A viewer still connected when the server shuts down sees its event stream end, and
+/// the shutdown drains normally instead of waiting for the viewer to leave.
+#[test]
+fn a_viewer_does_not_hold_up_shutdown() {
+    let rt = s::runtime();
+    let rx = Receiver::like_client(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let h = serve(&rx, &dir);
+    let addr = h.addr();
+    let (first, got_first) = std::sync::mpsc::channel();
+    let viewer = std::thread::spawn(move || {
+        let client = Client::new();
+        client.rt.block_on(async {
+            let mut resp = client
+                .http
+                .get(format!("http://{addr}/events"))
+                .send()
+                .await
+                .unwrap();
+            let mut chunks = 0;
+            loop {
+                match tokio::time::timeout(PATIENCE, resp.chunk()).await {
+                    Ok(Ok(Some(_))) => {
+                        chunks += 1;
+                        let _ = first.send(());
+                    }
+                    Ok(Ok(None)) => return Ok(chunks),
+                    Ok(Err(e)) => return Err(format!("the stream broke: {e}")),
+                    Err(_) => return Err("the stream neither ended nor sent".to_string()),
+                }
+            }
+        })
+    });
+    got_first.recv_timeout(PATIENCE).expect("a first snapshot");
+    let report = h.shutdown().unwrap();
+    assert_eq!(report.http.accepted, 0);
+    let chunks = viewer
+        .join()
+        .unwrap()
+        .expect("the event stream ends cleanly");
+    assert!(chunks >= 1);
+}
