@@ -183,8 +183,7 @@ fn swap_from(controls: &Controls, dir: &std::path::Path, by: &str) -> Result<Arc
 pub(super) fn reload_on_hangup(shared: &Shared) {
     let result = match (&shared.model_dir, controls(shared)) {
         (None, _) => Err("the server was given a loaded model, not a directory".to_string()),
-        (_, Err(_)) if shared.processes > 1 => Err("not in a cluster".to_string()),
-        (_, Err(_)) => Err("not scoring yet".to_string()),
+        (_, Err(Refused(_, _, why))) => Err(why),
         (Some(dir), Ok(c)) => swap_from(&c, dir, "SIGHUP"),
     };
     if let Err(why) = result {
