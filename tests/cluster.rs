@@ -232,16 +232,7 @@ fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
     };
     let mut p1 = serve("1").spawn().unwrap();
     let mut p0 = serve("0").spawn().unwrap();
-    // timely reports connection progress on stdout before the ready line
-    let mut stdout = std::io::BufReader::new(p0.stdout.take().unwrap());
-    let addr: std::net::SocketAddr = loop {
-        let mut line = String::new();
-        use std::io::BufRead;
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "no ready line");
-        if let Some(rest) = line.split("ready on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (addr, _stdout) = common::ready_addr(&mut p0);
     let client = common::serve::Client::new();
     let (status, text) = client.get_text(addr, "/metrics");
     assert_eq!(status, 200);
