@@ -44,14 +44,15 @@ function chart(id, keys, colours) {
   svg.textContent = "";
   const rows = history.slice(-KEEP);
   const pad = Array(KEEP - rows.length).fill(null);
-  let max = 0;
-  for (const r of rows) for (const k of keys) if (r[k] != null) max = Math.max(max, r[k]);
+  let max = 0, any = false;
+  for (const r of rows) for (const k of keys) if (r[k] != null) { max = Math.max(max, r[k]); any = true; }
+  const top = max;
   max = max > 0 ? max * 1.1 : 1;
   keys.forEach((k, i) => line(svg, pad.concat(rows.map((r) => r[k])), max, colours[i]));
   const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
   label.setAttribute("x", 4);
   label.setAttribute("y", 12);
-  label.textContent = "max " + fmt(max / 1.1, max < 10 ? 2 : 0);
+  label.textContent = any ? "max " + fmt(top, top < 10 ? 2 : 0) : "no data yet";
   svg.appendChild(label);
 }
 
