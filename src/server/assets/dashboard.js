@@ -65,6 +65,9 @@ function heat(h) {
   const side = Math.ceil(Math.sqrt(h.cells));
   const px = canvas.width / side;
   const top = Math.max(1, ...h.counts.map((c) => c[1]));
+  // the cells drawn, for a reader (or test) that cannot see the canvas
+  canvas.dataset.cells = h.counts.map((c) => c[0]).join(" ");
+  canvas.dataset.perCell = h.per_cell;
   for (const [cell, n] of h.counts) {
     const x = cell % side, y = Math.floor(cell / side);
     const a = 0.25 + 0.75 * Math.log1p(n) / Math.log1p(top);
