@@ -14,10 +14,11 @@ use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
+use crate::controls::Controls;
 use crate::detect::{Detector, Device};
 use crate::layout::Layout;
 use crate::model::Model;
-use crate::ops::{frame_source, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
+use crate::ops::{frame_source, Cut, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
 use crate::sinks::file::AlertLines;
 pub use crate::sinks::{ResultHook, SinkSpec};
 use crate::sources::FrameSource;
@@ -188,6 +189,9 @@ pub struct Settings {
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
     /// [`crate::detect::gpu::resolve_for`]) and logs what it chose and why.
     pub device: Device,
+    /// Model, threshold and mutes that may change while the run goes on (`serve`'s admin
+    /// routes); `None`: fixed for the run. Read by [`Env::ocsvm`] and [`Env::cut`].
+    pub controls: Option<Arc<Controls>>,
 }
 
 /// What a dataflow variant builds from, on one worker.
@@ -359,8 +363,36 @@ impl Env {
             Device::Auto => Device::Cpu,
             d => d,
         };
-        crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold())
-            .unwrap_or_else(|e| panic!("detector for features {range:?}: {e:#}"))
+        let detector = match &self.settings.controls {
+            Some(c) => crate::detect::Reloading::new(Arc::clone(c), device, range.clone())
+                .map(|d| Box::new(d) as Box<dyn Detector>),
+            None => crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold()),
+        };
+        detector.unwrap_or_else(|e| panic!("detector for features {range:?}: {e:#}"))
+    }
+
+    /// Where the model's scores are cut: the threshold in force (see [`Env::threshold`]),
+    /// which follows the run's [`Controls`] when it has them, as do muted features.
+    pub fn cut(&self) -> Cut {
+        match &self.settings.controls {
+            Some(c) => Cut::Live {
+                controls: Arc::clone(c),
+                fallback: None,
+            },
+            None => Cut::Fixed(self.threshold()),
+        }
+    }
+
+    /// [`Env::cut`] for a detector whose scores are not the model's: `default` unless an
+    /// override is set.
+    pub fn cut_or(&self, default: f32) -> Cut {
+        match &self.settings.controls {
+            Some(c) => Cut::Live {
+                controls: Arc::clone(c),
+                fallback: Some(default),
+            },
+            None => Cut::Fixed(self.threshold_or(default)),
+        }
     }
 
     /// The threshold in force: the override, else the model's.

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// tokio threads serving HTTP and sending alerts.
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    /// Bearer token of the admin routes (`POST /admin/model`, `PUT /admin/threshold`,
+    /// `PUT|DELETE /admin/mutes`); unset or empty: those routes do not exist (404).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -296,6 +300,7 @@ impl ServeArgs {
         // Verdicts meet on worker 0, so only process 0 sends alerts or writes them.
         let leader = self.cluster.is_leader();
         config.webhook = (!self.no_webhook && leader).then_some(webhook);
+        config.admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
         config.sinks = SinkSpec {
             alerts_path: self.output.clone().filter(|_| leader),
             stdout: self.stdout && leader,

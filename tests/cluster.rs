@@ -394,7 +394,7 @@ fn the_cluster_command_starts_every_process_and_passes_signals_on() {
             stdout.read_line(&mut line).unwrap() > 0,
             "the cluster ended early"
         );
-        if let Some(rest) = line.split("http://").nth(1) {
+        if let Some(rest) = line.split("ready on http://").nth(1) {
             ready.push(rest.split_whitespace().next().unwrap().to_owned());
         }
     }
@@ -474,4 +474,67 @@ fn workers_share_a_files_records_and_keep_its_order() {
             "seqs are record numbers, the bad one unused: {last}"
         );
     }
+}
+
+/// A `serve` cluster of two processes: process 0's `/metrics` labels every sample with
+/// `process="0"` (so one Prometheus can scrape every process and keep them apart), and
+/// the admin routes answer 409, since they cannot reach process 1's copy of the settings.
+#[cfg(unix)]
+#[test]
+fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = fixture(dir.path());
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1:{}\n127.0.0.1:{}\n",
+            common::free_port(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let serve = |p: &str| {
+        let mut c = common::tidewatch(dir.path());
+        c.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-webhook",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .args(["-n", "2", "-p", p, "-h"])
+        .arg(&hosts)
+        .env("ADMIN_TOKEN", "t0ken")
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped());
+        c
+    };
+    let mut p1 = serve("1").spawn().unwrap();
+    let mut p0 = serve("0").spawn().unwrap();
+    let (addr, _stdout) = common::ready_addr(&mut p0);
+    let client = common::serve::Client::new();
+    let (status, text) = client.get_text(addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "tidewatch_frames_accepted_total{process=\"0\"} 0",
+        "tidewatch_stage_latency_seconds_bucket{process=\"0\",stage=\"score\",le=\"+Inf\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    let answer = client.send(
+        client
+            .http
+            .put(format!("http://{addr}/admin/threshold"))
+            .bearer_auth("t0ken")
+            .json(&serde_json::json!({"threshold": 1.0})),
+    );
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    assert_eq!(answer.body["error"], "cluster");
+    common::sigterm(&p0);
+    assert!(p0.wait().unwrap().success());
+    assert!(p1.wait().unwrap().success());
 }

@@ -96,6 +96,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     handle.wait_ready(Duration::from_secs(600))?;
     let addr = handle.addr();
     println!("  serve ready: http://{addr}  (try: curl -s http://{addr}/health/ready)");
+    println!("  dashboard: open http://{addr}/ in a browser while the demo runs");
     println!(
         "  sending {} frames/s for {} with anomalies injected (JSON logs on stderr)...\n",
         args.rate,

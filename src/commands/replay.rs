@@ -96,6 +96,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         stats: None,
         metrics_interval: args.metrics_interval,
         device: args.device.device,
+        controls: None,
     };
     let make_source = source_factory(args, &model);
     let sinks = SinkSpec {

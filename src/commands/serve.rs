@@ -33,11 +33,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     // stdout: stderr carries the JSON logs, one object per line.
     match &args.kafka.kafka_topic {
         Some(topic) if args.kafka.enabled() => println!(
-            "tidewatch serve: ready on http://{} (GET /health/live, GET /health/ready, GET /metrics); frames from Kafka topic {topic}",
+            "tidewatch serve: ready on http://{} (GET / dashboard, GET /health/live, GET /health/ready, GET /metrics); frames from Kafka topic {topic}",
             handle.addr()
         ),
         _ => println!(
-            "tidewatch serve: ready on http://{} (POST /data-enqueue, GET /health/live, GET /health/ready, GET /metrics)",
+            "tidewatch serve: ready on http://{} (POST /data-enqueue, GET / dashboard, GET /health/live, GET /health/ready, GET /metrics)",
             handle.addr()
         ),
     }

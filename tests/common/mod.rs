@@ -162,7 +162,8 @@ pub fn sigterm(child: &std::process::Child) {
 }
 
 /// Reads `serve`'s ready line from its piped stdout and returns the address it names,
-/// with the rest of stdout to read later.
+/// with the rest of stdout to read later. Lines before it (timely's progress while a
+/// cluster connects) are skipped.
 pub fn ready_addr(
     child: &mut std::process::Child,
 ) -> (
@@ -171,14 +172,11 @@ pub fn ready_addr(
 ) {
     use std::io::BufRead;
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    // timely prints its cluster's connection progress on stdout before serve is ready
     let mut ready = String::new();
-    while !ready.contains("http://") {
+    while !ready.contains("ready on http://") {
         ready.clear();
-        assert!(
-            stdout.read_line(&mut ready).unwrap() > 0,
-            "serve ended before it was ready"
-        );
+        let n = stdout.read_line(&mut ready).unwrap();
+        assert!(n > 0, "serve ended without a ready line");
     }
     let addr = ready
         .split("http://")
