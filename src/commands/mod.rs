@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod evaluate;
 pub mod generate;
+pub mod outbox;
 pub mod receiver;
 pub mod replay;
 pub mod serve;
