@@ -392,10 +392,8 @@ impl Webhook {
                 "delivering the alerts an earlier run left in the outbox"
             );
         }
-        shared
-            .counters
-            .recovered
-            .store(recovered.len() as u64, Relaxed);
+        let outstanding = recovered.len() as u64;
+        shared.counters.recovered.store(outstanding, Relaxed);
         for stored in recovered {
             let _ = to_sender.send(Pending {
                 stored,
@@ -418,6 +416,7 @@ impl Webhook {
             jobs,
             acks,
             to_sender: Some(to_sender),
+            outstanding,
         };
         let appender = std::thread::Builder::new()
             .name("tidewatch-outbox".into())
@@ -568,6 +567,10 @@ struct Appender {
     /// (event id, delivered: true / dead: false), from the sender.
     acks: std_mpsc::Receiver<(u64, bool)>,
     to_sender: Option<mpsc::UnboundedSender<Pending>>,
+    /// Events handed to the sender and not yet reported back: while none are, no
+    /// acknowledgement can come, and the thread sleeps until an alert does (an idle
+    /// `serve` uses no CPU).
+    outstanding: u64,
 }
 
 impl Appender {
@@ -578,7 +581,14 @@ impl Appender {
         let mut acks = Vec::new();
         loop {
             if self.to_sender.is_some() {
-                match self.jobs.recv_timeout(ACK_WRITE_INTERVAL) {
+                let next = if self.outstanding == 0 {
+                    self.jobs
+                        .recv()
+                        .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected)
+                } else {
+                    self.jobs.recv_timeout(ACK_WRITE_INTERVAL)
+                };
+                match next {
                     Ok(j) => batch.push(j),
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -643,6 +653,7 @@ impl Appender {
                 received_us,
             });
         }
+        self.outstanding = self.outstanding.saturating_sub(acks.len() as u64);
         if let Some(log) = &mut self.log {
             for (id, delivered) in acks.drain(..) {
                 log.resolve(id, delivered);
@@ -662,11 +673,14 @@ impl Appender {
                 Some(tx) => tx.send(p).map_err(|e| e.0),
                 None => Err(p),
             };
-            if let Err(p) = sent {
-                // The sender was abandoned at shutdown: the outbox keeps it for the next
-                // start; without one, it is a dead letter.
-                if self.log.is_none() {
-                    self.shared.dead_letter(&p.stored, 0, SHUTDOWN_ERROR);
+            match sent {
+                Ok(()) => self.outstanding += 1,
+                Err(p) => {
+                    // The sender was abandoned at shutdown: the outbox keeps it for the next
+                    // start; without one, it is a dead letter.
+                    if self.log.is_none() {
+                        self.shared.dead_letter(&p.stored, 0, SHUTDOWN_ERROR);
+                    }
                 }
             }
         }
