@@ -38,6 +38,8 @@ enum Command {
     /// Measure throughput (frames/s, feature values/s, MB/s), CPU, RSS and latency of
     /// the dataflow fed pre-encoded client frames, in process or over HTTP.
     Bench(commands::bench::BenchArgs),
+    /// Inspect, replay or purge the durable alert outbox and its dead letters.
+    Outbox(commands::outbox::OutboxArgs),
 }
 
 fn main() {
@@ -68,6 +70,7 @@ fn main() {
         Command::Bench(args) => commands::bench::run(args),
         Command::Evaluate(args) => commands::evaluate::run(args),
         Command::Cluster(args) => commands::cluster::run(args),
+        Command::Outbox(args) => commands::outbox::run(args),
     };
     if let Err(e) = result {
         tracing::error!(error = format!("{e:#}"), "tidewatch failed");

@@ -61,9 +61,25 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub device: crate::commands::DeviceArgs,
-    /// Attempts per alert in all (0 counts as 1).
-    #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
+    /// Attempts per alert at most; 0: no limit, an alert is retried until it is older
+    /// than --outbox-max-age.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 0)]
     pub max_retries: u32,
+    /// The durable alert outbox: every alert is appended here (and synced to disk)
+    /// before it is sent, and what was not delivered is sent again on the next start.
+    #[arg(long, env = "OUTBOX_DIR", default_value = crate::sinks::outbox::DEFAULT_DIR)]
+    pub outbox_dir: PathBuf,
+    /// Keep alerts in memory only (no outbox): a crash loses what was not delivered.
+    #[arg(long)]
+    pub no_outbox: bool,
+    /// Alerts are retried until they are this old (counted from when they entered the
+    /// outbox, across restarts); then they are dead-lettered.
+    #[arg(long, env = "OUTBOX_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub outbox_max_age: Duration,
+    /// Bytes the outbox may hold on disk; past it, new alerts are dead-lettered at once
+    /// (0: no limit).
+    #[arg(long, env = "OUTBOX_MAX_BYTES", default_value_t = crate::sinks::outbox::DEFAULT_MAX_BYTES)]
+    pub outbox_max_bytes: u64,
     /// Seconds before the first alert retry; doubled for each further one, with jitter.
     #[arg(long, env = "INITIAL_DELAY", default_value_t = 1.0)]
     pub initial_delay: f64,
@@ -253,6 +269,11 @@ impl ServeArgs {
             concurrency: self.webhook_concurrency.max(1),
             queue: self.alert_queue.max(1),
             dead_letter: self.dead_letter.clone(),
+            max_age: self.outbox_max_age,
+            outbox: (!self.no_outbox).then(|| crate::sinks::outbox::OutboxConfig {
+                dir: self.outbox_dir.clone(),
+                max_bytes: self.outbox_max_bytes,
+            }),
             body_limit: self.alert_body_limit,
             max_features: self.max_alert_features,
             ..WebhookConfig::default()

@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// Alerts that cannot be delivered go here.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-dead-letter.jsonl"))]
     pub dead_letter: PathBuf,
+    /// The alert outbox (alerts a stopped demo did not deliver are sent by the next).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-outbox"))]
+    pub outbox_dir: PathBuf,
 }
 
 /// Runs the demo.
@@ -89,6 +92,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         url: alert_url,
         initial_delay: Duration::from_millis(200),
         dead_letter: args.dead_letter.clone(),
+        outbox: Some(crate::sinks::outbox::OutboxConfig {
+            dir: args.outbox_dir.clone(),
+            max_bytes: crate::sinks::outbox::DEFAULT_MAX_BYTES,
+        }),
         drain_timeout: Duration::from_secs(10),
         ..WebhookConfig::default()
     });

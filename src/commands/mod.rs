@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod demo;
 pub mod evaluate;
 pub mod generate;
+pub mod outbox;
 pub mod receiver;
 pub mod replay;
 pub mod serve;

@@ -47,13 +47,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let report = handle.shutdown()?;
     let s = &report.run.stats;
     println!(
-        "tidewatch serve: stopped after {:.1} s: {} frames accepted, {} scored, {} anomalous; alerts delivered {}, dead-lettered {}",
+        "tidewatch serve: stopped after {:.1} s: {} frames accepted, {} scored, {} anomalous; alerts delivered {}, dead-lettered {}, left in the outbox {}",
         report.run.seconds,
         report.http.accepted,
         s.frames_scored,
         s.anomalous_frames,
         report.webhook.map(|w| w.delivered).unwrap_or(0),
         report.webhook.map(|w| w.dead_lettered).unwrap_or(0),
+        report.webhook.map(|w| w.left_in_outbox).unwrap_or(0),
     );
     if let Some(k) = &report.kafka {
         print_kafka(k);

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use crate::types::FrameResult;
 
 pub mod alert;
+pub mod event;
 pub mod file;
 pub mod kafka;
+pub mod outbox;
 pub mod webhook;
 
 /// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
