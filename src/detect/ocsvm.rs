@@ -89,20 +89,27 @@ impl RffOcSvm {
         if per_window == 0 {
             return;
         }
+        // Row by row, so that the pass reads the batch in memory order and vectorises: it
+        // runs on every window the kernel scores.
+        let mut zmax = vec![0f32; width];
         for (x, out) in windows
             .chunks_exact(per_window)
             .zip(scores.chunks_exact_mut(width))
         {
-            for (j, s) in out.iter_mut().enumerate() {
-                let (m, inv) = (self.mean[j], self.inv_std[j]);
-                let zmax = x
-                    .iter()
-                    .skip(j)
-                    .step_by(width)
-                    .map(|&v| ((v - m) * inv).abs())
-                    .fold(0f32, f32::max);
-                if zmax > DEPARTURE_SIGMAS {
-                    let g = self.threshold.abs().max(f32::MIN_POSITIVE) * (zmax / DEPARTURE_SIGMAS);
+            zmax.fill(0.0);
+            for row in x.chunks_exact(width) {
+                for ((z, &v), (&m, &inv)) in zmax
+                    .iter_mut()
+                    .zip(row)
+                    .zip(self.mean.iter().zip(&self.inv_std))
+                {
+                    *z = z.max(((v - m) * inv).abs());
+                }
+            }
+            let floor = self.threshold.abs().max(f32::MIN_POSITIVE);
+            for (s, &z) in out.iter_mut().zip(&zmax) {
+                if z > DEPARTURE_SIGMAS {
+                    let g = floor * (z / DEPARTURE_SIGMAS);
                     if g > *s || s.is_nan() {
                         *s = g;
                     }
