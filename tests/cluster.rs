@@ -141,11 +141,12 @@ fn bad_frame_is_reported_and_the_stream_continues() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    let stdout = run.stdout.clone();
     check(run, "replay with a bad line");
     assert!(stderr.contains("feature_x7"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_3_"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_42"), "missing key named: {stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     // sequence numbers go to accepted frames only, so windows span the rejected lines
     assert_eq!(summary["stats"]["frames_in"], 197);
     assert_eq!(summary["stats"]["frames_rejected"], 3);

@@ -60,7 +60,7 @@ pub struct ReplayArgs {
     /// What to do with model features missing from a frame.
     #[arg(long, value_enum, default_value = "reject")]
     pub missing_features: MissingKeys,
-    /// Print the summary as one JSON object.
+    /// Print the summary as one JSON object on stdout (logs stay on stderr).
     #[arg(long)]
     pub json: bool,
     /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often, e.g. `5s`.
@@ -112,7 +112,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["frames_per_second"] = report.frames_per_second().into();
-        eprintln!("{v}");
+        // the summary is the command's result: stdout, apart from the logs on stderr
+        println!("{v}");
     } else {
         eprintln!(
             "replayed {} frames ({} rejected) in {:.2} s: {:.1} frames/s; {} scored, {} anomalous frames, {} anomalous (frame, feature) pairs",
