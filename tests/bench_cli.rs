@@ -364,3 +364,20 @@ fn soak_reports_a_sample_per_interval_and_the_drift() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--rate"));
 }
+
+/// `--floor` measures the plain decode-and-score loop in the same run and reports the
+/// run's frames/s as a share of it; without it the report has neither figure.
+#[test]
+fn floor_is_measured_in_the_same_run_and_shares_are_ratios_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = json_report(dir.path(), &["--floor", "200ms", "-w", "2"]);
+    let floor = f(&r, "floor_frames_per_second");
+    assert!(floor > 0.0, "{r}");
+    assert!(
+        close(f(&r, "share_of_floor"), f(&r, "frames_per_second") / floor),
+        "{r}"
+    );
+    let plain = json_report(dir.path(), &[]);
+    assert!(plain.get("floor_frames_per_second").is_none(), "{plain}");
+    assert!(plain.get("share_of_floor").is_none(), "{plain}");
+}

@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// temporary directory, removed afterwards; without it, the in-memory path.
     #[arg(long, requires = "alerts")]
     pub outbox: bool,
+    /// Also measure the floor of this machine in the same run, before and after it (each
+    /// this long, e.g. `3s`): the same frames inflated and decoded by the same code with a
+    /// linear pass over the values, in a plain loop on `-w` threads, no dataflow; the
+    /// report adds `floor_frames_per_second` and `share_of_floor`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub floor: Option<Duration>,
     /// Soak: run this long (e.g. `30m`) at --rate, sampling RSS and the receive →
     /// verdict latency every --soak-interval; the report lists the samples and how far
     /// RSS and p99 drifted.
@@ -211,6 +217,13 @@ pub struct BenchReport {
     /// With --soak: RSS and latency per interval, and their drift.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<super::soak::SoakReport>,
+    /// With --floor: the floor's frames/s on `-w` threads (the mean of its measurements
+    /// before and after the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_frames_per_second: Option<f64>,
+    /// With --floor: `frames_per_second / floor_frames_per_second`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_of_floor: Option<f64>,
 }
 
 /// What producing the frames took with --kafka (not part of the measured run).
@@ -326,6 +339,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let ring = FrameEncoder::new(args.synthetic.config(features))?.ring(args.ring);
     let ring_facts = RingFacts::measure(&ring, &model)?;
+    let floor = |ring: &[Encoded]| -> anyhow::Result<Option<f64>> {
+        let Some(d) = args.floor else { return Ok(None) };
+        let bodies: Vec<Bytes> = ring.iter().map(|(b, _)| b.clone()).collect();
+        let threads = args.cluster.threads.max(1);
+        super::floor::frames_per_second(&bodies, &model.feature_index(), threads, d).map(Some)
+    };
+    let floor_before = floor(&ring)?;
+    let ring_after = args.floor.map(|_| ring.clone());
     let probe = Arc::new(Probe::default());
     if args.soak.is_some() && args.soak_interval.is_zero() {
         bail!("--soak-interval must be longer than 0 s");
@@ -349,6 +370,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     report.mean_frame_bytes = ring_facts.mean_wire;
     report.mean_json_bytes = ring_facts.mean_json;
     report.soak = soak.map(super::soak::Sampler::finish);
+    if let (Some(before), Some(ring)) = (floor_before, ring_after) {
+        let after = floor(&ring)?.unwrap_or(before);
+        let f = (before + after) / 2.0;
+        report.floor_frames_per_second = Some(f);
+        report.share_of_floor = Some(report.frames_per_second / f.max(1e-9));
+    }
     report.latency_us = probe.latency();
     report.rss_mib = probe.rss_mib();
     // The kernel updates VmHWM lazily (per-thread RSS counters), so a fresh VmRSS sample
@@ -525,6 +552,8 @@ fn base_report(
         http: None,
         kafka: None,
         soak: None,
+        floor_frames_per_second: None,
+        share_of_floor: None,
     }
 }
 
@@ -566,6 +595,15 @@ impl BenchReport {
                 ),
             ),
         ];
+        if let (Some(f), Some(share)) = (self.floor_frames_per_second, self.share_of_floor) {
+            rows.push((
+                "floor",
+                format!(
+                    "{f:.1} frames/s on {} threads: this run is {share:.2} of it",
+                    self.threads
+                ),
+            ));
+        }
         if let (Some(cpu), Some(cores)) = (self.cpu_seconds, self.cpu_cores) {
             rows.push(("CPU", format!("{cpu:.2} s ({cores:.2} cores)")));
         }
@@ -941,6 +979,7 @@ mod tests {
             features: None,
             ring: 3,
             rate: None,
+            floor: None,
             soak: None,
             soak_interval: Duration::from_secs(60),
             http: false,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cluster;
 pub mod demo;
 pub mod evaluate;
+pub mod floor;
 pub mod generate;
 pub mod outbox;
 pub mod receiver;
