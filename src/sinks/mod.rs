@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::types::FrameResult;
 
 pub mod alert;
+pub mod event;
 pub mod file;
 pub mod kafka;
 pub mod webhook;
