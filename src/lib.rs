@@ -11,6 +11,7 @@ pub mod commands;
 pub mod dataflows;
 pub mod detect;
 pub mod eval;
+pub mod incidents;
 pub mod kafka;
 pub mod layout;
 pub mod load;

@@ -5,6 +5,7 @@
 //! Each thread records into its own shard, so workers never wait on each other; readers
 //! (`/metrics`, the periodic log line, the end-of-run table) merge the shards.
 
+use crate::incidents::{EventKind, IncidentEvent, Severity};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -122,6 +123,9 @@ pub struct Stats {
     alerts_dead_lettered: AtomicU64,
     rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     shards: Vec<Mutex<Shard>>,
+    incidents_open: AtomicU64,
+    /// Incidents that reached each severity, by [`Severity::ALL`] index.
+    incidents_reached: [AtomicU64; 3],
 }
 
 impl Default for Stats {
@@ -137,7 +141,33 @@ impl Default for Stats {
             alerts_dead_lettered: AtomicU64::new(0),
             rejected_by_reason: Mutex::new(BTreeMap::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(new_shard())).collect(),
+            incidents_open: AtomicU64::new(0),
+            incidents_reached: Default::default(),
         }
+    }
+}
+
+/// Incident counts (`--alerts incident`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IncidentCounts {
+    /// Open now.
+    pub open: u64,
+    /// Incidents that reached info (every incident opens at some level).
+    pub info: u64,
+    /// Incidents that reached warning.
+    pub warning: u64,
+    /// Incidents that reached critical.
+    pub critical: u64,
+}
+
+impl IncidentCounts {
+    /// `(severity, count)` in [`Severity::ALL`] order.
+    pub fn by_severity(&self) -> [(Severity, u64); 3] {
+        [
+            (Severity::Info, self.info),
+            (Severity::Warning, self.warning),
+            (Severity::Critical, self.critical),
+        ]
     }
 }
 
@@ -251,6 +281,38 @@ impl Stats {
     pub fn alert_dead_lettered(&self, retries: u64) {
         self.alerts_dead_lettered.fetch_add(1, Relaxed);
         self.alerts_retried.fetch_add(retries, Relaxed);
+    }
+
+    /// Counts an incident event: an open adds an open incident at its severity, an
+    /// escalation counts the incident at its new severity too, a resolve closes it.
+    pub fn incident_event(&self, e: &IncidentEvent) {
+        let level = Severity::ALL
+            .iter()
+            .position(|&s| s == e.incident.severity)
+            .expect("every severity is listed");
+        match e.kind {
+            EventKind::Open => {
+                self.incidents_open.fetch_add(1, Relaxed);
+                self.incidents_reached[level].fetch_add(1, Relaxed);
+            }
+            EventKind::Escalate => {
+                self.incidents_reached[level].fetch_add(1, Relaxed);
+            }
+            EventKind::Resolve => {
+                self.incidents_open.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Incidents open now, and how many reached each severity.
+    pub fn incidents(&self) -> IncidentCounts {
+        let reached = |i: usize| self.incidents_reached[i].load(Relaxed);
+        IncidentCounts {
+            open: self.incidents_open.load(Relaxed),
+            info: reached(0),
+            warning: reached(1),
+            critical: reached(2),
+        }
     }
 
     /// Records `us` microseconds for `stage`.

@@ -21,6 +21,8 @@ use serde::Serialize;
 use crate::clock;
 use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES};
 use crate::sinks::alert::{Alert, AlertBody};
+use crate::sinks::event::AlertEvent;
+use crate::sinks::IncidentHook;
 use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
@@ -339,6 +341,35 @@ pub fn result_hook(
             let body = verdict_body(r, latency_ms, max_features);
             outbox.send(topic, Some(key.as_bytes()), &body, None);
         }
+    })
+}
+
+impl Outbox {
+    /// Sends `event` to the alert topic `topic`, keyed by [`AlertEvent::key`] (the incident
+    /// id for an incident event), counted in `stats` as an alert like those of
+    /// [`result_hook`]. Never blocks.
+    pub fn send_event(&self, topic: &str, event: &AlertEvent, stats: &Arc<Stats>) -> Option<u64> {
+        let now = clock::now_us();
+        let receipt = AlertReceipt {
+            stats: Arc::clone(stats),
+            received_us: now,
+            handed_us: now,
+        };
+        self.send_with(
+            topic,
+            Some(event.key.as_bytes()),
+            &event.body,
+            None,
+            Some(receipt),
+        )
+    }
+}
+
+/// An incident hook (for worker 0) that sends every incident event to `topic`, keyed by
+/// incident id: the incident mode's counterpart of [`result_hook`]'s alerts.
+pub fn incident_hook(outbox: Arc<Outbox>, topic: String, stats: Arc<Stats>) -> IncidentHook {
+    Arc::new(move |_e, event: &AlertEvent| {
+        outbox.send_event(&topic, event, &stats);
     })
 }
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::clock;
 use crate::sinks::alert::AlertBody;
+use crate::sinks::event::AlertEvent;
 use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
@@ -133,12 +134,25 @@ impl Counters {
     }
 }
 
-/// An anomalous verdict on its way to the sender.
+/// An anomalous verdict, or an alert event, on its way to the sender.
 struct Job {
     result: FrameResult,
     latency_ms: f64,
     /// When worker 0 handed it over ([`clock::now_us`]).
     handed_us: u64,
+    /// An event with its body built already ([`Webhook::send_event`]); `result` then
+    /// only carries its seq.
+    event: Option<AlertEvent>,
+}
+
+impl Job {
+    /// The body to post: the event's, or the frame's alert.
+    fn body(&self, c: &WebhookConfig) -> Bytes {
+        match &self.event {
+            Some(e) => e.body.clone(),
+            None => AlertBody::encode(&self.result, self.latency_ms, c.max_features, c.body_limit),
+        }
+    }
 }
 
 /// An alert being delivered, kept so that shutdown can dead-letter it if it runs out of time.
@@ -229,7 +243,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The running sender. Dropping it without [`Webhook::close`] abandons queued alerts.
 pub struct Webhook {
     shared: Arc<Shared>,
-    tx: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    tx: Queue,
     task: tokio::task::JoinHandle<()>,
     permits: Arc<Semaphore>,
     /// Tells the sender loop to stop delivering and dead-letter what it still holds.
@@ -302,29 +316,59 @@ impl Webhook {
                 result: r.clone(),
                 latency_ms,
                 handed_us: clock::now_us(),
+                event: None,
             };
-            let refused = match tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                Some(tx) => match tx.try_send(job) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(job)) => Some((
-                        job,
-                        "the alert queue is full (the receiver is too slow or down)",
-                    )),
-                    Err(mpsc::error::TrySendError::Closed(job)) => {
-                        Some((job, "the alert sender has stopped"))
-                    }
-                },
-                None => Some((job, "the alert sender is shutting down")),
-            };
-            if let Some((job, why)) = refused {
-                let c = &shared.config;
-                let body =
-                    AlertBody::encode(&job.result, job.latency_ms, c.max_features, c.body_limit);
-                shared.dead_letter(job.result.seq, &body, 0, why);
-            }
+            queue(&shared, &tx, job);
         })
     }
 
+    /// Queues an alert event (an incident event) for delivery as it is, without ever
+    /// blocking; when the queue is full it is dead-lettered on the spot, as frame alerts
+    /// are.
+    pub fn send_event(&self, event: AlertEvent) {
+        self.event_sender().send_event(event)
+    }
+
+    /// A handle that queues alert events ([`Webhook::send_event`]) for this sender, for a
+    /// hook that outlives the borrow of the webhook.
+    pub fn event_sender(&self) -> EventSender {
+        EventSender {
+            shared: Arc::clone(&self.shared),
+            tx: Arc::clone(&self.tx),
+        }
+    }
+}
+
+/// Queues alert events for a [`Webhook`] ([`Webhook::event_sender`]).
+#[derive(Clone)]
+pub struct EventSender {
+    shared: Arc<Shared>,
+    tx: Queue,
+}
+
+impl EventSender {
+    /// As [`Webhook::send_event`].
+    pub fn send_event(&self, event: AlertEvent) {
+        self.shared.counters.alerts.fetch_add(1, Relaxed);
+        let now = clock::now_us();
+        let job = Job {
+            result: FrameResult {
+                seq: event.seq.unwrap_or_default(),
+                meta: crate::types::FrameMeta {
+                    received_us: now,
+                    ..Default::default()
+                },
+                hits: Vec::new(),
+            },
+            latency_ms: 0.0,
+            handed_us: now,
+            event: Some(event),
+        };
+        queue(&self.shared, &self.tx, job);
+    }
+}
+
+impl Webhook {
     /// The counters so far.
     pub fn stats(&self) -> WebhookStats {
         self.shared.counters.snapshot()
@@ -374,6 +418,29 @@ impl Webhook {
     }
 }
 
+type Queue = Arc<Mutex<Option<mpsc::Sender<Job>>>>;
+
+/// Hands `job` to the sender, or dead-letters it if the queue is full or closed.
+fn queue(shared: &Shared, tx: &Queue, job: Job) {
+    let refused = match tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(tx) => match tx.try_send(job) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(job)) => Some((
+                job,
+                "the alert queue is full (the receiver is too slow or down)",
+            )),
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                Some((job, "the alert sender has stopped"))
+            }
+        },
+        None => Some((job, "the alert sender is shutting down")),
+    };
+    if let Some((job, why)) = refused {
+        let body = job.body(&shared.config);
+        shared.dead_letter(job.result.seq, &body, 0, why);
+    }
+}
+
 const SHUTDOWN_ERROR: &str = "shut down before the delivery finished";
 
 /// Receive → verdict, from the frame's monotonic receive stamp.
@@ -397,9 +464,16 @@ async fn send_loop(
                 None => return,
             },
         };
-        let c = &shared.config;
-        let body = AlertBody::encode(&job.result, job.latency_ms, c.max_features, c.body_limit);
-        log_anomaly(&job);
+        let body = job.body(&shared.config);
+        match &job.event {
+            Some(e) => tracing::info!(
+                seq = e.seq,
+                incident = e.incident.as_deref(),
+                key = %e.key,
+                "alert event queued"
+            ),
+            None => log_anomaly(&job),
+        }
         let id = next_id;
         next_id += 1;
         let seq = job.result.seq;
@@ -455,8 +529,7 @@ async fn send_loop(
     // Abandoned: what never left the queue is kept too.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        let c = &shared.config;
-        let body = AlertBody::encode(&job.result, job.latency_ms, c.max_features, c.body_limit);
+        let body = job.body(&shared.config);
         shared.dead_letter(job.result.seq, &body, 0, SHUTDOWN_ERROR);
     }
 }
