@@ -151,7 +151,7 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
         "# HELP {name} incidents that reached each severity (an escalated incident counts at every level it reached)\n# TYPE {name} counter"
     );
     for (severity, n) in incidents.by_severity() {
-        let _ = writeln!(out, "{name}{{severity=\"{}\"}} {n}", severity.as_str());
+        let _ = writeln!(out, "{name}{{severity=\"{severity}\"}} {n}");
     }
     let name = "tidewatch_frames_rejected_total";
     let _ = writeln!(

@@ -15,7 +15,9 @@ use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::detect::{Detector, Device};
-use crate::incidents::{body::alert_event, Groups, IncidentConfig, IncidentOps, IncidentSpec};
+use crate::incidents::{
+    body::alert_event, EventKind, Groups, IncidentConfig, IncidentOps, IncidentSpec,
+};
 use crate::layout::Layout;
 use crate::model::Model;
 use crate::ops::{frame_source, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
@@ -637,7 +639,12 @@ impl Incidents {
                 Arc::clone(&self.names),
             )
             .inspect(move |e| {
-                stats.incident_event(e);
+                let level = e.incident.severity as usize;
+                match e.kind {
+                    EventKind::Open => stats.incident_opened(level),
+                    EventKind::Escalate => stats.incident_escalated(level),
+                    EventKind::Resolve => stats.incident_resolved(),
+                }
                 if let Some(h) = &hook {
                     h(e, &alert_event(e, &config, limit));
                 }

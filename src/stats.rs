@@ -5,7 +5,6 @@
 //! Each thread records into its own shard, so workers never wait on each other; readers
 //! (`/metrics`, the periodic log line, the end-of-run table) merge the shards.
 
-use crate::incidents::{EventKind, IncidentEvent, Severity};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -124,7 +123,7 @@ pub struct Stats {
     rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     shards: Vec<Mutex<Shard>>,
     incidents_open: AtomicU64,
-    /// Incidents that reached each severity, by [`Severity::ALL`] index.
+    /// Incidents that reached each severity: info, warning, critical.
     incidents_reached: [AtomicU64; 3],
 }
 
@@ -161,12 +160,12 @@ pub struct IncidentCounts {
 }
 
 impl IncidentCounts {
-    /// `(severity, count)` in [`Severity::ALL`] order.
-    pub fn by_severity(&self) -> [(Severity, u64); 3] {
+    /// `(severity, count)`, lowest severity first.
+    pub fn by_severity(&self) -> [(&'static str, u64); 3] {
         [
-            (Severity::Info, self.info),
-            (Severity::Warning, self.warning),
-            (Severity::Critical, self.critical),
+            ("info", self.info),
+            ("warning", self.warning),
+            ("critical", self.critical),
         ]
     }
 }
@@ -283,25 +282,20 @@ impl Stats {
         self.alerts_retried.fetch_add(retries, Relaxed);
     }
 
-    /// Counts an incident event: an open adds an open incident at its severity, an
-    /// escalation counts the incident at its new severity too, a resolve closes it.
-    pub fn incident_event(&self, e: &IncidentEvent) {
-        let level = Severity::ALL
-            .iter()
-            .position(|&s| s == e.incident.severity)
-            .expect("every severity is listed");
-        match e.kind {
-            EventKind::Open => {
-                self.incidents_open.fetch_add(1, Relaxed);
-                self.incidents_reached[level].fetch_add(1, Relaxed);
-            }
-            EventKind::Escalate => {
-                self.incidents_reached[level].fetch_add(1, Relaxed);
-            }
-            EventKind::Resolve => {
-                self.incidents_open.fetch_sub(1, Relaxed);
-            }
-        }
+    /// Counts an incident opened at severity `level` (0 info, 1 warning, 2 critical).
+    pub fn incident_opened(&self, level: usize) {
+        self.incidents_open.fetch_add(1, Relaxed);
+        self.incident_escalated(level);
+    }
+
+    /// Counts an incident that reached severity `level` (as [`Stats::incident_opened`]).
+    pub fn incident_escalated(&self, level: usize) {
+        self.incidents_reached[level.min(2)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an incident resolved.
+    pub fn incident_resolved(&self) {
+        self.incidents_open.fetch_sub(1, Relaxed);
     }
 
     /// Incidents open now, and how many reached each severity.
