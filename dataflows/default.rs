@@ -21,6 +21,6 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         .window(windows)
         .batch(env.batch_size())
         .score(detector, env.stats())
-        .threshold(env.threshold())
+        .threshold(env.cut())
         .merge_frames())
 }

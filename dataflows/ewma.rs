@@ -35,6 +35,6 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         .window(windows)
         .batch(env.batch_size())
         .score(detector, env.stats())
-        .threshold(env.threshold_or(z))
+        .threshold(env.cut_or(z))
         .merge_frames())
 }

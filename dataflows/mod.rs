@@ -58,6 +58,7 @@ impl Default for Settings {
             metrics_interval: None,
             device: Device::Auto,
             incidents: None,
+            controls: None,
         }
     }
 }

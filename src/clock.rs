@@ -24,6 +24,19 @@ pub fn now_us() -> u64 {
     unix + at.elapsed().as_micros() as u64
 }
 
+/// The first microsecond at or after `us` that belongs to slot `index` of `slots`
+/// (`≡ index mod slots`): clock stamps taken by several workers or ingest points, each in
+/// its own slot, never collide.
+pub fn own_slot(us: u64, index: u64, slots: u64) -> u64 {
+    let slots = slots.max(1);
+    let slot = us - us % slots + index % slots;
+    if slot < us {
+        slot + slots
+    } else {
+        slot
+    }
+}
+
 /// Unix time in milliseconds.
 pub fn unix_ms() -> i64 {
     SystemTime::now()

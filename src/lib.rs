@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod commands;
+pub mod controls;
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;
 pub mod detect;

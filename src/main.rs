@@ -32,9 +32,14 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Fit a detector per entity of a labelled data set and report its figures.
     Evaluate(commands::evaluate::EvaluateArgs),
+    /// Start a local cluster of `serve` processes with a generated hostfile, passing
+    /// signals on to all of them.
+    Cluster(commands::cluster::ClusterRunArgs),
     /// Measure throughput (frames/s, feature values/s, MB/s), CPU, RSS and latency of
     /// the dataflow fed pre-encoded client frames, in process or over HTTP.
     Bench(commands::bench::BenchArgs),
+    /// Inspect, replay or purge the durable alert outbox and its dead letters.
+    Outbox(commands::outbox::OutboxArgs),
 }
 
 fn main() {
@@ -64,6 +69,8 @@ fn main() {
         Command::Demo(args) => commands::demo::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Evaluate(args) => commands::evaluate::run(args),
+        Command::Cluster(args) => commands::cluster::run(args),
+        Command::Outbox(args) => commands::outbox::run(args),
     };
     if let Err(e) = result {
         tracing::error!(error = format!("{e:#}"), "tidewatch failed");

@@ -25,6 +25,9 @@ pub struct Extra {
     /// HTTP connections: open now, and accepted, evicted (idle, to make room) and refused
     /// (503 at the limit) since start.
     pub connections: Option<Connections>,
+    /// This process's index in a cluster (`-p`), labelled on every series; `None` for a
+    /// process on its own.
+    pub process: Option<usize>,
 }
 
 /// HTTP connection counts for [`Extra`].
@@ -51,6 +54,21 @@ pub const BUCKETS_US: [u64; 21] = [
     500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 
+/// How many latencies of `h` are at or under each of [`BUCKETS_US`], then all of them
+/// (`+Inf`): a Prometheus histogram's cumulative buckets, for `/metrics` and the
+/// dashboard alike.
+pub fn bucket_counts(h: &hdrhistogram::Histogram<u64>) -> [u64; BUCKETS_US.len() + 1] {
+    let mut counts = [0; BUCKETS_US.len() + 1];
+    if !h.is_empty() {
+        for (n, le) in counts.iter_mut().zip(BUCKETS_US) {
+            // count_between is inclusive of both ends, in HDR's equivalent ranges
+            *n = h.count_between(0, le);
+        }
+    }
+    counts[BUCKETS_US.len()] = h.len();
+    counts
+}
+
 /// The stage latencies as a Prometheus histogram in seconds
 /// (`tidewatch_stage_latency_seconds_bucket{stage,le}`): unlike the summaries' quantiles,
 /// buckets from several processes or scrapes can be summed before a quantile is taken.
@@ -62,17 +80,12 @@ fn histograms(out: &mut String, stages: &[(crate::stats::Stage, hdrhistogram::Hi
     );
     for (stage, h) in stages {
         let label = stage.name();
-        for le in BUCKETS_US {
-            // count_between is inclusive of both ends, in HDR's equivalent ranges
-            let n = if h.is_empty() {
-                0
-            } else {
-                h.count_between(0, le)
-            };
+        let counts = bucket_counts(h);
+        for (le, n) in BUCKETS_US.iter().zip(counts) {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{stage=\"{label}\",le=\"{}\"}} {n}",
-                le as f64 / 1e6
+                *le as f64 / 1e6
             );
         }
         let _ = writeln!(
@@ -84,6 +97,34 @@ fn histograms(out: &mut String, stages: &[(crate::stats::Stage, hdrhistogram::Hi
         let _ = writeln!(out, "{name}_sum{{stage=\"{label}\"}} {sum:.6}");
         let _ = writeln!(out, "{name}_count{{stage=\"{label}\"}} {}", h.len());
     }
+}
+
+/// `text` (an exposition) with `process="<p>"` first among every sample's labels, so
+/// that the series of a cluster's processes stay apart when one Prometheus scrapes them
+/// all, and sum by `process` or across it.
+pub fn with_process_label(text: &str, process: usize) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else {
+            // every name this module writes is a plain identifier, and values have no
+            // braces or spaces: the name ends at the first `{` or space
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            let (name, rest) = line.split_at(end);
+            out.push_str(name);
+            match rest.strip_prefix('{') {
+                Some(labels) => {
+                    let _ = write!(out, "{{process=\"{process}\",{labels}");
+                }
+                None => {
+                    let _ = write!(out, "{{process=\"{process}\"}}{rest}");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The Prometheus text exposition (format 0.0.4) of `stats` and `extra`.
@@ -229,7 +270,7 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
     let name = "tidewatch_stage_latency_microseconds";
     let _ = writeln!(
         out,
-        "# HELP {name} latency of each stage of a frame's path, in microseconds\n# TYPE {name} summary"
+        "# HELP {name} latency of each stage of a frame's path, in microseconds, in this process since it started (quantiles cannot be combined across processes or scrapes: use tidewatch_stage_latency_seconds)\n# TYPE {name} summary"
     );
     let mut maxes = String::new();
     for (stage, h) in stats.histograms() {
@@ -275,7 +316,10 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
     if let Some(g) = crate::detect::gpu::sample() {
         gpu_gauges(&mut out, &g);
     }
-    out
+    match extra.process {
+        Some(p) => with_process_label(&out, p),
+        None => out,
+    }
 }
 
 /// The GPU scoring runs on: memory and utilisation gauges, labelled with the device.
@@ -440,6 +484,7 @@ mod tests {
                     evicted: 1,
                     refused: 1,
                 }),
+                process: None,
             },
         );
         for line in [
@@ -497,5 +542,35 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    /// In a cluster every sample carries its process, labelled or not before, and the
+    /// comments are left alone.
+    #[test]
+    fn every_series_gets_the_process_label() {
+        let stats = Stats::default();
+        stats.record(Stage::Score, 300);
+        let text = prometheus(
+            &stats,
+            &Extra {
+                queue_depth: Some(1),
+                process: Some(2),
+                ..Extra::default()
+            },
+        );
+        for line in [
+            "tidewatch_frames_accepted_total{process=\"2\"} 0",
+            "tidewatch_queue_depth{process=\"2\"} 1",
+            "tidewatch_stage_latency_seconds_bucket{process=\"2\",stage=\"score\",le=\"0.0005\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{process=\"2\""), "{line}");
+        }
+        assert!(text.contains("# TYPE tidewatch_stage_latency_seconds histogram"));
     }
 }

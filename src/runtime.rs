@@ -14,13 +14,14 @@ use anyhow::{anyhow, bail, Context};
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::{ProbeHandle, Scope};
 
+use crate::controls::Controls;
 use crate::detect::{Detector, Device};
 use crate::incidents::{
     body::alert_event, EventKind, Groups, IncidentConfig, IncidentOps, IncidentSpec,
 };
 use crate::layout::Layout;
 use crate::model::Model;
-use crate::ops::{frame_source, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
+use crate::ops::{frame_source, Cut, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
 use crate::sinks::file::AlertLines;
 pub use crate::sinks::{IncidentHook, ResultHook, SinkSpec};
 use crate::sources::FrameSource;
@@ -195,6 +196,9 @@ pub struct Settings {
     /// [`crate::incidents`]), and alert lines are incident events; `None`: one alert per
     /// anomalous frame.
     pub incidents: Option<IncidentSpec>,
+    /// Model, threshold and mutes that may change while the run goes on (`serve`'s admin
+    /// routes); `None`: fixed for the run. Read by [`Env::ocsvm`] and [`Env::cut`].
+    pub controls: Option<Arc<Controls>>,
 }
 
 /// What a dataflow variant builds from, on one worker.
@@ -366,8 +370,36 @@ impl Env {
             Device::Auto => Device::Cpu,
             d => d,
         };
-        crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold())
-            .unwrap_or_else(|e| panic!("detector for features {range:?}: {e:#}"))
+        let detector = match &self.settings.controls {
+            Some(c) => crate::detect::Reloading::new(Arc::clone(c), device, range.clone())
+                .map(|d| Box::new(d) as Box<dyn Detector>),
+            None => crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold()),
+        };
+        detector.unwrap_or_else(|e| panic!("detector for features {range:?}: {e:#}"))
+    }
+
+    /// Where the model's scores are cut: the threshold in force (see [`Env::threshold`]),
+    /// which follows the run's [`Controls`] when it has them, as do muted features.
+    pub fn cut(&self) -> Cut {
+        match &self.settings.controls {
+            Some(c) => Cut::Live {
+                controls: Arc::clone(c),
+                fallback: None,
+            },
+            None => Cut::Fixed(self.threshold()),
+        }
+    }
+
+    /// [`Env::cut`] for a detector whose scores are not the model's: `default` unless an
+    /// override is set.
+    pub fn cut_or(&self, default: f32) -> Cut {
+        match &self.settings.controls {
+            Some(c) => Cut::Live {
+                controls: Arc::clone(c),
+                fallback: Some(default),
+            },
+            None => Cut::Fixed(self.threshold_or(default)),
+        }
     }
 
     /// The threshold in force: the override, else the model's.
@@ -408,8 +440,17 @@ pub fn on_worker_zero<F>(make: F) -> SourceFactory
 where
     F: Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync + 'static,
 {
+    on_worker(0, make)
+}
+
+/// A factory for input read by the worker with global index `index` alone (each process
+/// of a cluster that takes HTTP frames reads them on its own first worker).
+pub fn on_worker<F>(index: usize, make: F) -> SourceFactory
+where
+    F: Fn() -> anyhow::Result<Box<dyn FrameSource>> + Send + Sync + 'static,
+{
     Arc::new(move |slot: WorkerSlot| {
-        if slot.index == 0 {
+        if slot.index == index {
             make().map(Some)
         } else {
             Ok(None)

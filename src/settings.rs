@@ -61,9 +61,25 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub device: crate::commands::DeviceArgs,
-    /// Attempts per alert in all (0 counts as 1).
-    #[arg(long, env = "MAX_RETRIES", default_value_t = 5)]
+    /// Attempts per alert at most; 0: no limit, an alert is retried until it is older
+    /// than --outbox-max-age.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 0)]
     pub max_retries: u32,
+    /// The durable alert outbox: every alert is appended here (and synced to disk)
+    /// before it is sent, and what was not delivered is sent again on the next start.
+    #[arg(long, env = "OUTBOX_DIR", default_value = crate::sinks::outbox::DEFAULT_DIR)]
+    pub outbox_dir: PathBuf,
+    /// Keep alerts in memory only (no outbox): a crash loses what was not delivered.
+    #[arg(long)]
+    pub no_outbox: bool,
+    /// Alerts are retried until they are this old (counted from when they entered the
+    /// outbox, across restarts); then they are dead-lettered.
+    #[arg(long, env = "OUTBOX_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub outbox_max_age: Duration,
+    /// Bytes the outbox may hold on disk; past it, new alerts are dead-lettered at once
+    /// (0: no limit).
+    #[arg(long, env = "OUTBOX_MAX_BYTES", default_value_t = crate::sinks::outbox::DEFAULT_MAX_BYTES)]
+    pub outbox_max_bytes: u64,
     /// Seconds before the first alert retry; doubled for each further one, with jitter.
     #[arg(long, env = "INITIAL_DELAY", default_value_t = 1.0)]
     pub initial_delay: f64,
@@ -145,15 +161,85 @@ pub struct ServeArgs {
     /// tokio threads serving HTTP and sending alerts.
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    /// Bearer token of the admin routes (`POST /admin/model`, `PUT /admin/threshold`,
+    /// `PUT|DELETE /admin/mutes`); unset or empty: those routes do not exist (404).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
+    /// In a cluster (`-n 2` or more): where HTTP frames enter. `process-0`: process 0
+    /// alone takes `POST /data-enqueue`, and the others only score. `every-process`: each
+    /// process listens and decodes its own frames, process p on `APP_PORT + p` (or line p
+    /// of `--ingest-addrs`), and only feature partitions travel between processes; frames
+    /// are ordered into windows by their receive time (the `seq` each 202 names).
+    #[arg(long, env = "INGEST", value_enum, default_value = "process-0")]
+    pub ingest: Ingest,
+    /// With `--ingest every-process`: a file of one `host:port` per line, in process
+    /// order, that process p listens on (instead of `APP_HOST:APP_PORT + p`).
+    #[arg(long, env = "INGEST_ADDRS")]
+    pub ingest_addrs: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+}
+
+/// Where HTTP frames enter a cluster (see [`ServeArgs::ingest`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ingest {
+    /// Process 0 alone takes frames.
+    #[default]
+    #[value(name = "process-0")]
+    Process0,
+    /// Every process takes frames on an address of its own.
+    EveryProcess,
+}
+
+impl ServeArgs {
+    /// Whether this process takes HTTP frames of its own in a cluster.
+    pub fn ingests_everywhere(&self) -> bool {
+        self.ingest == Ingest::EveryProcess && self.cluster.processes > 1
+    }
+
+    /// The address this process listens on: `APP_HOST:APP_PORT`, or with ingest on every
+    /// process, `APP_PORT + p` (port 0 stays 0: any free port) or line p of the file.
+    fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        let p = self.cluster.process;
+        if !self.ingests_everywhere() {
+            return Ok(SocketAddr::new(self.host, self.port));
+        }
+        if let Some(path) = &self.ingest_addrs {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --ingest-addrs {}", path.display()))?;
+            let line = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .nth(p)
+                .with_context(|| {
+                    format!(
+                        "--ingest-addrs {} has no line for process {p}",
+                        path.display()
+                    )
+                })?;
+            return line.parse().with_context(|| {
+                format!(
+                    "--ingest-addrs {}: line {p} ({line:?}) is not host:port",
+                    path.display()
+                )
+            });
+        }
+        let port = match self.port {
+            0 => 0,
+            port => u16::try_from(usize::from(port) + p)
+                .ok()
+                .with_context(|| format!("APP_PORT {port} + process {p} is past 65535"))?,
+        };
+        Ok(SocketAddr::new(self.host, port))
+    }
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -186,6 +272,11 @@ impl ServeArgs {
             concurrency: self.webhook_concurrency.max(1),
             queue: self.alert_queue.max(1),
             dead_letter: self.dead_letter.clone(),
+            max_age: self.outbox_max_age,
+            outbox: (!self.no_outbox).then(|| crate::sinks::outbox::OutboxConfig {
+                dir: self.outbox_dir.clone(),
+                max_bytes: self.outbox_max_bytes,
+            }),
             body_limit: self.alert_body_limit,
             max_features: self.max_alert_features,
             ..WebhookConfig::default()
@@ -197,7 +288,8 @@ impl ServeArgs {
             );
         }
         let mut config = ServeConfig::new(ModelSpec::Dir(Model::resolve(&self.model)));
-        config.addr = SocketAddr::new(self.host, self.port);
+        config.addr = self.listen_addr()?;
+        config.ingest_everywhere = self.ingests_everywhere();
         config.device = self.device.device;
         config.settings = Settings {
             device: self.device.device,
@@ -230,13 +322,21 @@ impl ServeArgs {
         config.upload_buffer_bytes = self.upload_buffer_bytes.max(1);
         config.min_body_rate = self.min_body_rate;
         config.drain_timeout = self.drain_timeout;
-        config.webhook = (!self.no_webhook).then_some(webhook);
+        // Verdicts meet on worker 0, so only process 0 sends alerts or writes them.
+        let leader = self.cluster.is_leader();
+        config.webhook = (!self.no_webhook && leader).then_some(webhook);
+        config.admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
         config.sinks = SinkSpec {
-            alerts_path: self.output.clone(),
-            stdout: self.stdout,
+            alerts_path: self.output.clone().filter(|_| leader),
+            stdout: self.stdout && leader,
             on_result: None,
             on_incident: None,
         };
+        if config.ingest_everywhere && config.kafka.is_some() {
+            bail!(
+                "--ingest every-process is for HTTP frames; with Kafka every worker reads already"
+            );
+        }
         Ok(config)
     }
 }

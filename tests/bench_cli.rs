@@ -197,6 +197,19 @@ fn http_alerts_reach_the_receiver_and_are_timed() {
         assert_eq!(u(s, "count"), scored, "{name}: {r}");
     }
 
+    assert_eq!(a["outbox"], false, "{r}");
+
+    // Through the outbox: the same deliveries, and the report says which path it measured.
+    let r = json_report(
+        dir.path(),
+        &["--http", "--alerts", "--outbox", "--threshold=-1e30"],
+    );
+    let a = &r["http"]["alerts"];
+    let scored = u(&r, "frames_scored");
+    assert_eq!(u(a, "received"), scored, "{r}");
+    assert_eq!(u(a, "dead_lettered"), 0, "{r}");
+    assert_eq!(a["outbox"], true, "{r}");
+
     // Without --alerts nothing is sent, and the report says so by leaving alerts out.
     let r = json_report(dir.path(), &["--http", "--threshold=-1e30"]);
     assert!(r["http"]["alerts"].is_null(), "{r}");

@@ -141,11 +141,12 @@ fn bad_frame_is_reported_and_the_stream_continues() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    let stdout = run.stdout.clone();
     check(run, "replay with a bad line");
     assert!(stderr.contains("feature_x7"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_3_"), "unknown key named: {stderr}");
     assert!(stderr.contains("feature_42"), "missing key named: {stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     // sequence numbers go to accepted frames only, so windows span the rejected lines
     assert_eq!(summary["stats"]["frames_in"], 197);
     assert_eq!(summary["stats"]["frames_rejected"], 3);
@@ -191,4 +192,350 @@ fn setup_errors_end_the_run_with_a_message() {
     assert!(!many.status.success());
     let stderr = String::from_utf8_lossy(&many.stderr);
     assert!(stderr.contains("64 workers for 50 features"), "{stderr}");
+}
+
+/// `serve --ingest every-process` in two real processes: each takes HTTP frames on its own
+/// address (from `--ingest-addrs`) and answers with a seq in its own residue class, while
+/// two clients send to both at once; the verdicts are those of one process replaying the
+/// same frames in seq order, and only process 0 writes alerts.
+#[cfg(unix)]
+#[test]
+fn http_frames_enter_every_process_and_are_windowed_in_seq_order() {
+    use std::collections::BTreeMap;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (f, w) = (50, 5);
+    let model = dir.path().join("model");
+    random_rff_model(f, w, 11).save(&model).unwrap();
+    let frames: Vec<_> = random_frames(160, f, 5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut frame)| {
+            frame.meta.id = Some(format!("f{i}"));
+            frame
+        })
+        .collect();
+    // The bodies as a client sends them: one JSONL line each.
+    let index = FeatureIndex::numbered(f);
+    let lines = |frames: &[&tidewatch::types::Frame], path: &Path| {
+        let mut writer = FrameWriter::create(path, &index).unwrap();
+        for frame in frames {
+            writer.write(frame).unwrap();
+        }
+        writer.finish().unwrap();
+    };
+    let all = dir.path().join("all.jsonl");
+    lines(&frames.iter().collect::<Vec<_>>(), &all);
+    let bodies: Vec<String> = std::fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+
+    let hosts = dir.path().join("hosts.txt");
+    let ingest = dir.path().join("ingest.txt");
+    for path in [&hosts, &ingest] {
+        std::fs::write(
+            path,
+            format!(
+                "127.0.0.1:{}\n127.0.0.1:{}\n",
+                common::free_port(),
+                common::free_port()
+            ),
+        )
+        .unwrap();
+    }
+    let alerts = dir.path().join("alerts.jsonl");
+    let serve = |p: usize| {
+        common::tidewatch(dir.path())
+            .args(["serve", "--model"])
+            .arg(&model)
+            .args(["--ingest", "every-process", "--ingest-addrs"])
+            .arg(&ingest)
+            .args(["-n", "2", "-p", &p.to_string(), "-h"])
+            .arg(&hosts)
+            .args(["--no-webhook", "--output"])
+            .arg(&alerts)
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut procs = Cluster(vec![serve(0), serve(1)]);
+    // the stdout readers stay open until the processes have printed their reports
+    let (addrs, _stdouts): (Vec<_>, Vec<_>) = procs.0.iter_mut().map(common::ready_addr).unzip();
+    let listed: Vec<std::net::SocketAddr> = std::fs::read_to_string(&ingest)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        addrs, listed,
+        "process p listens on line p of --ingest-addrs"
+    );
+
+    // Frame i goes to process i % 2; the two clients send at the same time.
+    let seqs: BTreeMap<u64, usize> = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..2)
+            .map(|p| {
+                let (bodies, addr) = (&bodies, addrs[p]);
+                s.spawn(move || {
+                    let client = common::serve::Client::new();
+                    (p..bodies.len())
+                        .step_by(2)
+                        .map(|i| {
+                            let answer = client.enqueue(addr, bodies[i].clone().into(), &[]);
+                            assert_eq!(answer.status, 202, "frame {i} to process {p}");
+                            let seq = answer.body["seq"].as_u64().unwrap();
+                            assert_eq!(seq % 2, p as u64, "process {p}'s seqs are its own");
+                            (seq, i)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(seqs.len(), frames.len(), "every frame got a seq of its own");
+    for child in &procs.0 {
+        common::sigterm(child);
+    }
+    for (p, child) in std::mem::take(&mut procs.0).into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "process {p} of 2: {}", out.status);
+    }
+
+    // One process replays the frames in the order of their seqs.
+    let ordered: Vec<_> = seqs.values().map(|&i| &frames[i]).collect();
+    let in_order = dir.path().join("ordered.jsonl");
+    lines(&ordered, &in_order);
+    let reference = dir.path().join("reference.jsonl");
+    check(
+        replay(&model, &in_order, &reference, &["-w", "1"])
+            .output()
+            .unwrap(),
+        "replay in seq order",
+    );
+    let verdicts = |path: &Path| -> BTreeMap<String, serde_json::Value> {
+        common::alert_lines(path)
+            .into_iter()
+            .map(|a| {
+                (
+                    a["id"].as_str().unwrap().to_owned(),
+                    a["anomalous_features"].clone(),
+                )
+            })
+            .collect()
+    };
+    let expected = verdicts(&reference);
+    assert!(expected.len() > 10, "the fixture model flags frames");
+    assert_eq!(
+        verdicts(&alerts),
+        expected,
+        "two ingest points differ from one replay"
+    );
+}
+
+/// Processes killed when dropped, so that a failing test leaves none behind.
+struct Cluster(Vec<std::process::Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `tidewatch cluster -n 2 -- <serve args>` as a user's first multi-process run: both
+/// processes come up on `APP_PORT` and `APP_PORT + 1`, take frames, and one SIGTERM to the
+/// launcher drains the whole cluster, which exits 0 with every frame scored.
+#[cfg(unix)]
+#[test]
+fn the_cluster_command_starts_every_process_and_passes_signals_on() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = fixture(dir.path());
+    // a port whose successor is free too
+    let port = loop {
+        let p = common::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let alerts = dir.path().join("alerts.jsonl");
+    let mut launcher = Cluster(vec![common::tidewatch(dir.path())
+        .args(["cluster", "-n", "2", "--", "--model"])
+        .arg(&model)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--no-webhook",
+        ])
+        .arg("--output")
+        .arg(&alerts)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()]);
+    let mut stdout = std::io::BufReader::new(launcher.0[0].stdout.take().unwrap());
+    let mut ready = Vec::new();
+    while ready.len() < 2 {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the cluster ended early"
+        );
+        if let Some(rest) = line.split("ready on http://").nth(1) {
+            ready.push(rest.split_whitespace().next().unwrap().to_owned());
+        }
+    }
+    ready.sort();
+    assert_eq!(
+        ready,
+        [
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{}", port + 1)
+        ],
+        "process p on APP_PORT + p"
+    );
+    let client = common::serve::Client::new();
+    let body = common::serve::frame_json(50, 3, "");
+    for i in 0..10 {
+        let addr = ready[i % 2].parse().unwrap();
+        assert_eq!(
+            client.enqueue(addr, body.clone().into_bytes(), &[]).status,
+            202
+        );
+    }
+    common::sigterm(&launcher.0[0]);
+    let status = launcher.0[0].wait().unwrap();
+    assert!(
+        status.success(),
+        "the cluster drained and exited 0: {status}"
+    );
+    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
+    assert!(
+        rest.contains("5 frames accepted, 6 scored"),
+        "process 0 took 5 frames and has the verdicts of all 10 but the 4 that fill the first window of 5: {rest}"
+    );
+    let lingering = Command::new("pgrep")
+        .args(["-f", &format!("--port {port} --no-webhook")])
+        .output()
+        .unwrap();
+    assert!(
+        lingering.stdout.is_empty(),
+        "no serve process outlives the launcher"
+    );
+}
+
+/// `replay -w 2` parses a file's records on both workers: for JSONL and CSV, with a record
+/// that does not decode in the middle, the alerts (seqs included: a frame's seq is its
+/// record's number) are those of `-w 1`.
+#[test]
+fn workers_share_a_files_records_and_keep_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, jsonl) = fixture(dir.path());
+    let csv = dir.path().join("frames.csv");
+    let mut writer = FrameWriter::create(&csv, &FeatureIndex::numbered(50)).unwrap();
+    for frame in random_frames(200, 50, 5) {
+        writer.write(&frame).unwrap();
+    }
+    writer.finish().unwrap();
+    for (input, bad) in [(&jsonl, "{\"data\": not json}"), (&csv, "1,2,3")] {
+        let text = std::fs::read_to_string(input).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(lines.len() / 2, bad);
+        std::fs::write(input, lines.join("\n") + "\n").unwrap();
+        let outputs: Vec<_> = ["1", "2"]
+            .iter()
+            .map(|w| {
+                let out = dir.path().join(format!("w{w}.jsonl"));
+                check(
+                    replay(&model, input, &out, &["-w", w]).output().unwrap(),
+                    &format!("{} -w {w}", input.display()),
+                );
+                common::alert_lines(&out)
+            })
+            .collect();
+        assert!(outputs[0].len() > 10, "the fixture model flags frames");
+        assert_eq!(outputs[1], outputs[0], "{}: -w 2 differs", input.display());
+        let last = outputs[0].last().unwrap()["seq"].as_u64().unwrap();
+        assert!(
+            last <= 200,
+            "seqs are record numbers, the bad one unused: {last}"
+        );
+    }
+}
+
+/// A `serve` cluster of two processes: process 0's `/metrics` labels every sample with
+/// `process="0"` (so one Prometheus can scrape every process and keep them apart), and
+/// the admin routes answer 409, since they cannot reach process 1's copy of the settings.
+#[cfg(unix)]
+#[test]
+fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = fixture(dir.path());
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1:{}\n127.0.0.1:{}\n",
+            common::free_port(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let serve = |p: &str| {
+        let mut c = common::tidewatch(dir.path());
+        c.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-webhook",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .args(["-n", "2", "-p", p, "-h"])
+        .arg(&hosts)
+        .env("ADMIN_TOKEN", "t0ken")
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped());
+        c
+    };
+    let mut p1 = serve("1").spawn().unwrap();
+    let mut p0 = serve("0").spawn().unwrap();
+    let (addr, _stdout) = common::ready_addr(&mut p0);
+    let client = common::serve::Client::new();
+    let (status, text) = client.get_text(addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "tidewatch_frames_accepted_total{process=\"0\"} 0",
+        "tidewatch_stage_latency_seconds_bucket{process=\"0\",stage=\"score\",le=\"+Inf\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    let answer = client.send(
+        client
+            .http
+            .put(format!("http://{addr}/admin/threshold"))
+            .bearer_auth("t0ken")
+            .json(&serde_json::json!({"threshold": 1.0})),
+    );
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    assert_eq!(answer.body["error"], "cluster");
+    common::sigterm(&p0);
+    assert!(p0.wait().unwrap().success());
+    assert!(p1.wait().unwrap().success());
 }

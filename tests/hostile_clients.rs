@@ -337,17 +337,18 @@ fn shutdown_ends_at_the_drain_timeout_and_keeps_the_undelivered_alert() {
     assert!(dead[0]["alert"]["run_id"].is_string(), "{}", dead[0]);
 }
 
-/// A second SIGTERM during a drain (here up to 120 s, the receiver hanging) stops the
-/// process at once, after writing the undelivered alert to the dead-letter file.
+/// Starts serve against a hanging receiver (drain up to 120 s) with `extra` flags, sends
+/// a frame, and sends SIGTERM twice while its alert is under way; checks that the second
+/// one stops the process at once. Returns the rest of stdout and the enqueue answer.
 #[cfg(unix)]
-#[test]
-fn a_second_signal_stops_at_once_and_records_pending_alerts() {
-    let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
+fn second_signal_during_drain(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (String, serde_json::Value) {
+    let model_dir = dir.join("model");
     common::random_rff_model(4, 1, 3).save(&model_dir).unwrap();
     let (_receiver, url) = hanging_receiver();
-    let dead = dir.path().join("dead.jsonl");
-    let mut child = common::tidewatch(dir.path())
+    let mut child = common::tidewatch(dir)
         .args([
             "serve",
             "--host",
@@ -360,7 +361,8 @@ fn a_second_signal_stops_at_once_and_records_pending_alerts() {
         .arg("--model")
         .arg(&model_dir)
         .arg("--dead-letter")
-        .arg(&dead)
+        .arg(dir.join("dead.jsonl"))
+        .args(extra)
         .env("NESTJS_URL", &url)
         .env("LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
@@ -387,14 +389,44 @@ fn a_second_signal_stops_at_once_and_records_pending_alerts() {
     assert!(status.success(), "{status:?}");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
+    (rest, a.body)
+}
+
+/// A second SIGTERM during a drain stops the process at once; the undelivered alert
+/// stays in the outbox for the next start.
+#[cfg(unix)]
+#[test]
+fn a_second_signal_stops_at_once_and_keeps_pending_alerts_in_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rest, _) = second_signal_during_drain(dir.path(), &[]);
+    assert!(
+        rest.contains("dead-lettered 0, left in the outbox 1"),
+        "{rest}"
+    );
+    let out = common::tidewatch(dir.path())
+        .args(["outbox", "inspect", "--json"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["backlog"]["alerts"], 1, "{listed}");
+    assert_eq!(listed["backlog"]["oldest_seq"], 0, "{listed}");
+}
+
+/// With --no-outbox, the second signal writes the alert under way to the dead-letter
+/// file.
+#[cfg(unix)]
+#[test]
+fn without_an_outbox_a_second_signal_dead_letters_pending_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rest, answer) = second_signal_during_drain(dir.path(), &["--no-outbox"]);
     assert!(rest.contains("dead-lettered 1"), "{rest}");
-    let text = std::fs::read_to_string(&dead).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 1, "{text}");
-    assert_eq!(lines[0]["alert"]["run_id"], a.body["run_id"]);
+    assert_eq!(lines[0]["alert"]["run_id"], answer["run_id"]);
 }
 
 /// A dead-letter path that cannot be written stops start-up with a message naming it,

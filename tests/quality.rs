@@ -3,17 +3,28 @@
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::sync::Arc;
 
-use tidewatch::model::Model;
+use tidewatch::detect::{
+    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Pca,
+    PcaConfig, PcaModel, RffOcSvm, Scores,
+};
+use tidewatch::model::{Model, Params};
 use tidewatch::sources::Injection;
 
-/// ±8σ spikes are flagged on at least 99 % of the (frame, feature) pairs they touch, and
-/// at most 1 in 10,000 normal pairs (whose window holds no injected anomaly) is flagged.
-#[test]
-fn default_model_flags_spikes_and_stays_quiet_otherwise() {
-    let model = Model::load(&Model::resolve("default")).expect("shipped default model loads");
-    let (w, f) = (model.window() as u64, model.n_features() as u64);
-    let frames = 600u64;
+/// What one replay of the generator through the shipped default model gave.
+struct Run {
+    /// The injected anomalies.
+    truth: Vec<Injection>,
+    /// Every flagged (frame, feature) pair.
+    flagged: HashSet<(u64, u64)>,
+    /// `replay --json`'s summary (stdout).
+    summary: serde_json::Value,
+}
+
+/// Replays `frames` generator frames (with `args`: seed, kinds, rate) through the
+/// default model, listing every flagged feature.
+fn replay_default(frames: u64, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (truth, alerts) = (
         dir.path().join("truth.jsonl"),
@@ -26,9 +37,9 @@ fn default_model_flags_spikes_and_stays_quiet_otherwise() {
             "default",
             "--generate",
             &frames.to_string(),
+            "--json",
         ])
-        .args(["--seed", "20261123", "--anomaly-rate", "0.0004"])
-        .args(["--kinds", "spike_up,spike_down", "--spike-sigma", "8"])
+        .args(args)
         .args(["--max-alert-features", "1000000", "-w", "2"])
         .arg("--truth")
         .arg(&truth)
@@ -42,8 +53,7 @@ fn default_model_flags_spikes_and_stays_quiet_otherwise() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-
-    let spikes: Vec<Injection> = std::fs::read_to_string(&truth)
+    let truth = std::fs::read_to_string(&truth)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -61,6 +71,39 @@ fn default_model_flags_spikes_and_stays_quiet_otherwise() {
             flagged.insert((seq, feat["feature_idx"].as_u64().unwrap()));
         }
     }
+    let summary = serde_json::from_slice(&out.stdout).expect("the summary on stdout");
+    Run {
+        truth,
+        flagged,
+        summary,
+    }
+}
+
+/// ±8σ spikes are flagged on their own (frame, feature) pair at least 97 % of the time
+/// and within the W frames whose windows hold them at least 99 %, and at most 1 in
+/// 10,000 normal pairs (whose window holds no injected anomaly) is flagged.
+#[test]
+fn default_model_flags_spikes_and_stays_quiet_otherwise() {
+    let model = Model::load(&Model::resolve("default")).expect("shipped default model loads");
+    let (w, f) = (model.window() as u64, model.n_features() as u64);
+    let frames = 600u64;
+    let Run {
+        truth: spikes,
+        flagged,
+        ..
+    } = replay_default(
+        frames,
+        &[
+            "--seed",
+            "20261123",
+            "--anomaly-rate",
+            "0.0004",
+            "--kinds",
+            "spike_up,spike_down",
+            "--spike-sigma",
+            "8",
+        ],
+    );
 
     // recall over spikes on scored frames (the first W-1 frames close no window)
     let scored: Vec<&Injection> = spikes.iter().filter(|s| s.seq >= w - 1).collect();
@@ -74,6 +117,12 @@ fn default_model_flags_spikes_and_stays_quiet_otherwise() {
         .filter(|s| flagged.contains(&(s.seq, s.feature as u64)))
         .count();
     let recall = caught as f64 / scored.len() as f64;
+    // an alert within the W windows that hold the spike (what a user sees as caught)
+    let caught_within = scored
+        .iter()
+        .filter(|s| (s.seq..s.seq + w).any(|t| flagged.contains(&(t, s.feature as u64))))
+        .count();
+    let recall_within = caught_within as f64 / scored.len() as f64;
 
     // false alarms over pairs whose window holds no spike
     let touched: HashSet<(u64, u64)> = spikes
@@ -89,9 +138,181 @@ fn default_model_flags_spikes_and_stays_quiet_otherwise() {
     let far = false_alarms as f64 / normal_pairs as f64;
 
     eprintln!(
-        "spikes scored {}, caught {caught} (recall {recall:.5}); normal pairs {normal_pairs}, false alarms {false_alarms} (rate {far:.2e})",
+        "spikes scored {}, caught {caught} (recall {recall:.5}; within W frames {recall_within:.5}); normal pairs {normal_pairs}, false alarms {false_alarms} (rate {far:.2e})",
         scored.len()
     );
-    assert!(recall >= 0.99, "recall {recall}");
+    // the frame-level threshold (clean frames alert ≤ 1 %) is higher than the old
+    // per-pair one: 97.8 % of spikes flag on their own frame, all within W frames
+    assert!(recall >= 0.97, "recall {recall}");
+    assert!(
+        recall_within >= 0.99,
+        "recall within W frames {recall_within}"
+    );
     assert!(far <= 1e-4, "false-alarm rate {far}");
+}
+
+/// On clean generator frames (no injected anomaly) the default model alerts on at most
+/// 1 % of frames, every feature of the 25,000 counted: its threshold was chosen for a
+/// frame-level target (`train --target-frame-far`), not a per-(frame, feature) one that
+/// 25,000 features multiply (the earlier default alerted on about 25 % of clean frames).
+#[test]
+fn default_model_alerts_on_few_clean_frames() {
+    let run = replay_default(1000, &["--seed", "7", "--anomaly-rate", "0"]);
+    assert!(run.truth.is_empty());
+    let stats = &run.summary["stats"];
+    let (alerted, scored) = (
+        stats["anomalous_frames"].as_u64().unwrap(),
+        stats["frames_scored"].as_u64().unwrap(),
+    );
+    let frames: HashSet<u64> = run.flagged.iter().map(|&(t, _)| t).collect();
+    assert_eq!(frames.len() as u64, alerted);
+    let rate = alerted as f64 / scored as f64;
+    eprintln!("clean frames scored {scored}, alerted {alerted} (rate {rate:.4})");
+    assert!(rate <= 0.01, "{alerted} of {scored} clean frames alerted");
+}
+
+/// Level shifts (5σ, the generator's default) are caught, at their onset (a window that
+/// ends within W frames of the shift's first frame) in at least 90 % of cases and at
+/// some frame of the shift in at least 95 %. Stuck values are not asserted: a window
+/// of W identical values inside the normal range is no departure for this kernel model
+/// (measured 0.4 % recall), which the README states.
+#[test]
+fn default_model_catches_level_shifts_at_onset() {
+    let w = Model::load(&Model::resolve("default")).unwrap().window() as u64;
+    let frames = 600u64;
+    let run = replay_default(
+        frames,
+        &[
+            "--seed",
+            "20261124",
+            "--anomaly-rate",
+            "0.00002",
+            "--kinds",
+            "level_shift",
+        ],
+    );
+    let shifts: Vec<&Injection> = run.truth.iter().filter(|s| s.seq >= w - 1).collect();
+    assert!(shifts.len() > 200, "enough shifts: {}", shifts.len());
+    let caught_within = |s: &Injection, frames_after: u64| {
+        (s.seq..(s.seq + frames_after).min(frames))
+            .any(|t| run.flagged.contains(&(t, s.feature as u64)))
+    };
+    let n = shifts.len() as f64;
+    let onset = shifts.iter().filter(|s| caught_within(s, w)).count() as f64 / n;
+    let any = shifts
+        .iter()
+        .filter(|s| caught_within(s, s.len as u64 + w - 1))
+        .count() as f64
+        / n;
+    eprintln!("level shifts {n}: onset recall {onset:.4}, recall {any:.4}");
+    assert!(onset >= 0.9, "onset recall {onset}");
+    assert!(any >= 0.95, "recall {any}");
+}
+
+/// A noisy AR(1) series (standard deviation near 1) from a fixed linear congruential
+/// generator.
+fn normal_series(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    let mut v = 0f32;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+            v = 0.5 * v + 3.0 * u;
+            v
+        })
+        .collect()
+}
+
+/// The score of the window that ends at the last value of `series`, one feature, after
+/// `detector` has seen every window before it (stride 1).
+fn last_score(detector: &mut dyn Detector, series: &[f32]) -> f32 {
+    let w = detector.needs().window;
+    let windows: Vec<f32> = series.windows(w).flatten().copied().collect();
+    match detector.score(&windows) {
+        Scores::All(s) => *s.last().unwrap(),
+        Scores::Compacted(_) => unreachable!("CPU detectors keep every score"),
+    }
+}
+
+/// Every detector's score grows with the size of a departure and flags it: a value 8σ,
+/// 1e3σ and 1e30σ from the training mean (PCA, whose windows of 30 dilute one frame,
+/// from 1e3σ) (the kernel's cosines wrap around far out, so
+/// without the departure guard a 1e30σ value scored as noise).
+#[test]
+fn scores_grow_with_the_size_of_a_departure() {
+    let train = normal_series(3000, 1);
+    let mean = train.iter().sum::<f32>() / train.len() as f32;
+    let sigma =
+        (train.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / train.len() as f32).sqrt();
+    let normal = normal_series(400, 2);
+    let default = Model::load(&Model::resolve("default")).expect("shipped default model loads");
+    let Params::Rff {
+        mean: means,
+        inv_std,
+        ..
+    } = &default.params
+    else {
+        panic!("the default model is a kernel model");
+    };
+    let (m0, s0) = (means[0], 1.0 / inv_std[0]);
+    let forecast = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
+    let pca = Arc::new(PcaModel::fit(&train, 1, PcaConfig::default()).unwrap());
+    type Make<'a> = Box<dyn Fn() -> (Box<dyn Detector>, f32) + 'a>;
+    let detectors: Vec<(&str, Make)> = vec![
+        (
+            "rff (the default model)",
+            Box::new(|| {
+                let d = RffOcSvm::new(&default, 0..1).unwrap();
+                (Box::new(d) as Box<dyn Detector>, default.meta.threshold)
+            }),
+        ),
+        (
+            "forecast",
+            Box::new(|| (Box::new(Forecast::new(forecast.clone(), 0..1)) as _, 1.0)),
+        ),
+        (
+            "pca",
+            Box::new(|| (Box::new(Pca::new(pca.clone(), 0..1)) as _, 1.0)),
+        ),
+        (
+            "ewma",
+            Box::new(|| (Box::new(Ewma::new(0..1, EwmaConfig::default())) as _, 6.0)),
+        ),
+        (
+            "cusum",
+            Box::new(|| (Box::new(Cusum::new(0..1, CusumConfig::default())) as _, 1.0)),
+        ),
+    ];
+    for (name, make) in &detectors {
+        let mut peaks = Vec::new();
+        for k in [8.0f32, 1e3, 1e30] {
+            let (mut d, threshold) = make();
+            let rff = name.starts_with("rff");
+            // the default model's features have their own mean and scale
+            let (m, s) = if rff { (m0, s0) } else { (mean, sigma) };
+            let mut series: Vec<f32> = if rff {
+                normal.iter().map(|v| m0 + v / sigma * s0).collect()
+            } else {
+                train.iter().chain(&normal).copied().collect()
+            };
+            series.push(m + k * s);
+            let score = last_score(d.as_mut(), &series);
+            // PCA scores windows of 30 as a whole: one 8σ frame among 29 normal ones is
+            // within the largest training error, so only the larger departures must flag
+            if k > 8.0 || *name != "pca" {
+                assert!(
+                    score >= threshold,
+                    "{name}: a {k}σ departure scores {score}, under its threshold {threshold}"
+                );
+            }
+            peaks.push(score);
+        }
+        assert!(
+            peaks[0] < peaks[1] && peaks[1] < peaks[2],
+            "{name}: scores of 8σ, 1e3σ, 1e30σ departures do not grow: {peaks:?}"
+        );
+    }
 }

@@ -79,7 +79,10 @@ fn replay_scores_on_the_device_asked_for() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert_eq!(device_event(&err), ("Cpu".into(), "Cpu".into()), "{err}");
-    let report = lines(&err).1.unwrap_or_else(|| panic!("no report: {err}"));
+    // the summary alone on stdout, no report among the logs
+    assert!(lines(&err).1.is_none(), "the summary went to stderr: {err}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is one JSON object ({e}): {err}"));
     assert_eq!(report["stats"]["frames_in"], FRAMES);
     assert_eq!(report["stats"]["frames_scored"], FRAMES - (W as u64 - 1));
 
@@ -106,7 +109,7 @@ fn replay_scores_on_the_device_asked_for() {
                 last.starts_with("error: ") && last.contains(&reason),
                 "the last line says why: {err}"
             );
-            assert!(lines(&err).1.is_none(), "nothing was replayed: {err}");
+            assert!(out.stdout.is_empty(), "nothing was replayed: {err}");
             // serve refuses it with the same reason
             let out = tidewatch(dir.path())
                 .args([

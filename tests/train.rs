@@ -697,3 +697,64 @@ fn train_command_records_a_reproducing_command() {
     assert_eq!(remade.calibration, model.calibration);
     assert_eq!(remade.meta.threshold, model.meta.threshold);
 }
+
+/// Degenerate training data (issue 14's D-8: channels that never move, a command flag
+/// that flips during the fitted frames but not the held-out ones) used to give a calibrated threshold of 0, which flags every frame, the
+/// training frames included. The threshold now rests on its floor, the flat features are
+/// named, and the training data replayed are mostly quiet.
+#[test]
+fn flat_training_data_keep_a_meaningful_threshold() {
+    let rows = 2600;
+    let data: Vec<f32> = (0..rows)
+        .flat_map(|t| [-1.0, 0.0, if (500..900).contains(&t) { 1.0 } else { 0.0 }])
+        .collect();
+    let view = MatrixView::new(rows, 3, &data).unwrap();
+    let cfg = TrainConfig {
+        window: 30,
+        calibrate: true,
+        ..TrainConfig::default()
+    };
+    let report = train::train_with_report(view, &cfg).unwrap();
+    assert!(report.threshold_floored);
+    assert_eq!(report.model.meta.threshold, train::MIN_CALIBRATED_THRESHOLD);
+    assert!(report.flat_features.contains(&0) && report.flat_features.contains(&1));
+    let scores = score_all(&report.model, &data, rows);
+    let t = report.model.meta.threshold;
+    let flagged = scores
+        .chunks(3)
+        .filter(|w| w.iter().any(|&s| s >= t))
+        .count();
+    let windows = scores.len() / 3;
+    assert!(
+        flagged * 20 < windows,
+        "{flagged} of {windows} training windows flagged"
+    );
+}
+
+/// `target_frame_far` sets the threshold for the share of held-out frames (windows) with
+/// any feature over it, counted over every held-out window: with 200 features the
+/// per-(frame, feature) target of the same value alerts on far more frames.
+#[test]
+fn frame_target_bounds_the_frames_that_alert() {
+    let params: Vec<(f32, f32, f32)> = (0..200).map(|i| (i as f32, 1.0, 0.5)).collect();
+    let rows = 3000;
+    let data = ar1_matrix(rows, &params, 11);
+    let view = MatrixView::new(rows, params.len(), &data).unwrap();
+    let frame_rate = |frame_far: Option<f64>| {
+        let cfg = TrainConfig {
+            calibrate: true,
+            target_far: 0.01,
+            target_frame_far: frame_far,
+            ..TrainConfig::default()
+        };
+        let r = train::train_with_report(view, &cfg).unwrap();
+        r.heldout_frame_alarms.unwrap() as f64 / r.heldout_windows as f64
+    };
+    let per_frame = frame_rate(Some(0.01));
+    assert!(per_frame <= 0.012, "frame target 0.01: {per_frame}");
+    let per_pair = frame_rate(None);
+    assert!(
+        per_pair > 0.5,
+        "pair target 0.01 over 200 features: {per_pair}"
+    );
+}

@@ -246,7 +246,7 @@ fn windows_and_names_are_checked() {
         .unwrap();
     check(&strided, "--stride 10");
     let stderr = String::from_utf8_lossy(&strided.stderr);
-    let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&strided.stdout).unwrap();
     assert_eq!(summary["stats"]["frames_scored"], 3, "{stderr}");
     let none = replay("nonesuch", 20, &truth, &out, &[]).output().unwrap();
     assert!(!none.status.success());

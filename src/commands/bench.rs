@@ -89,6 +89,11 @@ pub struct BenchArgs {
     /// alert sent; without it alerts are not sent.
     #[arg(long, requires = "http")]
     pub alerts: bool,
+    /// --alerts: deliver them through a durable outbox (appended and synced to disk
+    /// before sending, as `serve` does by default) in a fresh directory under the
+    /// temporary directory, removed afterwards; without it, the in-memory path.
+    #[arg(long, requires = "alerts")]
+    pub outbox: bool,
     /// Soak: run this long (e.g. `30m`) at --rate, sampling RSS and the receive →
     /// verdict latency every --soak-interval; the report lists the samples and how far
     /// RSS and p99 drifted.
@@ -269,6 +274,8 @@ pub struct AlertFigures {
     pub retried: u64,
     /// Given up on, into the dead-letter file.
     pub dead_lettered: u64,
+    /// Whether they went through the durable outbox (`--outbox`).
+    pub outbox: bool,
 }
 
 /// Runs `tidewatch bench` and prints its report (process 0 only).
@@ -611,8 +618,17 @@ impl BenchReport {
                 rows.push((
                     "alerts",
                     format!(
-                        "{} sent, {} received ({} refused), {} retried, {} dead-lettered",
-                        a.sent, a.received, a.refused, a.retried, a.dead_lettered
+                        "{} sent, {} received ({} refused), {} retried, {} dead-lettered; {}",
+                        a.sent,
+                        a.received,
+                        a.refused,
+                        a.retried,
+                        a.dead_lettered,
+                        if a.outbox {
+                            "through the outbox"
+                        } else {
+                            "in memory"
+                        }
                     ),
                 ));
             }
@@ -739,8 +755,18 @@ fn run_http(
     } else {
         None
     };
+    let outbox_dir = args.outbox.then(|| {
+        std::env::temp_dir().join(format!(
+            "tidewatch-bench-outbox-{}-{}",
+            std::process::id(),
+            clock::unix_ms()
+        ))
+    });
     config.webhook = receiver.as_ref().map(|r| WebhookConfig {
         url: r.url(),
+        outbox: outbox_dir
+            .clone()
+            .map(|dir| crate::sinks::outbox::OutboxConfig { dir, max_bytes: 0 }),
         // per run, so that runs side by side do not write into one file
         dead_letter: std::env::temp_dir().join(format!(
             "tidewatch-bench-dead-letter-{}.jsonl",
@@ -771,6 +797,9 @@ fn run_http(
     // Shut down even if the load failed, so that the dataflow's threads end.
     let served = handle.shutdown();
     let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| b - a);
+    if let Some(dir) = &outbox_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     // serve's shutdown drained the deliveries, so the receiver's counts are final.
     let received = receiver.map(|r| {
         let counts = (r.accepted(), r.refused());
@@ -806,6 +835,7 @@ fn run_http(
             refused,
             retried: s.alerts_retried,
             dead_lettered: s.alerts_dead_lettered,
+            outbox: args.outbox,
         }),
     });
     Ok(report.with_rates(seconds, cpu))
@@ -924,6 +954,7 @@ mod tests {
                 device: server::Device::Cpu,
             },
             alerts: false,
+            outbox: false,
             synthetic: SyntheticArgs::default(),
             json: false,
             metrics_interval: None,

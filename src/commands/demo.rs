@@ -51,6 +51,9 @@ pub struct DemoArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub alerts: super::AlertArgs,
+    /// The alert outbox (alerts a stopped demo did not deliver are sent by the next).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-outbox"))]
+    pub outbox_dir: PathBuf,
 }
 
 /// Runs the demo.
@@ -95,6 +98,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         url: alert_url,
         initial_delay: Duration::from_millis(200),
         dead_letter: args.dead_letter.clone(),
+        outbox: Some(crate::sinks::outbox::OutboxConfig {
+            dir: args.outbox_dir.clone(),
+            max_bytes: crate::sinks::outbox::DEFAULT_MAX_BYTES,
+        }),
         drain_timeout: Duration::from_secs(10),
         ..WebhookConfig::default()
     });
@@ -102,6 +109,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     handle.wait_ready(Duration::from_secs(600))?;
     let addr = handle.addr();
     println!("  serve ready: http://{addr}  (try: curl -s http://{addr}/health/ready)");
+    println!("  dashboard: open http://{addr}/ in a browser while the demo runs");
     println!(
         "  sending {} frames/s for {} with anomalies injected (JSON logs on stderr)...\n",
         args.rate,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig, PcaConfig};
+use crate::eval::data::Layout;
 use crate::eval::{self, DetectorKind, Evaluation};
 
 /// Which detector `evaluate` fits.
@@ -48,7 +49,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh; ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
+    /// z_max, ridge, history, refresh, jump, hold, min_error
+    /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -88,8 +90,8 @@ impl Params {
 }
 
 impl EvaluateArgs {
-    /// The detector and settings these flags name.
-    pub fn kind(&self) -> anyhow::Result<DetectorKind> {
+    /// The detector and settings these flags name, for a data set in `layout`.
+    pub fn kind(&self, layout: Layout) -> anyhow::Result<DetectorKind> {
         let mut p = Params(BTreeMap::new());
         for (k, v) in &self.params {
             if p.0.insert(k.clone(), v.clone()).is_some() {
@@ -99,6 +101,12 @@ impl EvaluateArgs {
         let kind = match self.detector {
             DetectorName::Forecast => {
                 let d = ForecastConfig::default();
+                // Telemanom's data are scaled to [-1, 1]: its absolute minimum error
+                // (0.05) means something there alone
+                let telemanom_min_error = match layout {
+                    Layout::Telemanom => 0.05,
+                    Layout::Generic => d.min_error,
+                };
                 DetectorKind::Forecast(ForecastConfig {
                     form: p.take("form", d.form)?,
                     lags: p.take("lags", d.lags)?,
@@ -111,6 +119,9 @@ impl EvaluateArgs {
                     floor: p.take("floor", d.floor)?,
                     history: p.take("history", d.history)?,
                     refresh: p.take("refresh", d.refresh)?,
+                    jump: p.take("jump", d.jump)?,
+                    hold: p.take("hold", d.hold)?,
+                    min_error: p.take("min_error", telemanom_min_error)?,
                 })
             }
             DetectorName::Ewma => {
@@ -165,8 +176,10 @@ impl EvaluateArgs {
 /// Runs `tidewatch evaluate`.
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let kind = args.kind()?;
+    // settings are checked before the data are read (the layout only sets a default)
+    args.kind(Layout::Generic)?;
     let data = eval::data::load(&args.data)?;
+    let kind = args.kind(data.layout)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

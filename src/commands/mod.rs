@@ -1,9 +1,11 @@
 //! The subcommands of the `tidewatch` binary, one module each.
 
 pub mod bench;
+pub mod cluster;
 pub mod demo;
 pub mod evaluate;
 pub mod generate;
+pub mod outbox;
 pub mod receiver;
 pub mod replay;
 pub mod serve;

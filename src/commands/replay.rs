@@ -1,7 +1,7 @@
 //! `tidewatch replay`: a file or the generator through a dataflow variant into sinks.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
@@ -63,7 +63,7 @@ pub struct ReplayArgs {
     /// What to do with model features missing from a frame.
     #[arg(long, value_enum, default_value = "reject")]
     pub missing_features: MissingKeys,
-    /// Print the summary as one JSON object.
+    /// Print the summary as one JSON object on stdout (logs stay on stderr).
     #[arg(long)]
     pub json: bool,
     /// Log a JSON metrics line (counters, CPU, RSS, stage latencies) this often, e.g. `5s`.
@@ -102,6 +102,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         incidents: args
             .alerts
             .incidents(crate::sinks::webhook::CLIENT_BODY_LIMIT)?,
+        controls: None,
     };
     let make_source = source_factory(args, &model);
     let sinks = SinkSpec {
@@ -118,7 +119,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["frames_per_second"] = report.frames_per_second().into();
-        eprintln!("{v}");
+        // the summary is the command's result: stdout, apart from the logs on stderr
+        println!("{v}");
     } else {
         eprintln!(
             "replayed {} frames ({} rejected) in {:.2} s: {:.1} frames/s; {} scored, {} anomalous frames, {} anomalous (frame, feature) pairs",
@@ -150,8 +152,30 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     };
     match (&args.input, args.generate) {
         (Some(path), _) => {
+            // Process 0's workers share the file: each parses the records it takes.
             let path = path.clone();
-            runtime::on_worker_zero(move || sources::file::open(&path, &index, policy))
+            // Paced (`--rate`), decoding is not what limits: one reader keeps the pace exact.
+            let readers = match args.rate {
+                Some(_) => 1,
+                None => args.cluster.threads.max(1),
+            };
+            type Opened = Option<Vec<Option<Box<dyn FrameSource>>>>;
+            let opened: Mutex<Opened> = Mutex::new(None);
+            Arc::new(move |slot: runtime::WorkerSlot| {
+                if slot.index >= readers {
+                    return Ok(None);
+                }
+                let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+                if opened.is_none() {
+                    let sources = sources::file::open_split(&path, &index, policy, readers)?;
+                    // a format read by one source alone (NPY) leaves the other workers none
+                    *opened = Some(sources.into_iter().map(Some).collect());
+                }
+                Ok(opened
+                    .as_mut()
+                    .and_then(|s| s.get_mut(slot.index))
+                    .and_then(Option::take))
+            })
         }
         (None, frames) => {
             let config = args.synthetic.config(model.n_features());

@@ -17,10 +17,11 @@ use crate::settings::ServeArgs;
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Serves until SIGINT/SIGTERM, then drains and exits. In a multi-process cluster,
-/// processes other than 0 run their workers only; process 0 hosts HTTP and worker 0.
+/// processes other than 0 run their workers only, and process 0 hosts HTTP and worker 0;
+/// with `--ingest every-process` each process also takes HTTP frames of its own.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    if !args.cluster.is_leader() {
+    if !args.cluster.is_leader() && !args.ingests_everywhere() {
         return run_follower(args, config);
     }
     let handle = server::start(config)?;
@@ -32,11 +33,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     // stdout: stderr carries the JSON logs, one object per line.
     match &args.kafka.kafka_topic {
         Some(topic) if args.kafka.enabled() => println!(
-            "tidewatch serve: ready on http://{} (GET /health/live, GET /health/ready, GET /metrics); frames from Kafka topic {topic}",
+            "tidewatch serve: ready on http://{} (GET / dashboard, GET /health/live, GET /health/ready, GET /metrics); frames from Kafka topic {topic}",
             handle.addr()
         ),
         _ => println!(
-            "tidewatch serve: ready on http://{} (POST /data-enqueue, GET /health/live, GET /health/ready, GET /metrics)",
+            "tidewatch serve: ready on http://{} (POST /data-enqueue, GET / dashboard, GET /health/live, GET /health/ready, GET /metrics)",
             handle.addr()
         ),
     }
@@ -46,13 +47,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let report = handle.shutdown()?;
     let s = &report.run.stats;
     println!(
-        "tidewatch serve: stopped after {:.1} s: {} frames accepted, {} scored, {} anomalous; alerts delivered {}, dead-lettered {}",
+        "tidewatch serve: stopped after {:.1} s: {} frames accepted, {} scored, {} anomalous; alerts delivered {}, dead-lettered {}, left in the outbox {}",
         report.run.seconds,
         report.http.accepted,
         s.frames_scored,
         s.anomalous_frames,
         report.webhook.map(|w| w.delivered).unwrap_or(0),
         report.webhook.map(|w| w.dead_lettered).unwrap_or(0),
+        report.webhook.map(|w| w.left_in_outbox).unwrap_or(0),
     );
     if let Some(k) = &report.kafka {
         print_kafka(k);

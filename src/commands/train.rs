@@ -71,6 +71,12 @@ pub struct TrainArgs {
     /// False-alarm rate per (frame, feature) the calibrated threshold is chosen for.
     #[arg(long, default_value_t = 1e-5)]
     pub target_far: f64,
+    /// Share of clean frames that may raise an alert (any feature over the threshold),
+    /// instead of --target-far's per (frame, feature) rate: the threshold becomes this
+    /// upper quantile of the held-out windows' largest score over all features. Needs
+    /// --calibrate.
+    #[arg(long, requires = "calibrate")]
+    pub target_frame_far: Option<f64>,
     /// Training threads; 0 uses every available core.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -119,6 +125,7 @@ impl TrainArgs {
             calibrate: self.calibrate,
             calibration_quantile: self.calibration_quantile,
             target_far: self.target_far,
+            target_frame_far: self.target_frame_far,
             threads: self.threads,
             feature_names,
             progress: !self.quiet,
@@ -160,6 +167,9 @@ impl TrainArgs {
                 self.calibration_quantile.to_string(),
             );
             flag("target-far", self.target_far.to_string());
+            if let Some(f) = self.target_frame_far {
+                flag("target-frame-far", f.to_string());
+            }
         }
         if let Some(path) = &self.data {
             flag("data", path.display().to_string());
@@ -290,11 +300,18 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
     let meta = &report.model.meta;
     match &meta.calibration {
-        Some(c) => println!(
-            "threshold {:.4}: calibrated for {:e} false alarms per (frame, feature) on {} \
-             held-out windows per feature",
-            meta.threshold, c.target_false_alarm_rate, report.heldout_windows
-        ),
+        Some(c) => match args.target_frame_far {
+            Some(f) => println!(
+                "threshold {:.4}: calibrated for {f:e} of the held-out frames alerting (any \
+                 feature) on {} held-out windows",
+                meta.threshold, report.heldout_windows
+            ),
+            None => println!(
+                "threshold {:.4}: calibrated for {:e} false alarms per (frame, feature) on {} \
+                 held-out windows per feature",
+                meta.threshold, c.target_false_alarm_rate, report.heldout_windows
+            ),
+        },
         None => println!("threshold {} (seed default, uncalibrated)", meta.threshold),
     }
     match (report.heldout_false_alarm_rate(), report.heldout_alarms) {
@@ -320,10 +337,34 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if report.flat_features > 0 {
+    if let Some(alarms) = report.heldout_frame_alarms {
         println!(
-            "{} features did not vary on their training windows and got the median scale",
-            report.flat_features
+            "held-out frames with an alert at the threshold: {:.2e} ({alarms} of {} windows, \
+             every held-out window counted)",
+            alarms as f64 / report.heldout_windows.max(1) as f64,
+            report.heldout_windows
+        );
+    }
+    if report.threshold_floored {
+        eprintln!(
+            "warning: the calibrated threshold fell under its floor {} (degenerate training \
+             data): it rests on the floor",
+            crate::train::MIN_CALIBRATED_THRESHOLD
+        );
+    }
+    if !report.flat_features.is_empty() {
+        let index = crate::model::FeatureIndex::new(&meta.features, meta.n_features)
+            .map_err(anyhow::Error::msg)?;
+        let names: Vec<String> = report
+            .flat_features
+            .iter()
+            .map(|&j| index.name(j))
+            .collect();
+        eprintln!(
+            "warning: {} features did not vary on their training windows and got the median \
+             scale: {}",
+            names.len(),
+            names.join(",")
         );
     }
     println!("saved to {}", args.out.display());

@@ -91,6 +91,24 @@ pub struct ForecastConfig {
     /// Frames between two choices of the threshold over the history (Telemanom's batch,
     /// 70).
     pub refresh: usize,
+    /// Level-shift onset: also flag a frame whose change from the frame before,
+    /// `|x[t] - x[t-1]|`, is over the largest change of the training data by the pruning
+    /// margin (`prune`), and at least the floor. The EWMA that makes the residuals
+    /// robust dilutes a one-frame jump by `alpha` (2 %), so without this a step on a
+    /// channel that never stepped in training goes unseen; with it, "a bigger jump than
+    /// training ever made" is flagged at once, the classic step detector. The bar stays
+    /// the training data's (it does not follow `history`): a stream whose changes grow
+    /// for good keeps flagging them until the model is fitted again.
+    pub jump: bool,
+    /// Frames an event stays flagged after it closes: Telemanom's `error_buffer` (100),
+    /// which pads every anomalous sequence so that a spike and its aftermath make one
+    /// event, not several (streaming, only the frames after it can be padded).
+    pub hold: usize,
+    /// Absolute floor on every threshold, in the data's units: Telemanom ignores
+    /// smoothed errors under 0.05 on its data, which are scaled to [-1, 1]. Default 0
+    /// (unit-free); `evaluate` sets 0.05 for data in Telemanom's layout alone, since only
+    /// there is the scale known.
+    pub min_error: f32,
 }
 
 impl Default for ForecastConfig {
@@ -107,6 +125,12 @@ impl Default for ForecastConfig {
             floor: 0.05,
             history: 2100,
             refresh: 70,
+            jump: true,
+            // Telemanom pads sequences by 100 in a batch, before pruning; streaming, a
+            // pad can only add flagged frames after an event, so it only raises the
+            // false alarms on normal data (the one criterion used here): off
+            hold: 0,
+            min_error: 0.0,
         }
     }
 }
@@ -137,6 +161,9 @@ pub struct FeatureFit {
     pub floored: bool,
     /// Whether the training values never moved (5th and 95th percentiles equal).
     pub flat: bool,
+    /// The bar on `|x[t] - x[t-1]|` (see [`ForecastConfig::jump`]): the largest training
+    /// change over `1 - prune`, at least the floor.
+    pub jump: f32,
 }
 
 /// A fitted forecaster per feature, shared by the detectors of its partitions.
@@ -362,8 +389,13 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
     } else {
         spread
     };
-    let floor = config.floor as f64 * unit;
+    let floor = (config.floor as f64 * unit).max(config.min_error as f64);
     let (low, high, eps) = thresholds(&smoothed, floor, config);
+    let largest_change = x
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0, f64::max);
+    let jump = (largest_change / (1.0 - config.prune as f64)).max(floor);
     let tail = smoothed[smoothed.len().saturating_sub(config.history)..]
         .iter()
         .map(|&v| v as f32)
@@ -379,6 +411,7 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         tail,
         floored: floor > eps,
         flat,
+        jump: jump as f32,
     }
 }
 
@@ -461,12 +494,19 @@ pub struct Forecast {
     features: Range<usize>,
     smoothed: Vec<f32>,
     open: Vec<bool>,
+    /// Per feature: frames left to keep flagging after an event closed.
+    held: Vec<usize>,
     /// Per feature: the thresholds in force, `(low, high)`.
     bars: Vec<(f32, f32)>,
     /// Per feature: the recent smoothed residuals (dynamic thresholds only).
     history: Vec<std::collections::VecDeque<f32>>,
     /// Frames since the thresholds were last chosen.
     since: usize,
+    /// Windows scored so far.
+    seen: usize,
+    /// The window whose last frame does not follow the frame before it (see
+    /// [`Forecast::with_break_at`]).
+    break_at: Option<usize>,
 }
 
 impl Forecast {
@@ -487,16 +527,31 @@ impl Forecast {
         let fits = &model.features[features.clone()];
         Forecast {
             open: vec![false; features.len()],
+            held: vec![0; features.len()],
             bars: fits.iter().map(|f| (f.low, f.high)).collect(),
             history: fits
                 .iter()
                 .map(|f| f.tail.iter().copied().collect())
                 .collect(),
             since: 0,
+            seen: 0,
+            break_at: None,
             smoothed,
             model,
             features,
         }
+    }
+}
+
+impl Forecast {
+    /// Says that the last frame of window number `window` (counted from 0, from the
+    /// first window this detector scores) does not follow the frame before it in time:
+    /// another file begins there (evaluation warms the detector on the training file,
+    /// then scores the test file). No jump is scored into it, since the change from
+    /// the previous file's last frame is no change of the signal.
+    pub fn with_break_at(mut self, window: usize) -> Forecast {
+        self.break_at = Some(window);
+        self
     }
 }
 
@@ -537,8 +592,26 @@ impl Detector for Forecast {
                 let (low, high) = self.bars[j];
                 let open = &mut self.open[j];
                 *open = if *open { *s >= low } else { *s >= high };
-                let z = *s / high.max(f32::MIN_POSITIVE);
-                out[j] = if *open { z.max(1.0) } else { z };
+                let mut z = *s / high.max(f32::MIN_POSITIVE);
+                if config.jump && self.break_at != Some(self.seen) {
+                    let step = (column[w - 1] - column[w - 2]).abs();
+                    let zj = step / fit.jump.max(f32::MIN_POSITIVE);
+                    // NaN-safe: a NaN step compares false and leaves z as it was
+                    if zj > z {
+                        z = zj;
+                    }
+                }
+                let flagged = *open || z >= 1.0;
+                let held = &mut self.held[j];
+                out[j] = if flagged {
+                    *held = config.hold;
+                    z.max(1.0)
+                } else if *held > 0 {
+                    *held -= 1;
+                    z.max(1.0)
+                } else {
+                    z
+                };
                 if config.history > 0 {
                     let h = &mut self.history[j];
                     if h.len() == config.history {
@@ -548,6 +621,7 @@ impl Detector for Forecast {
                 }
             }
             self.since += 1;
+            self.seen += 1;
             if config.history > 0 && self.since >= config.refresh {
                 // Telemanom's dynamic threshold: chosen again over the recent errors
                 self.since = 0;
@@ -647,8 +721,10 @@ mod tests {
         assert!(peaks[0] < peaks[1] && peaks[1] < peaks[2], "{peaks:?}");
     }
 
-    /// With a history the thresholds follow a stream whose errors grew for good (as
-    /// Telemanom's do); without, the training thresholds keep flagging it.
+    /// With a history the residual thresholds follow a stream whose errors grew for good
+    /// (as Telemanom's do); without, the training thresholds keep flagging it. The jump
+    /// bar is the training data's and does not follow (see [`ForecastConfig::jump`]):
+    /// it is off here.
     #[test]
     fn dynamic_thresholds_follow_the_stream() {
         let train = ar1(4000, 0.9, 1);
@@ -656,6 +732,7 @@ mod tests {
         let flagged_late = |history: usize| {
             let config = ForecastConfig {
                 history,
+                jump: false,
                 ..ForecastConfig::default()
             };
             let m = Arc::new(ForecastModel::fit(&train, 1, config).unwrap());
@@ -687,6 +764,44 @@ mod tests {
         moved.extend(vec![5.0f32; 200]);
         let s = scores(&mut d, &windows(&moved, w));
         assert!(s.iter().any(|&z| z >= 1.0));
+    }
+
+    /// A step larger than any change of the training data is flagged at its onset, on
+    /// the frame it happens (the EWMA alone would dilute a one-frame step 50-fold), but
+    /// not where another file begins.
+    #[test]
+    fn level_shift_onset_is_flagged_at_once() {
+        let train = ar1(4000, 0.9, 1);
+        let largest = train
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0f32, f32::max);
+        let m = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
+        let w = m.window();
+        let mut test = ar1(600, 0.9, 2);
+        for v in &mut test[300..] {
+            *v += 2.0 * largest;
+        }
+        let onset = 300 - (w - 1);
+        let s = scores(&mut Forecast::new(Arc::clone(&m), 0..1), &windows(&test, w));
+        assert!(s[onset] >= 1.0, "onset scored {}", s[onset]);
+        assert!(
+            s[..onset].iter().all(|&z| z < 1.0),
+            "flagged before the step"
+        );
+        let without = ForecastConfig {
+            jump: false,
+            ..ForecastConfig::default()
+        };
+        let plain = Arc::new(ForecastModel::fit(&train, 1, without).unwrap());
+        let s = scores(&mut Forecast::new(plain, 0..1), &windows(&test, w));
+        assert!(
+            s[onset] < 1.0,
+            "the smoothed residual alone flags the onset"
+        );
+        let d = Forecast::new(m, 0..1).with_break_at(onset);
+        let s = scores(&mut d.clone(), &windows(&test, w));
+        assert!(s[onset] < 1.0, "a file boundary is no jump: {}", s[onset]);
     }
 
     /// Partitions score as the whole does.

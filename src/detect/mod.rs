@@ -16,6 +16,8 @@
 //!   baseline; needs no trained model, accumulates small persistent shifts.
 //! - [`Pca`]: reconstruction error of each feature's windows from the principal
 //!   components of its training windows ([`PcaModel`]), for seed 003's autoencoder.
+//! - [`Reloading`]: the model's one-class SVM, rebuilt between batches when an operator
+//!   swaps the model at run time ([`crate::controls`]).
 //! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
 //!   Telemanom's dynamic threshold chosen on training residuals ([`ForecastModel`]).
 
@@ -31,12 +33,14 @@ mod forecast;
 pub mod gpu;
 mod ocsvm;
 mod pca;
+mod reload;
 
 pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
 pub use pca::{Pca, PcaConfig, PcaFit, PcaModel};
+pub use reload::Reloading;
 
 /// Where scoring runs (`DEFAULT_DEVICE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]

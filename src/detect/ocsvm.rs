@@ -18,10 +18,26 @@ pub struct LinearOcSvm {
 }
 
 /// The kernel one-class SVM (RBF through random Fourier features), which detects
-/// departures in both directions.
+/// departures in both directions, with a guard for departures too large for its kernel
+/// ([`DEPARTURE_SIGMAS`]).
 pub struct RffOcSvm {
     scorer: Scorer,
+    /// Training mean and 1/std of each of its features.
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// The verdict threshold the guard's scores are relative to.
+    threshold: f32,
 }
+
+/// A value this many training standard deviations from its feature's training mean is
+/// anomalous whatever the kernel says. Random Fourier features are cosines of the
+/// standardised window: far outside the training data they wrap around, so the
+/// kernel's score of a 1e30σ value is noise, not larger than an 8σ one's. Beyond this
+/// distance the score is `threshold · |z|max / DEPARTURE_SIGMAS` (flagged, and growing
+/// with the departure) when that exceeds the kernel's. Chebyshev's inequality bounds the
+/// share of any distribution this far out by 1 %, and the RBF kernel at the default γ
+/// (0.02) is down to e^-2 there: a distribution-free, fixed default, not tuned on data.
+pub const DEPARTURE_SIGMAS: f32 = 10.0;
 
 impl LinearOcSvm {
     /// The detector for features `range` of a linear `model`.
@@ -47,9 +63,59 @@ impl RffOcSvm {
                 model.meta.kind
             );
         }
+        let Params::Rff { mean, inv_std, .. } = &model.params else {
+            unreachable!("checked above")
+        };
         Ok(RffOcSvm {
-            scorer: Scorer::new(model, range),
+            scorer: Scorer::new(model, range.clone()),
+            mean: mean[range.clone()].to_vec(),
+            inv_std: inv_std[range].to_vec(),
+            threshold: model.meta.threshold,
         })
+    }
+
+    /// Makes the departure guard's scores relative to `threshold` (the one the verdicts
+    /// use, when it overrides the model's).
+    pub fn with_threshold(mut self, threshold: f32) -> RffOcSvm {
+        self.threshold = threshold;
+        self
+    }
+
+    /// Raises the scores of windows `[B][W][F_part]` that hold a value over
+    /// [`DEPARTURE_SIGMAS`] from its training mean to the guard's score.
+    fn guard(&self, windows: &[f32], scores: &mut [f32]) {
+        let width = self.mean.len();
+        let per_window = self.scorer.window() * width;
+        if per_window == 0 {
+            return;
+        }
+        // Row by row, so that the pass reads the batch in memory order and vectorises: it
+        // runs on every window the kernel scores.
+        let mut zmax = vec![0f32; width];
+        for (x, out) in windows
+            .chunks_exact(per_window)
+            .zip(scores.chunks_exact_mut(width))
+        {
+            zmax.fill(0.0);
+            for row in x.chunks_exact(width) {
+                for ((z, &v), (&m, &inv)) in zmax
+                    .iter_mut()
+                    .zip(row)
+                    .zip(self.mean.iter().zip(&self.inv_std))
+                {
+                    *z = z.max(((v - m) * inv).abs());
+                }
+            }
+            let floor = self.threshold.abs().max(f32::MIN_POSITIVE);
+            for (s, &z) in out.iter_mut().zip(&zmax) {
+                if z > DEPARTURE_SIGMAS {
+                    let g = floor * (z / DEPARTURE_SIGMAS);
+                    if g > *s || s.is_nan() {
+                        *s = g;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -68,31 +134,45 @@ fn features(scorer: &Scorer) -> Range<usize> {
     scorer.lo()..scorer.lo() + scorer.width()
 }
 
-/// Both detectors are a [`Scorer`] and differ only in the model kind they accept: one
-/// `Detector` impl serves both.
-macro_rules! scorer_detector {
-    ($($name:ident),*) => {$(
-        impl Detector for $name {
-            fn needs(&self) -> Needs {
-                Needs {
-                    window: self.scorer.window(),
-                    stride: None,
-                    stateful: false,
-                }
-            }
-
-            fn features(&self) -> Range<usize> {
-                features(&self.scorer)
-            }
-
-            fn score(&mut self, windows: &[f32]) -> Scores {
-                score_all(&self.scorer, windows)
-            }
+impl Detector for LinearOcSvm {
+    fn needs(&self) -> Needs {
+        Needs {
+            window: self.scorer.window(),
+            stride: None,
+            stateful: false,
         }
-    )*};
+    }
+
+    fn features(&self) -> Range<usize> {
+        features(&self.scorer)
+    }
+
+    fn score(&mut self, windows: &[f32]) -> Scores {
+        score_all(&self.scorer, windows)
+    }
 }
 
-scorer_detector!(LinearOcSvm, RffOcSvm);
+impl Detector for RffOcSvm {
+    fn needs(&self) -> Needs {
+        Needs {
+            window: self.scorer.window(),
+            stride: None,
+            stateful: false,
+        }
+    }
+
+    fn features(&self) -> Range<usize> {
+        features(&self.scorer)
+    }
+
+    fn score(&mut self, windows: &[f32]) -> Scores {
+        let Scores::All(mut scores) = score_all(&self.scorer, windows) else {
+            unreachable!("the CPU scorer keeps every score")
+        };
+        self.guard(windows, &mut scores);
+        Scores::All(scores)
+    }
+}
 
 /// The model's one-class SVM for features `range`, on `device` (as resolved by
 /// [`super::gpu::resolve_for`]): [`LinearOcSvm`] or [`RffOcSvm`] by the model's kind on
@@ -107,7 +187,7 @@ pub fn ocsvm(
     let cpu = |range| -> anyhow::Result<Box<dyn Detector>> {
         Ok(match model.params {
             Params::Linear { .. } => Box::new(LinearOcSvm::new(model, range)?),
-            Params::Rff { .. } => Box::new(RffOcSvm::new(model, range)?),
+            Params::Rff { .. } => Box::new(RffOcSvm::new(model, range)?.with_threshold(threshold)),
         })
     };
     match device {

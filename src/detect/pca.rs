@@ -114,12 +114,31 @@ fn error(x: &[f32], mean: &[f32], components: &[Vec<f32>], centred: &mut [f32]) 
     for ((c, &v), &m) in centred.iter_mut().zip(x).zip(mean) {
         *c = v - m;
     }
-    let mut norm: f32 = centred.iter().map(|c| c * c).sum();
-    for comp in components {
-        let proj: f32 = comp.iter().zip(centred.iter()).map(|(a, b)| a * b).sum();
-        norm -= proj * proj;
+    // The residual itself, in f64, rather than |c|² - Σ proj²: the difference of squares
+    // cancels catastrophically, and overflows to inf - inf (NaN, scored 0) for a value
+    // 1e30 from the mean, where the error must be largest.
+    let mut residual = [0f64; 64];
+    let mut heap;
+    let r: &mut [f64] = if centred.len() <= residual.len() {
+        &mut residual[..centred.len()]
+    } else {
+        heap = vec![0f64; centred.len()];
+        &mut heap
+    };
+    for (r, &c) in r.iter_mut().zip(centred.iter()) {
+        *r = c as f64;
     }
-    norm.max(0.0).sqrt()
+    for comp in components {
+        let proj: f64 = comp
+            .iter()
+            .zip(centred.iter())
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum();
+        for (r, &a) in r.iter_mut().zip(comp) {
+            *r -= proj * a as f64;
+        }
+    }
+    r.iter().map(|v| v * v).sum::<f64>().sqrt() as f32
 }
 
 fn fit_feature(x: &[f32], config: &PcaConfig) -> PcaFit {

@@ -160,11 +160,14 @@ pub fn evaluate_entity(
             let model = ForecastModel::fit(&train, width, *config)
                 .with_context(|| format!("{}: fitting the forecaster", entity.name))?;
             let flat = model.flat_features().iter().map(|&j| values[j]).collect();
-            (
-                Box::new(Forecast::new(Arc::new(model), 0..width)),
-                1.0,
-                flat,
-            )
+            let w = model.window();
+            // the test file does not continue the training file: its first row is no jump
+            let detector = Forecast::new(Arc::new(model), 0..width);
+            let detector = match first.checked_sub(w - 1) {
+                Some(window) => detector.with_break_at(window),
+                None => detector,
+            };
+            (Box::new(detector), 1.0, flat)
         }
         DetectorKind::Ewma { config, z } => (Box::new(Ewma::new(0..width, *config)), *z, vec![]),
         DetectorKind::Cusum(config) => (Box::new(Cusum::new(0..width, *config)), 1.0, vec![]),

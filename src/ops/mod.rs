@@ -22,7 +22,7 @@ mod window;
 
 pub use batch::BatchOps;
 pub use merge::MergeOps;
-pub use score::{ScoreOps, ThresholdOps};
+pub use score::{Cut, ScoreOps, ThresholdOps};
 pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};
 pub use split::SplitOps;
 pub use stats::StatsOps;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{Parts, Stream};
 use crate::clock;
+use crate::controls::{Controls, Knobs, Watch};
 use crate::detect::{Detector, Scores};
 use crate::stats::{Stage, Stats};
 use crate::types::{Batch, Hit, PartHits, Scored, Seq};
@@ -148,21 +149,76 @@ pub trait ThresholdOps<'s> {
     /// });
     /// assert_eq!(*hits.lock().unwrap(), vec![(7, 1), (8, 0)]);
     /// ```
-    fn threshold(self, threshold: f32) -> Self::Output;
+    fn threshold(self, threshold: impl Into<Cut>) -> Self::Output;
+}
+
+/// Where a batch's scores are cut: at a fixed threshold, or at the one in force in a
+/// run's [`Controls`] (read once per batch), which also mutes features.
+#[derive(Clone, Debug)]
+pub enum Cut {
+    /// Scores `>= threshold` are anomalies.
+    Fixed(f32),
+    /// The threshold and mutes of `controls`; `fallback` is the variant's own threshold
+    /// when no override is set (`None`: the model's).
+    Live {
+        /// The run's controls.
+        controls: Arc<Controls>,
+        /// The threshold without an override.
+        fallback: Option<f32>,
+    },
+}
+
+impl From<f32> for Cut {
+    fn from(threshold: f32) -> Cut {
+        Cut::Fixed(threshold)
+    }
+}
+
+/// A [`Cut`] as one operator reads it: the threshold and muted features for each batch.
+enum Cutter {
+    Fixed(f32),
+    Live(Watch, Option<f32>),
+}
+
+impl Cutter {
+    fn new(cut: Cut) -> Cutter {
+        match cut {
+            Cut::Fixed(t) => Cutter::Fixed(t),
+            Cut::Live { controls, fallback } => Cutter::Live(Watch::new(controls), fallback),
+        }
+    }
+
+    /// The threshold for the next batch, and the muted features (`None`: none).
+    fn next(&mut self) -> (f32, Option<Arc<Knobs>>) {
+        match self {
+            Cutter::Fixed(t) => (*t, None),
+            Cutter::Live(watch, fallback) => {
+                let (knobs, _) = watch.get();
+                let muted = (!knobs.muted.is_empty()).then(|| Arc::clone(knobs));
+                (knobs.threshold_or(*fallback), muted)
+            }
+        }
+    }
+
+    fn live(&self) -> bool {
+        matches!(self, Cutter::Live(..))
+    }
 }
 
 impl<'s> ThresholdOps<'s> for Parts<'s, Scored> {
     type Output = Parts<'s, PartHits>;
 
-    fn threshold(self, threshold: f32) -> Parts<'s, PartHits> {
-        self.map(|s| s.threshold(threshold))
+    fn threshold(self, threshold: impl Into<Cut>) -> Parts<'s, PartHits> {
+        let cut = threshold.into();
+        self.map(|s| s.threshold(cut.clone()))
     }
 }
 
 impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
     type Output = Stream<'s, PartHits>;
 
-    fn threshold(self, threshold: f32) -> Stream<'s, PartHits> {
+    fn threshold(self, threshold: impl Into<Cut>) -> Stream<'s, PartHits> {
+        let mut cutter = Cutter::new(threshold.into());
         self.unary(Pipeline, "Threshold", move |_cap, _info| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
@@ -172,7 +228,14 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                             let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
                             let log = BatchLog::start(&s);
                             let mut anomalous = 0usize;
+                            let (mut threshold, muted) = cutter.next();
                             if let Some(c) = &s.compacted {
+                                if cutter.live() {
+                                    // Scored on the device just before the threshold was
+                                    // lowered: cut this batch where the device did, the
+                                    // next one at the new threshold.
+                                    threshold = threshold.max(c.threshold);
+                                }
                                 assert!(
                                     c.threshold <= threshold,
                                     "scores were thresholded at {} on the device, above the threshold {threshold}",
@@ -205,6 +268,10 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                                         })
                                         .collect(),
                                 };
+                                let mut hits = hits;
+                                if let Some(k) = &muted {
+                                    hits.retain(|h| !k.is_muted(h.feature));
+                                }
                                 anomalous += hits.len();
                                 session.give(PartHits {
                                     seq,
@@ -286,5 +353,70 @@ impl BatchLog {
             mem_total_mib = r.mem_total_mib,
             "batch scored"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use timely::dataflow::operators::{Inspect, ToStream};
+
+    use super::*;
+    use crate::types::Compacted;
+
+    /// Runs one scored batch through the threshold operator cut by `cut`; returns each
+    /// window's anomalous features.
+    fn cut_batch(scored: Scored, cut: Cut) -> Vec<Vec<u32>> {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        timely::example(move |scope| {
+            Some(scored)
+                .to_stream(scope)
+                .container::<Vec<_>>()
+                .threshold(cut)
+                .inspect(move |p| {
+                    sink.lock()
+                        .unwrap()
+                        .push(p.hits.iter().map(|h| h.feature).collect())
+                });
+        });
+        let v = out.lock().unwrap().clone();
+        v
+    }
+
+    /// A live cut follows the controls' threshold and mutes; a batch thresholded on the
+    /// device just before the threshold was lowered is cut where the device cut it
+    /// (rather than failing), and muted features drop out of device hits too.
+    #[test]
+    fn a_live_cut_follows_threshold_and_mutes() {
+        let model = Arc::new(crate::controls::test_model::tiny(4, 1));
+        let controls = Arc::new(Controls::new(model, None, Some(1.0)));
+        let live = || Cut::Live {
+            controls: Arc::clone(&controls),
+            fallback: None,
+        };
+        let scored = || Scored {
+            lo: 0,
+            seqs: vec![7],
+            scores: vec![0.5, 1.5, 2.5, 3.5],
+            ..Scored::default()
+        };
+        assert_eq!(cut_batch(scored(), live()), vec![vec![1, 2, 3]]);
+        controls.set_threshold(Some(3.0));
+        assert_eq!(cut_batch(scored(), live()), vec![vec![3]]);
+        controls.set_threshold(Some(0.0));
+        controls.set_muted(&[2]).unwrap();
+        assert_eq!(cut_batch(scored(), live()), vec![vec![0, 1, 3]]);
+        let device = Scored {
+            lo: 0,
+            seqs: vec![7],
+            compacted: Some(Compacted {
+                threshold: 2.0,
+                hits: vec![(0, 2, 2.5), (0, 3, 3.5)],
+            }),
+            ..Scored::default()
+        };
+        assert_eq!(cut_batch(device, live()), vec![vec![3]]);
     }
 }

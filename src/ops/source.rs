@@ -162,12 +162,7 @@ impl Numbering {
     /// The first time at or after `us` that belongs to this worker (`≡ index mod peers`),
     /// so that clock-stamped frames of different workers never share a time.
     fn own_slot(&self, us: u64) -> Time {
-        let slot = us - us % self.peers + self.index;
-        if slot < us {
-            slot + self.peers
-        } else {
-            slot
-        }
+        crate::clock::own_slot(us, self.index, self.peers)
     }
 
     fn clock(&self) -> Time {
@@ -182,7 +177,7 @@ impl Numbering {
     fn stamp(&mut self, carried: Time) -> Time {
         let (seq, step) = match self.rule {
             Sequencing::Dense => (self.yielded, 1),
-            Sequencing::Assigned => {
+            Sequencing::Assigned | Sequencing::AssignedClock => {
                 assert!(carried >= self.next, "source seqs must increase");
                 (carried, 1)
             }
@@ -194,10 +189,17 @@ impl Numbering {
         seq
     }
 
-    /// Where an idle source's capability may move: under [`Sequencing::Clock`], the clock.
-    fn idle(&mut self) -> Time {
-        if self.rule == Sequencing::Clock {
-            self.next = self.clock();
+    /// Where an idle source's capability may move: under [`Sequencing::Clock`], the
+    /// clock; under [`Sequencing::AssignedClock`], as far as the source promises.
+    fn idle(&mut self, source: &mut dyn FrameSource) -> Time {
+        match self.rule {
+            Sequencing::Clock => self.next = self.clock(),
+            Sequencing::AssignedClock => {
+                if let Some(floor) = source.idle_floor() {
+                    self.next = self.next.max(floor);
+                }
+            }
+            _ => {}
         }
         self.next
     }
@@ -227,7 +229,8 @@ impl Wake for WakeOperator {
 ///
 /// The operator runs only when there is something to do: a frame is due ([`Pacing`]),
 /// the source woke it ([`FrameSource::wake_with`]), or frames settled. Only a source that
-/// cannot wake it, or that numbers by [`Sequencing::Clock`], is polled while idle.
+/// cannot wake it, or whose time follows the clock ([`Sequencing::Clock`],
+/// [`Sequencing::AssignedClock`]), is polled while idle.
 pub fn frame_source<'s>(
     scope: Scope<'s, Time>,
     source: Option<Box<dyn FrameSource>>,
@@ -248,7 +251,11 @@ pub fn frame_source<'s>(
             let poll_when_idle = src.as_mut().is_some_and(|s| {
                 let sync = scope.worker().sync_activator_for(info.address.to_vec());
                 let wakes = s.wake_with(Waker::from(Arc::new(WakeOperator(sync))));
-                !wakes || s.sequencing() == Sequencing::Clock
+                !wakes
+                    || matches!(
+                        s.sequencing(),
+                        Sequencing::Clock | Sequencing::AssignedClock
+                    )
             });
             if let (Some(p), Some(_)) = (&progress, &src) {
                 p.sources.borrow_mut().push(activator.clone());
@@ -300,7 +307,7 @@ pub fn frame_source<'s>(
                         let due = start + after;
                         let now = Instant::now();
                         if due > now {
-                            c.downgrade(&numbering.idle());
+                            c.downgrade(&numbering.idle(&mut **s));
                             if alarm != Some(due) {
                                 activator.activate_after(due - now);
                                 alarm = Some(due);
@@ -328,7 +335,7 @@ pub fn frame_source<'s>(
                             tracing::warn!(error = %err, "skipped a record that does not decode");
                         }
                         Pull::Idle => {
-                            c.downgrade(&numbering.idle());
+                            c.downgrade(&numbering.idle(&mut **s));
                             if poll_when_idle {
                                 activator.activate_after(IDLE_RECHECK);
                             }
@@ -506,7 +513,8 @@ mod tests {
         let t1 = a.stamp(0);
         let t2 = a.stamp(0);
         assert!(t2 > t1 && t1 % 3 == 1 && t2 % 3 == 1);
-        assert!(a.idle() >= t2 + 3);
+        let (_queue, mut unused) = crate::sources::http::IngestQueue::new(1);
+        assert!(a.idle(&mut unused) >= t2 + 3);
     }
 
     #[test]

@@ -52,7 +52,12 @@ const BODY_GRACE: Duration = Duration::from_secs(2);
 
 impl Ingress {
     pub(super) fn new(model: &Model, config: &ServeConfig) -> (Arc<Ingress>, IngestSource) {
-        let (frames, source) = IngestQueue::new(config.queue_max_size);
+        let processes = config.cluster.processes.max(1);
+        let (frames, source) = if config.ingest_everywhere && processes > 1 {
+            IngestQueue::clocked(config.queue_max_size, config.cluster.process, processes)
+        } else {
+            IngestQueue::new(config.queue_max_size)
+        };
         let ingress = Arc::new(Ingress {
             index: Arc::new(model.feature_index()),
             policy: config.key_policy,

@@ -13,6 +13,8 @@
 //! stops accepting connections, lets requests under way finish, closes the queue so
 //! the dataflow drains and stops, then gives the webhook a bounded time to deliver.
 
+mod admin;
+mod dashboard;
 mod ingest;
 pub mod kafka;
 pub mod listen;
@@ -64,8 +66,13 @@ pub struct ServeConfig {
     pub device: Device,
     /// Pipeline settings (variant, batch size, threshold, ...).
     pub settings: Settings,
-    /// timely cluster flags; this process must be process 0 (it hosts worker 0).
+    /// timely cluster flags. This process must be process 0 (which hosts worker 0 and the
+    /// sinks) unless `ingest_everywhere` is set.
     pub cluster: ClusterArgs,
+    /// In a cluster, every process takes `POST /data-enqueue` and decodes its own frames
+    /// (numbered by [`Sequencing::AssignedClock`](crate::sources::Sequencing)), rather
+    /// than process 0 alone.
+    pub ingest_everywhere: bool,
     /// Frames accepted but not yet taken by the dataflow, at most (`QUEUE_MAX_SIZE`).
     pub queue_max_size: usize,
     /// Largest request body, as sent on the wire.
@@ -97,6 +104,8 @@ pub struct ServeConfig {
     /// Frames from Kafka instead of `POST /data-enqueue` (which then does not exist), and
     /// verdicts to Kafka topics.
     pub kafka: Option<KafkaServeConfig>,
+    /// The bearer token of the admin routes (`ADMIN_TOKEN`); `None`: they do not exist.
+    pub admin_token: Option<String>,
 }
 
 impl ServeConfig {
@@ -109,6 +118,7 @@ impl ServeConfig {
             device: Device::Auto,
             settings: Settings::default(),
             cluster: ClusterArgs::default(),
+            ingest_everywhere: false,
             queue_max_size: 100,
             max_body_bytes: 1 << 20,
             max_inflated_bytes: 16 << 20,
@@ -124,6 +134,7 @@ impl ServeConfig {
             upload_buffer_bytes: 64 << 20,
             min_body_rate: 16 << 10,
             kafka: None,
+            admin_token: None,
         }
     }
 }
@@ -178,6 +189,10 @@ struct Ready {
     ingress: Arc<ingest::Ingress>,
     /// Model and device facts for `/health/ready`.
     facts: serde_json::Value,
+    /// The model, threshold and mutes in force, which the admin routes change.
+    controls: Arc<crate::controls::Controls>,
+    /// What the dashboard shows of the verdicts.
+    board: Arc<dashboard::Board>,
 }
 
 /// State shared by handlers, the dataflow thread and the handle.
@@ -193,6 +208,14 @@ struct Shared {
     connections: Arc<ConnectionCounters>,
     /// Set when shutdown must stop waiting (a second signal).
     hurry: watch::Sender<bool>,
+    /// The admin routes' token; `None`: they do not exist.
+    admin_token: Option<String>,
+    /// The model directory given at start, which SIGHUP reloads.
+    model_dir: Option<PathBuf>,
+    /// Processes in the cluster (`-n`).
+    processes: usize,
+    /// This process's index (`-p`).
+    process: usize,
 }
 
 #[derive(Default)]
@@ -271,9 +294,9 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
     if let Some(w) = config.webhook.as_mut() {
         w.stats = Arc::clone(&stats);
     }
-    if !config.cluster.is_leader() {
+    if !config.cluster.is_leader() && !config.ingest_everywhere {
         bail!(
-            "the HTTP server runs in process 0 only (this is process {})",
+            "the HTTP server runs in process 0 only (this is process {}) unless every process takes frames",
             config.cluster.process
         );
     }
@@ -295,6 +318,13 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         lifecycle: Mutex::new(Lifecycle::default()),
         connections: Arc::default(),
         hurry: watch::channel(false).0,
+        admin_token: config.admin_token.clone().filter(|t| !t.is_empty()),
+        model_dir: match &config.model {
+            ModelSpec::Dir(d) => Some(d.clone()),
+            ModelSpec::Loaded(_) => None,
+        },
+        processes: config.cluster.processes.max(1),
+        process: config.cluster.process,
     });
     let fds = listen::raise_fd_limit();
     let limits = ConnectionLimits {
@@ -437,16 +467,24 @@ fn run_dataflow(
         }
     };
     let device = probes::resolve_device(config.device, &model)?;
-    let threshold = config.settings.threshold.unwrap_or(model.meta.threshold);
-    let facts = probes::ready_facts(&model, model_path.as_deref(), &device, &config, threshold);
+    let facts = probes::ready_facts(&device, &config);
     let (ingress, source) = ingest::Ingress::new(&model, &config);
+    let controls = Arc::new(crate::controls::Controls::new(
+        Arc::clone(&model),
+        model_path,
+        config.settings.threshold,
+    ));
+    let board = Arc::new(dashboard::Board::new(&model));
+    let hook = crate::sinks::combine(Some(board.hook()), hook);
     let ready = Arc::new(Ready {
         ingress: Arc::clone(&ingress),
         facts,
+        controls: Arc::clone(&controls),
+        board,
     });
     let factory = match &config.kafka {
         Some(kafka) => kafka_factory(kafka, &model, outbox, shared, ready)?,
-        None => http_factory(source, shared, ready),
+        None => http_factory(source, shared, ready, ingest_worker(&config)),
     };
     let sinks = SinkSpec {
         on_result: hook,
@@ -455,6 +493,7 @@ fn run_dataflow(
     // the device resolved above, so that the dataflow scores where /health/ready says
     let settings = Settings {
         device: device.device(),
+        controls: Some(controls),
         ..config.settings.clone()
     };
     runtime::run(&config.cluster, model, settings, factory, sinks)
@@ -503,11 +542,27 @@ fn kafka_factory(
     }))
 }
 
-/// Frames from `POST /data-enqueue`, read by worker 0; ready once it has taken the queue.
-fn http_factory(source: IngestSource, shared: &Arc<Shared>, ready: Arc<Ready>) -> SourceFactory {
+/// The worker that reads this process's HTTP queue: worker 0, or with ingest on every
+/// process, the first worker of this one.
+fn ingest_worker(config: &ServeConfig) -> usize {
+    if config.ingest_everywhere {
+        config.cluster.process * config.cluster.threads.max(1)
+    } else {
+        0
+    }
+}
+
+/// Frames from `POST /data-enqueue`, read by worker `reader`; ready once it has taken the
+/// queue.
+fn http_factory(
+    source: IngestSource,
+    shared: &Arc<Shared>,
+    ready: Arc<Ready>,
+    reader: usize,
+) -> SourceFactory {
     let slot = Mutex::new(Some(source));
     let factory_shared = Arc::clone(shared);
-    runtime::on_worker_zero(move || {
+    runtime::on_worker(reader, move || {
         let source = slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -567,8 +622,9 @@ impl ServerHandle {
         self.webhook.as_ref().map(Webhook::stats)
     }
 
-    /// Starts catching SIGINT and SIGTERM (so they no longer kill the process); see
-    /// [`ServerHandle::wait_for_signal`]. Call it before announcing readiness, so that a
+    /// Starts catching SIGINT and SIGTERM (so they no longer kill the process; see
+    /// [`ServerHandle::wait_for_signal`]) and SIGHUP, which reloads the model directory
+    /// the server started with (see [`crate::controls`]). Call it before announcing readiness, so that a
     /// signal sent right after cannot be missed.
     pub fn catch_signals(&self) -> anyhow::Result<Signals> {
         let runtime = self.runtime.as_ref().expect("running");
@@ -576,6 +632,16 @@ impl ServerHandle {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
+            let mut hangup = signal(SignalKind::hangup()).context("catching SIGHUP")?;
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the model");
+                    let shared = Arc::clone(&shared);
+                    let _ =
+                        tokio::task::spawn_blocking(move || admin::reload_on_hangup(&shared)).await;
+                }
+            });
             Ok(Signals {
                 interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
                 terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
@@ -768,8 +834,9 @@ impl Drop for ServerHandle {
     }
 }
 
-/// The routes: `POST /data-enqueue`, `GET /health/live`, `GET /health/ready`; anything
-/// else gets a JSON 404/405.
+/// The routes: `POST /data-enqueue`, `GET /health/live`, `GET /health/ready`,
+/// `GET /metrics`, the dashboard (`GET /`, its assets, `GET /events`) and the admin
+/// routes; anything else gets a JSON 404/405.
 fn routes(
     shared: Arc<Shared>,
     ingest: bool,
@@ -800,8 +867,19 @@ fn routes(
         .map(probes::ready);
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(state)
+        .and(state.clone())
         .map(metrics_reply);
+    let page = warp::path::end().and(warp::get()).map(dashboard::page);
+    let js = warp::path!("dashboard.js")
+        .and(warp::get())
+        .map(|| dashboard::asset("js"));
+    let css = warp::path!("dashboard.css")
+        .and(warp::get())
+        .map(|| dashboard::asset("css"));
+    let events = warp::path!("events")
+        .and(warp::get())
+        .and(state.clone())
+        .map(dashboard::events);
     enqueue
         .or(live)
         .unify()
@@ -809,7 +887,57 @@ fn routes(
         .unify()
         .or(metrics)
         .unify()
+        .or(page)
+        .unify()
+        .or(js)
+        .unify()
+        .or(css)
+        .unify()
+        .or(events)
+        .unify()
+        .or(admin_routes(state))
+        .unify()
         .recover(rejection)
+        .unify()
+}
+
+/// `POST /admin/model`, `PUT /admin/threshold`, `PUT /admin/mutes`, `DELETE /admin/mutes`
+/// (see [`admin`]); they do not exist (404) unless a token is configured.
+fn admin_routes(
+    state: impl Filter<Extract = (Arc<Shared>,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    let on = state.clone().and_then(|shared: Arc<Shared>| async move {
+        if shared.admin_token.is_some() {
+            Ok(shared)
+        } else {
+            Err(warp::reject::not_found())
+        }
+    });
+    let route = move |method: warp::filters::BoxedFilter<()>, action: admin::Action| {
+        method
+            .and(warp::any().map(move || action))
+            .and(on.clone())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::content_length_limit(admin::MAX_BODY))
+            .and(warp::body::bytes())
+            .then(admin::handle)
+    };
+    let model = warp::path!("admin" / "model");
+    let threshold = warp::path!("admin" / "threshold");
+    let mutes = warp::path!("admin" / "mutes");
+    route(model.and(warp::post()).boxed(), admin::Action::Model)
+        .or(route(
+            threshold.and(warp::put()).boxed(),
+            admin::Action::Threshold,
+        ))
+        .unify()
+        .or(route(mutes.and(warp::put()).boxed(), admin::Action::Mute))
+        .unify()
+        .or(route(
+            mutes.and(warp::delete()).boxed(),
+            admin::Action::Unmute,
+        ))
         .unify()
 }
 
@@ -844,6 +972,7 @@ fn metrics_reply(shared: Arc<Shared>) -> warp::reply::Response {
             ("503", h.unavailable),
         ]),
         connections: Some(shared.connections.snapshot()),
+        process: (shared.processes > 1).then_some(shared.process),
     };
     let text = crate::metrics::prometheus(&shared.stats, &extra);
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()

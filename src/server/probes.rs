@@ -1,13 +1,12 @@
 //! `GET /health/live` and `GET /health/ready`, and the device check behind readiness.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::Reply;
 
-use super::{Device, Phase, ServeConfig, Shared};
+use super::{Device, Phase, Ready, ServeConfig, Shared};
 use crate::model::Model;
 
 /// The scoring device in use, and what the machine has.
@@ -75,30 +74,46 @@ pub(super) fn resolve_device(requested: Device, model: &Model) -> anyhow::Result
     })
 }
 
-/// The body of a ready `/health/ready` (queue depth is added per request).
-pub(super) fn ready_facts(
-    model: &Model,
-    dir: Option<&Path>,
-    device: &DeviceFacts,
-    config: &ServeConfig,
-    threshold: f32,
-) -> serde_json::Value {
+/// The fixed part of a ready `/health/ready`: device and pipeline (the model, controls
+/// and queue are added per request by [`ready_body`]).
+pub(super) fn ready_facts(device: &DeviceFacts, config: &ServeConfig) -> serde_json::Value {
     serde_json::json!({
         "status": "ready",
-        "model": {
-            "path": dir.map(|d| d.display().to_string()),
-            "kind": model.meta.kind,
-            "n_features": model.n_features(),
-            "window": model.window(),
-            "threshold": threshold,
-            "calibrated": model.calibration.is_some(),
-            "provenance": model.meta.provenance,
-        },
         "device": device,
         "dataflow": config.settings.pipeline.name,
         "inference_batch_size": config.settings.batch_size,
         "workers": config.cluster.peers(),
     })
+}
+
+/// The body of a ready `/health/ready` (and the dashboard's facts): the model, threshold
+/// and mutes in force (they change at run time), the queue, and the fixed facts.
+pub(super) fn ready_body(ready: &Ready) -> serde_json::Value {
+    let k = ready.controls.current();
+    let model = &k.model;
+    let mut body = ready.facts.clone();
+    body["model"] = serde_json::json!({
+        "path": k.model_path.as_ref().map(|d| d.display().to_string()),
+        "kind": model.meta.kind,
+        "n_features": model.n_features(),
+        "window": model.window(),
+        "threshold": k.threshold_or(None),
+        "calibrated": model.calibration.is_some(),
+        "provenance": model.meta.provenance,
+        "version": k.model_version,
+        "reloaded_at_ms": k.reloaded_at_ms,
+    });
+    body["controls"] = serde_json::json!({
+        "version": k.version,
+        "threshold_override": k.threshold,
+        "muted": k.muted,
+        "changed_at_ms": k.changed_at_ms,
+    });
+    body["queue"] = serde_json::json!({
+        "capacity": ready.ingress.capacity(),
+        "queued": ready.ingress.queued(),
+    });
+    body
 }
 
 /// Liveness: the process answers. No work at all.
@@ -110,11 +125,7 @@ pub(super) fn live() -> warp::reply::Response {
 pub(super) fn ready(shared: Arc<Shared>) -> warp::reply::Response {
     let (status, body) = match shared.phase() {
         Phase::Ready(ready) => {
-            let mut body = ready.facts.clone();
-            body["queue"] = serde_json::json!({
-                "capacity": ready.ingress.capacity(),
-                "queued": ready.ingress.queued(),
-            });
+            let mut body = ready_body(&ready);
             if let Some(g) = crate::detect::gpu::sample() {
                 body["device"]["memory_used_bytes"] = g.memory_used_bytes.into();
                 body["device"]["memory_total_bytes"] = g.memory_total_bytes.into();

@@ -12,6 +12,27 @@ use crate::types::FrameResult;
 /// under the receiving client's 100 KiB body limit.
 pub const DEFAULT_MAX_FEATURES: usize = 2_000;
 
+/// The longest frame id an alert copies, in characters: an id past it is cut and marked
+/// with [`ID_CUT_MARK`], so that a client's oversized id (say 150,000 characters) cannot
+/// push the alert past the receiver's 100 KiB body limit (6 bytes a character at most,
+/// escaped, leaves room for the rest of the body).
+pub const MAX_ALERT_ID_CHARS: usize = 1_024;
+
+/// Ends an id cut to [`MAX_ALERT_ID_CHARS`].
+pub const ID_CUT_MARK: &str = "…";
+
+/// `id`, cut to [`MAX_ALERT_ID_CHARS`] characters (the mark included) if longer.
+pub fn cap_id(id: &str) -> String {
+    match id.char_indices().nth(MAX_ALERT_ID_CHARS) {
+        None => id.to_string(),
+        Some(_) => {
+            let keep = MAX_ALERT_ID_CHARS - ID_CUT_MARK.chars().count();
+            let end = id.char_indices().nth(keep).map_or(id.len(), |(i, _)| i);
+            format!("{}{ID_CUT_MARK}", &id[..end])
+        }
+    }
+}
+
 /// One anomalous feature in an alert.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertFeature {
@@ -35,7 +56,7 @@ pub struct Alert {
     pub anomalous_features: Vec<AlertFeature>,
     /// The frame's sequence number in this run.
     pub seq: u64,
-    /// The client's frame id, if it sent one.
+    /// The client's frame id, if it sent one, cut to [`MAX_ALERT_ID_CHARS`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// When tidewatch received the frame, ISO 8601 UTC.
@@ -67,7 +88,7 @@ impl Alert {
             num_anomalous_features: result.hits.len(),
             anomalous_features: features,
             seq: result.seq,
-            id: meta.id.clone(),
+            id: meta.id.as_deref().map(cap_id),
             received_at: iso_ms(meta.received_ms),
         }
     }
@@ -192,6 +213,16 @@ mod tests {
         assert_eq!(json["anomaly_detected"], true);
         assert_eq!(json["anomalous_features"][0]["feature_idx"], 9);
         assert_eq!(json["id"], "f-1");
+    }
+
+    #[test]
+    fn long_ids_are_cut_to_the_cap() {
+        assert_eq!(cap_id("f-1"), "f-1");
+        let exact = "é".repeat(MAX_ALERT_ID_CHARS);
+        assert_eq!(cap_id(&exact), exact);
+        let cut = cap_id(&"é".repeat(150_000));
+        assert_eq!(cut.chars().count(), MAX_ALERT_ID_CHARS);
+        assert!(cut.ends_with(ID_CUT_MARK) && cut.starts_with("éé"));
     }
 
     #[test]

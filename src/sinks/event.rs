@@ -1,6 +1,5 @@
-//! The one type every alert sink delivers: a frame alert or an incident event, already
-//! encoded, with the key that orders its deliveries. The webhook and the Kafka producer
-//! take it through `send_event`; the incident logic and the frame hooks build it.
+//! The one type the alert producers (frame alerts, incidents) and the alert deliverers
+//! (the webhook through the outbox, the Kafka alert topic) share.
 
 /// One alert event, ready to deliver: a frame alert (seed 001's body) or an incident event.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -194,6 +194,40 @@ impl Outbox {
         self.send_with(topic, key, payload, headers, None)
     }
 
+    /// Sends an alert event (a frame alert or an incident event) to the alert `topic`,
+    /// keyed by [`AlertEvent::key`], so that one incident's events stay in order on one
+    /// partition. With `idempotency_key`, the message carries it as the header
+    /// [`IDEMPOTENCY_HEADER`] (the webhook's `Idempotency-Key` for the same event), so
+    /// that a reader that sees the event twice can tell. Counted in `stats` as an alert
+    /// sent once the broker acknowledges it, or dead-lettered if it fails.
+    pub fn send_event(
+        &self,
+        topic: &str,
+        event: &AlertEvent,
+        idempotency_key: Option<&str>,
+        stats: &Arc<Stats>,
+    ) -> Option<u64> {
+        let headers = idempotency_key.map(|k| {
+            OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: IDEMPOTENCY_HEADER,
+                value: Some(k),
+            })
+        });
+        let now = clock::now_us();
+        let receipt = AlertReceipt {
+            stats: Arc::clone(stats),
+            received_us: 0,
+            handed_us: now,
+        };
+        self.send_with(
+            topic,
+            Some(event.key.as_bytes()),
+            &event.body,
+            headers,
+            Some(receipt),
+        )
+    }
+
     /// [`Outbox::send`], and for an alert (`alert` set) counts and times it once the
     /// broker acknowledges it, or counts it dead-lettered if it is refused or fails.
     fn send_with(
@@ -284,6 +318,9 @@ impl Outbox {
     }
 }
 
+/// The header that carries an event's idempotency key on the alert topic.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
 /// Where [`result_hook`] writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResultTopics {
@@ -344,32 +381,14 @@ pub fn result_hook(
     })
 }
 
-impl Outbox {
-    /// Sends `event` to the alert topic `topic`, keyed by [`AlertEvent::key`] (the incident
-    /// id for an incident event), counted in `stats` as an alert like those of
-    /// [`result_hook`]. Never blocks.
-    pub fn send_event(&self, topic: &str, event: &AlertEvent, stats: &Arc<Stats>) -> Option<u64> {
-        let now = clock::now_us();
-        let receipt = AlertReceipt {
-            stats: Arc::clone(stats),
-            received_us: now,
-            handed_us: now,
-        };
-        self.send_with(
-            topic,
-            Some(event.key.as_bytes()),
-            &event.body,
-            None,
-            Some(receipt),
-        )
-    }
-}
-
 /// An incident hook (for worker 0) that sends every incident event to `topic`, keyed by
 /// incident id: the incident mode's counterpart of [`result_hook`]'s alerts.
 pub fn incident_hook(outbox: Arc<Outbox>, topic: String, stats: Arc<Stats>) -> IncidentHook {
     Arc::new(move |_e, event: &AlertEvent| {
-        outbox.send_event(&topic, event, &stats);
+        // one incident has several events (open, escalations, resolve): the frame makes
+        // each one's key unique, the same on every retry
+        let idempotency = format!("{}@{}", event.key, event.seq.unwrap_or(0));
+        outbox.send_event(&topic, event, Some(&idempotency), &stats);
     })
 }
 
@@ -515,6 +534,44 @@ mod tests {
             serde_json::json!([{"feature_idx": 2, "score": 3.0}, {"feature_idx": 9, "score": 2.0}])
         );
         assert_eq!((v["seq"].as_u64(), v["id"].as_str()), (Some(5), Some("f5")));
+    }
+
+    /// An event goes to the alert topic keyed by its key, with its idempotency key as a
+    /// header, and counts as an alert sent.
+    #[test]
+    fn events_are_keyed_by_their_key_with_the_idempotency_header() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("alerts", 1, 1).unwrap();
+        let outbox = Outbox::new(&mock.bootstrap_servers()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let event = AlertEvent {
+            key: "inc-42".into(),
+            body: bytes::Bytes::from_static(b"{\"incident\":\"inc-42\"}"),
+            seq: Some(9),
+            incident: Some("inc-42".into()),
+        };
+        outbox.send_event("alerts", &event, Some("abc-7"), &stats);
+        assert!(outbox.flush(Duration::from_secs(30)));
+        assert_eq!(stats.snapshot().alerts_sent, 1);
+        let consumer: BaseConsumer = client_config(&mock.bootstrap_servers())
+            .set("group.id", "t")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["alerts"]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let m = loop {
+            assert!(Instant::now() < deadline, "no message");
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                break m.detach();
+            }
+        };
+        assert_eq!(m.key(), Some(&b"inc-42"[..]));
+        assert_eq!(m.payload(), Some(&event.body[..]));
+        let h = m.headers().unwrap().get(0);
+        assert_eq!((h.key, h.value), (IDEMPOTENCY_HEADER, Some(&b"abc-7"[..])));
     }
 
     #[test]

@@ -12,11 +12,12 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 
 use super::decode::{decode_frame, parse_timestamp, KeyPolicy, MissingKeys, UnknownKeys};
-use super::{FrameSource, Pull, SourceError};
+use super::{FrameSource, Pull, Sequencing, SourceError};
 use crate::clock;
 use crate::model::{FeatureIndex, FeatureNames};
 use crate::types::{Frame, FrameMeta};
@@ -92,21 +93,49 @@ pub fn open(
     index: &FeatureIndex,
     policy: KeyPolicy,
 ) -> anyhow::Result<Box<dyn FrameSource>> {
+    let mut sources = open_split(path, index, policy, 1)?;
+    Ok(sources.remove(0))
+}
+
+/// As [`open`], as up to `parts` sources that deal the file's records among themselves,
+/// one per worker: JSONL and CSV records are parsed by whichever source takes them, and
+/// each frame's seq is its record's number, so the frames keep the file's order (and the
+/// verdicts their values) however many workers read. An NPY file, whose rows need no
+/// parsing, is read by one source alone.
+pub fn open_split(
+    path: &Path,
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    parts: usize,
+) -> anyhow::Result<Vec<Box<dyn FrameSource>>> {
     let (format, gz) = format_of(path)?;
     let reader = open_reader(path, gz)?;
     let name = path.display().to_string();
+    let parts = parts.max(1);
     Ok(match format {
-        Format::Jsonl => Box::new(JsonlSource {
-            reader,
-            name,
-            line: 0,
-            buf: Vec::new(),
-            index: index.clone(),
-            policy,
-            done: false,
-        }),
-        Format::Csv => Box::new(CsvSource::new(reader, name, index, policy)?),
-        Format::Npy => npy_source(reader, name, index.len())?,
+        Format::Jsonl => {
+            let lines = Lines::shared(reader, 0);
+            (0..parts)
+                .map(|_| {
+                    Box::new(JsonlSource {
+                        lines: Arc::clone(&lines),
+                        name: name.clone(),
+                        buf: Vec::new(),
+                        index: index.clone(),
+                        policy,
+                    }) as Box<dyn FrameSource>
+                })
+                .collect()
+        }
+        Format::Csv => {
+            let first = CsvSource::new(reader, name, index, policy)?;
+            let mut sources: Vec<Box<dyn FrameSource>> = (1..parts)
+                .map(|_| Box::new(first.sibling()) as Box<dyn FrameSource>)
+                .collect();
+            sources.insert(0, Box::new(first));
+            sources
+        }
+        Format::Npy => vec![npy_source(reader, name, index.len())?],
     })
 }
 
@@ -129,46 +158,113 @@ fn next_line(
     }
 }
 
-struct JsonlSource {
+/// The lines of a text file, read in turn by one or several workers: each takes the next
+/// record (and inflates it, for `.gz`) under the lock and parses it outside, so that the
+/// parsing, which costs far more than reading, spreads over the workers.
+struct Lines {
     reader: Box<dyn BufRead + Send>,
-    name: String,
+    /// Lines read so far (1-based numbers for messages).
     line: usize,
+    /// Records (non-blank lines after any header) handed out so far.
+    records: u64,
+    done: bool,
+}
+
+/// The next record of a text file.
+enum Record {
+    /// Record number `seq` (0-based, its frame's seq), on line `line`, now in the buffer.
+    Line { seq: u64, line: usize },
+    /// The file is over.
+    End,
+    /// A read error (a truncated gzip stream) ends the file: nothing after it can be
+    /// trusted.
+    Broken { line: usize, error: io::Error },
+}
+
+impl Lines {
+    fn shared(reader: Box<dyn BufRead + Send>, line: usize) -> Arc<Mutex<Lines>> {
+        Arc::new(Mutex::new(Lines {
+            reader,
+            line,
+            records: 0,
+            done: false,
+        }))
+    }
+
+    /// Reads the next record into `buf`.
+    fn next(lines: &Mutex<Lines>, buf: &mut Vec<u8>) -> Record {
+        let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
+        if l.done {
+            return Record::End;
+        }
+        let Lines {
+            reader,
+            line,
+            records,
+            done,
+        } = &mut *l;
+        let seq = *records;
+        match next_line(reader, buf, line) {
+            Ok(Some(line)) => {
+                *records += 1;
+                Record::Line { seq, line }
+            }
+            Ok(None) => {
+                *done = true;
+                Record::End
+            }
+            Err(error) => {
+                *done = true;
+                Record::Broken {
+                    line: *line + 1,
+                    error,
+                }
+            }
+        }
+    }
+}
+
+/// A frame numbered by its record: the same frame gets the same seq however many workers
+/// read the file, and a record that does not decode leaves its seq unused.
+fn numbered(mut frame: Frame, seq: u64) -> Pull {
+    frame.seq = seq;
+    Pull::Frame(frame)
+}
+
+fn bad_record(name: &str, line: usize, problem: String) -> Pull {
+    Pull::Bad(SourceError {
+        origin: format!("{name}:{line}"),
+        problem,
+    })
+}
+
+struct JsonlSource {
+    lines: Arc<Mutex<Lines>>,
+    name: String,
     buf: Vec<u8>,
     index: FeatureIndex,
     policy: KeyPolicy,
-    done: bool,
 }
 
 impl FrameSource for JsonlSource {
     fn pull(&mut self) -> Pull {
-        if self.done {
-            return Pull::Done;
-        }
-        let bad = |line: usize, problem: String, name: &str| {
-            Pull::Bad(SourceError {
-                origin: format!("{name}:{line}"),
-                problem,
-            })
-        };
-        match next_line(&mut self.reader, &mut self.buf, &mut self.line) {
-            Ok(Some(line)) => {
+        match Lines::next(&self.lines, &mut self.buf) {
+            Record::Line { seq, line } => {
                 let mut values = Vec::with_capacity(self.index.len());
                 match decode_frame(&self.buf, &self.index, self.policy, &mut values) {
-                    Ok(d) => Pull::Frame(new_frame(values, d.id, d.event_ms)),
-                    Err(e) => bad(line, e.to_string(), &self.name),
+                    Ok(d) => numbered(new_frame(values, d.id, d.event_ms), seq),
+                    Err(e) => bad_record(&self.name, line, e.to_string()),
                 }
             }
-            Ok(None) => {
-                self.done = true;
-                Pull::Done
-            }
-            Err(e) => {
-                // A read error (a truncated gzip stream) ends the file: nothing after it
-                // can be trusted.
-                self.done = true;
-                bad(self.line + 1, format!("read error: {e}"), &self.name)
+            Record::End => Pull::Done,
+            Record::Broken { line, error } => {
+                bad_record(&self.name, line, format!("read error: {error}"))
             }
         }
+    }
+
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Assigned
     }
 }
 
@@ -243,14 +339,12 @@ enum Column {
 }
 
 struct CsvSource {
-    reader: Box<dyn BufRead + Send>,
+    lines: Arc<Mutex<Lines>>,
     name: String,
-    line: usize,
     buf: Vec<u8>,
-    columns: Vec<Column>,
-    header: Vec<String>,
+    columns: Arc<[Column]>,
+    header: Arc<[String]>,
     n: usize,
-    done: bool,
 }
 
 impl CsvSource {
@@ -308,15 +402,25 @@ impl CsvSource {
             );
         }
         Ok(CsvSource {
-            reader,
+            lines: Lines::shared(reader, line),
             name,
-            line,
             buf,
-            columns,
-            header,
+            columns: columns.into(),
+            header: header.into(),
             n: index.len(),
-            done: false,
         })
+    }
+
+    /// Another reader of the same file, sharing its lines and header.
+    fn sibling(&self) -> CsvSource {
+        CsvSource {
+            lines: Arc::clone(&self.lines),
+            name: self.name.clone(),
+            buf: Vec::new(),
+            columns: Arc::clone(&self.columns),
+            header: Arc::clone(&self.header),
+            n: self.n,
+        }
     }
 
     fn parse_row(&self) -> Result<Frame, String> {
@@ -332,7 +436,11 @@ impl CsvSource {
         // Features without a column (MissingKeys::Zero) stay 0.
         let mut values = vec![0.0f32; self.n];
         let (mut id, mut event_ms) = (None, None);
-        for ((field, column), col_name) in fields.iter().zip(&self.columns).zip(&self.header) {
+        for ((field, column), col_name) in fields
+            .iter()
+            .zip(self.columns.iter())
+            .zip(self.header.iter())
+        {
             match column {
                 Column::Feature(i) => {
                     values[*i] = parse_value(field).map_err(|e| format!("{col_name}: {e}"))?
@@ -363,27 +471,20 @@ fn list_names<S: AsRef<str>>(names: impl Iterator<Item = S>, count: usize) -> St
 
 impl FrameSource for CsvSource {
     fn pull(&mut self) -> Pull {
-        if self.done {
-            return Pull::Done;
-        }
-        let (line, result) = match next_line(&mut self.reader, &mut self.buf, &mut self.line) {
-            Ok(Some(line)) => (line, self.parse_row()),
-            Ok(None) => {
-                self.done = true;
-                return Pull::Done;
+        match Lines::next(&self.lines, &mut self.buf) {
+            Record::Line { seq, line } => match self.parse_row() {
+                Ok(frame) => numbered(frame, seq),
+                Err(problem) => bad_record(&self.name, line, problem),
+            },
+            Record::End => Pull::Done,
+            Record::Broken { line, error } => {
+                bad_record(&self.name, line, format!("read error: {error}"))
             }
-            Err(e) => {
-                self.done = true;
-                (self.line + 1, Err(format!("read error: {e}")))
-            }
-        };
-        match result {
-            Ok(frame) => Pull::Frame(frame),
-            Err(problem) => Pull::Bad(SourceError {
-                origin: format!("{}:{line}", self.name),
-                problem,
-            }),
         }
+    }
+
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Assigned
     }
 }
 

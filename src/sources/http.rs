@@ -19,14 +19,36 @@ pub struct IngestQueue {
     queued: Arc<AtomicUsize>,
     /// Numbering and sending under one lock, so that frames enter the queue in seq order
     /// (the source requires increasing seqs) and a refused frame uses up no seq.
-    queue: Mutex<Option<Queue>>,
+    queue: Arc<Mutex<Option<Queue>>>,
     /// Wakes worker 0 for each frame queued and when the queue closes.
     doorbell: Arc<Doorbell>,
 }
 
 struct Queue {
     tx: SyncSender<Frame>,
+    /// The least seq the next frame may get.
     next: Seq,
+    /// `Some((index, points))` when this is ingest point `index` of `points` in a cluster
+    /// and seqs come from the clock ([`Sequencing::AssignedClock`]); `None`: 0, 1, 2, ...
+    clocked: Option<(u64, u64)>,
+}
+
+impl Queue {
+    /// The seq a frame queued now gets (without using it up).
+    fn next_seq(&self) -> Seq {
+        match self.clocked {
+            None => self.next,
+            Some((index, points)) => {
+                let slot = crate::clock::own_slot(crate::clock::now_us(), index, points);
+                slot.max(self.next)
+            }
+        }
+    }
+
+    /// How far seqs move on after `seq` is used.
+    fn step(&self) -> Seq {
+        self.clocked.map_or(1, |(_, points)| points)
+    }
 }
 
 /// The dataflow's waker, once worker 0 has built its source; rung from the handlers.
@@ -50,6 +72,8 @@ pub struct IngestSource {
     rx: Receiver<Frame>,
     queued: Arc<AtomicUsize>,
     doorbell: Arc<Doorbell>,
+    /// The sender's numbering, for [`FrameSource::idle_floor`] (clocked queues only).
+    floor: Option<Arc<Mutex<Option<Queue>>>>,
 }
 
 impl FrameSource for IngestSource {
@@ -66,7 +90,29 @@ impl FrameSource for IngestSource {
     }
 
     fn sequencing(&self) -> Sequencing {
-        Sequencing::Assigned
+        if self.floor.is_some() {
+            Sequencing::AssignedClock
+        } else {
+            Sequencing::Assigned
+        }
+    }
+
+    /// Reserves the clock's present slot under the sender's lock, so that no frame can be
+    /// numbered below it later; but only when no frame is queued, since a queued frame has
+    /// a smaller seq and has not been pulled yet (senders count a frame under the lock
+    /// before it enters the channel).
+    fn idle_floor(&mut self) -> Option<Seq> {
+        let mut queue = self
+            .floor
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let q = queue.as_mut()?;
+        if self.queued.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        q.next = q.next_seq();
+        Some(q.next)
     }
 
     /// Frames queued before this are pulled at the source's first activation, which
@@ -89,19 +135,37 @@ pub enum Refusal {
 impl IngestQueue {
     /// A queue of at most `capacity` frames (at least one) and the source that drains it.
     pub fn new(capacity: usize) -> (IngestQueue, IngestSource) {
+        Self::with_numbering(capacity, None)
+    }
+
+    /// As [`IngestQueue::new`], for ingest point `index` of `points` in a cluster: seqs are
+    /// clock slots of this point's own ([`Sequencing::AssignedClock`]), so that frames
+    /// taken by several processes fall into one order without talking to each other.
+    pub fn clocked(capacity: usize, index: usize, points: usize) -> (IngestQueue, IngestSource) {
+        let points = points.max(1) as u64;
+        Self::with_numbering(capacity, Some((index as u64 % points, points)))
+    }
+
+    fn with_numbering(capacity: usize, clocked: Option<(u64, u64)>) -> (IngestQueue, IngestSource) {
         let capacity = capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
         let queued = Arc::new(AtomicUsize::new(0));
         let doorbell = Arc::new(Doorbell::default());
-        let queue = IngestQueue {
-            capacity,
-            queued: Arc::clone(&queued),
-            queue: Mutex::new(Some(Queue { tx, next: 0 })),
-            doorbell: Arc::clone(&doorbell),
-        };
+        let queue = Arc::new(Mutex::new(Some(Queue {
+            tx,
+            next: 0,
+            clocked,
+        })));
         let source = IngestSource {
             rx,
+            queued: Arc::clone(&queued),
+            doorbell: Arc::clone(&doorbell),
+            floor: clocked.map(|_| Arc::clone(&queue)),
+        };
+        let queue = IngestQueue {
+            capacity,
             queued,
+            queue,
             doorbell,
         };
         (queue, source)
@@ -146,13 +210,15 @@ impl IngestQueue {
         let Some(q) = queue.as_mut() else {
             return Err(Refusal::Closed);
         };
-        frame.seq = q.next;
-        // Counted before sending, so the source's decrement can never come first.
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        let seq = q.next_seq();
+        frame.seq = seq;
+        // Counted before sending, so the source's decrement can never come first, and
+        // under the lock, so the source's idle floor never passes a queued frame.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         match q.tx.try_send(frame) {
             Ok(()) => {
-                q.next += 1;
-                Ok(q.next - 1)
+                q.next = seq + q.step();
+                Ok(seq)
             }
             Err(e) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -170,5 +236,53 @@ impl Drop for IngestQueue {
     /// still ends, and the source must hear of it.
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::FrameMeta;
+
+    fn frame() -> Frame {
+        Frame {
+            seq: 0,
+            meta: FrameMeta::default(),
+            values: vec![0.0],
+        }
+    }
+
+    /// Ingest point 1 of 2: seqs are clock slots ≡ 1 (mod 2), strictly increasing, and an
+    /// idle floor never passes a frame that is queued but not yet pulled.
+    #[test]
+    fn clocked_seqs_are_own_slots_and_the_idle_floor_waits_for_queued_frames() {
+        let (queue, mut source) = IngestQueue::clocked(8, 1, 2);
+        assert_eq!(source.sequencing(), Sequencing::AssignedClock);
+        let before = crate::clock::now_us();
+        let a = queue.enqueue(frame()).unwrap();
+        let b = queue.enqueue(frame()).unwrap();
+        assert!(a >= before && a % 2 == 1 && b > a && b % 2 == 1, "{a} {b}");
+        assert_eq!(source.idle_floor(), None, "two frames are still queued");
+        for expected in [a, b] {
+            let Pull::Frame(f) = source.pull() else {
+                panic!("a queued frame")
+            };
+            assert_eq!(f.seq, expected);
+        }
+        let floor = source
+            .idle_floor()
+            .expect("nothing queued: the clock moves on");
+        assert!(floor > b && floor % 2 == 1);
+        let c = queue.enqueue(frame()).unwrap();
+        assert!(c >= floor, "no frame is numbered below a floor given out");
+    }
+
+    #[test]
+    fn an_unclocked_queue_numbers_densely_and_promises_nothing() {
+        let (queue, mut source) = IngestQueue::new(4);
+        assert_eq!(source.sequencing(), Sequencing::Assigned);
+        assert_eq!(queue.enqueue(frame()), Ok(0));
+        assert_eq!(queue.enqueue(frame()), Ok(1));
+        assert_eq!(source.idle_floor(), None);
     }
 }

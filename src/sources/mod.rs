@@ -51,6 +51,13 @@ pub enum Sequencing {
     /// unique across workers. While the source is idle its worker's time follows the
     /// clock, so a worker with nothing to read never holds the others back.
     Clock,
+    /// Several ingest points (the HTTP queues of a cluster's processes) number their own
+    /// frames before the dataflow sees them, because a handler answers with the seq: from
+    /// the wall clock in Unix microseconds, strictly increasing, in the source's own
+    /// residue class modulo the number of ingest points, so no two share a seq. While idle
+    /// the source's time follows the clock up to [`FrameSource::idle_floor`], so an idle
+    /// ingest point never holds the others back.
+    AssignedClock,
 }
 
 /// A source of frames, pulled by one worker.
@@ -62,6 +69,13 @@ pub trait FrameSource: Send {
     /// How this source's frames are numbered.
     fn sequencing(&self) -> Sequencing {
         Sequencing::Dense
+    }
+
+    /// Under [`Sequencing::AssignedClock`], asked while the source is idle: the least seq
+    /// it may still give a frame, promising that every later frame has a seq at or above
+    /// it (`None`: no promise yet, for instance a frame is queued but not yet pulled).
+    fn idle_floor(&mut self) -> Option<crate::types::Seq> {
+        None
     }
 
     /// The first `n` frames this source yielded ([`Pull::Frame`], in pull order) have

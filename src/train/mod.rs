@@ -146,6 +146,11 @@ pub struct TrainConfig {
     pub calibration_quantile: f64,
     /// False-alarm rate per (frame, feature) the calibrated threshold is chosen for.
     pub target_far: f64,
+    /// Share of clean frames that may raise an alert (any feature over the threshold):
+    /// when set, the calibrated threshold is the `1 - target_frame_far` quantile of each
+    /// held-out window's largest calibrated score over all features (the empirical
+    /// max-over-features quantile), instead of the per-(frame, feature) `target_far`.
+    pub target_frame_far: Option<f64>,
     /// Worker threads; 0 uses every available core.
     pub threads: usize,
     /// Names of the features in column order; `None` means `feature_{i}`.
@@ -173,6 +178,7 @@ impl Default for TrainConfig {
             calibrate: false,
             calibration_quantile: DEFAULT_CALIBRATION_QUANTILE,
             target_far: 1e-5,
+            target_frame_far: None,
             threads: 0,
             feature_names: None,
             progress: false,
@@ -218,6 +224,16 @@ impl TrainConfig {
             "target false-alarm rate must be in (0, 1), got {}",
             self.target_far
         );
+        if let Some(f) = self.target_frame_far {
+            ensure!(
+                f > 0.0 && f < 1.0,
+                "target frame false-alarm rate must be in (0, 1), got {f}"
+            );
+            ensure!(
+                self.calibrate,
+                "a target frame false-alarm rate needs calibration"
+            );
+        }
         Ok(())
     }
 
@@ -238,6 +254,9 @@ impl TrainConfig {
         if self.calibrate {
             v["calibration_quantile"] = self.calibration_quantile.into();
             v["target_false_alarm_rate"] = self.target_far.into();
+            if let Some(f) = self.target_frame_far {
+                v["target_frame_false_alarm_rate"] = f.into();
+            }
         }
         if self.kind == ModelKind::Rff {
             v["standardise"] = "per feature: mean and population std of the training frames".into();
@@ -273,8 +292,21 @@ pub struct TrainReport {
     pub heldout_scores: u64,
     /// Features whose training-window scores had no spread, so that calibration gave them
     /// the median scale of the others.
-    pub flat_features: usize,
+    pub flat_features: Vec<usize>,
+    /// Held-out windows (frames) with any feature at or over the threshold, counted over
+    /// every held-out window (calibrated models).
+    pub heldout_frame_alarms: Option<u64>,
+    /// Whether the calibrated threshold was raised to its floor
+    /// ([`MIN_CALIBRATED_THRESHOLD`]).
+    pub threshold_floored: bool,
 }
+
+/// The least calibrated threshold: calibration maps each feature's
+/// `calibration_quantile` (q0.99) of its training scores to 1, so a lower threshold would
+/// alert on windows as ordinary as a percent of its own training data. On degenerate
+/// (flat) training data the pooled held-out quantile collapses to 0 and would flag every
+/// frame (SMAP's D-8 did); the floor keeps the threshold meaningful there.
+pub const MIN_CALIBRATED_THRESHOLD: f32 = 1.0;
 
 impl TrainReport {
     /// Held-out false-alarm rate per (frame, feature) at the model's threshold.
@@ -382,8 +414,10 @@ pub fn train_with_report(data: MatrixView<'_>, cfg: &TrainConfig) -> anyhow::Res
     };
 
     let started = Instant::now();
-    let mut flat_features = 0;
+    let mut flat_features = Vec::new();
     let mut heldout_alarms = None;
+    let mut heldout_frame_alarms = None;
+    let mut threshold_floored = false;
     if cfg.calibrate {
         let outcome = calibrate_model(
             &mut model,
@@ -395,6 +429,8 @@ pub fn train_with_report(data: MatrixView<'_>, cfg: &TrainConfig) -> anyhow::Res
         )?;
         flat_features = outcome.flat_features;
         heldout_alarms = Some(outcome.alarms);
+        heldout_frame_alarms = Some(outcome.frame_alarms);
+        threshold_floored = outcome.floored;
     } else if heldout.windows > 0 {
         let bar = progress_bar(data.cols, "scoring held-out", cfg.progress);
         let threshold = model.meta.threshold;
@@ -418,6 +454,8 @@ pub fn train_with_report(data: MatrixView<'_>, cfg: &TrainConfig) -> anyhow::Res
         heldout_alarms,
         heldout_scores: heldout.windows as u64 * data.cols as u64,
         flat_features,
+        heldout_frame_alarms,
+        threshold_floored,
     })
 }
 
@@ -426,7 +464,11 @@ struct CalibrationOutcome {
     /// Held-out scores at or above the chosen threshold.
     alarms: u64,
     /// Features without spread in their calibration scores.
-    flat_features: usize,
+    flat_features: Vec<usize>,
+    /// Held-out windows with any feature at or over the threshold.
+    frame_alarms: u64,
+    /// Whether the threshold rests on [`MIN_CALIBRATED_THRESHOLD`].
+    floored: bool,
 }
 
 /// Calibrates `model` with the per-feature maps measured on the training windows and
@@ -475,30 +517,86 @@ fn calibrate_model(
     top.sort_unstable_by(|a, b| b.total_cmp(a));
     // top[keep - 1] is order statistic lo (ascending), top[keep - 2] is lo + 1
     let at_lo = top[keep - 1] as f64;
-    let threshold = if keep >= 2 {
+    let pooled = if keep >= 2 {
         (at_lo + frac * (top[keep - 2] as f64 - at_lo)) as f32
     } else {
         at_lo as f32
     };
+    // every held-out window's largest calibrated score over all features: what a frame
+    // alert depends on
+    let bar = progress_bar(n_features, "scoring held-out frames", cfg.progress);
+    let (maxima, _) = for_feature_chunks(n_features, threads, &bar, |range, _: &mut ()| {
+        let width = range.len();
+        let scores = heldout.scores(calibrated, range);
+        Ok(scores
+            .chunks(width.max(1))
+            .map(|w| w.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect::<Vec<f32>>())
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let mut frame_max = vec![f32::NEG_INFINITY; heldout.windows];
+    for (_, m) in maxima {
+        for (a, b) in frame_max.iter_mut().zip(m) {
+            *a = a.max(b);
+        }
+    }
+    let chosen = match cfg.target_frame_far {
+        Some(f) => calibrate::quantile(&mut frame_max.clone(), 1.0 - f)
+            .expect("calibration has held-out windows"),
+        None => pooled,
+    };
     ensure!(
-        threshold.is_finite(),
+        chosen.is_finite(),
         "the calibrated held-out scores have no finite upper quantile"
     );
+    let floored = chosen < MIN_CALIBRATED_THRESHOLD;
+    let threshold = chosen.max(MIN_CALIBRATED_THRESHOLD);
+    let frame_alarms = frame_max.iter().filter(|&&m| m >= threshold).count() as u64;
+    // `top` holds every score at or over the pooled quantile; a threshold under that
+    // needs every held-out score counted again
+    let alarms = if threshold >= top[keep - 1] {
+        top.iter().filter(|&&v| v >= threshold).count() as u64
+    } else {
+        let bar = progress_bar(n_features, "counting held-out alarms", cfg.progress);
+        let (counts, _) = for_feature_chunks(n_features, threads, &bar, |range, _: &mut ()| {
+            let scores = heldout.scores(calibrated, range);
+            Ok(scores.iter().filter(|&&s| s >= threshold).count() as u64)
+        })
+        .map_err(anyhow::Error::msg)?;
+        bar.finish_and_clear();
+        counts.into_iter().map(|(_, c)| c).sum()
+    };
     model.meta.threshold = threshold;
     model.meta.score = score_definition(cfg.kind, true);
     model.meta.calibration = Some(CalibrationMeta {
         method: format!(
             "per feature: offset = median and scale = 1 / (q{} - median) of the raw scores \
-             of its {} training windows; threshold = the (1 - {}) quantile of all features' \
-             calibrated scores on the held-out windows pooled",
-            cfg.calibration_quantile, train_windows, cfg.target_far
+             of its {} training windows; threshold = {}, at least {MIN_CALIBRATED_THRESHOLD}",
+            cfg.calibration_quantile,
+            train_windows,
+            match cfg.target_frame_far {
+                Some(f) => format!(
+                    "the (1 - {f}) quantile of the held-out windows' largest calibrated score \
+                     over all features"
+                ),
+                None => format!(
+                    "the (1 - {}) quantile of all features' calibrated scores on the held-out \
+                     windows pooled",
+                    cfg.target_far
+                ),
+            }
         ),
         target_false_alarm_rate: cfg.target_far,
         heldout_windows: heldout.windows,
     });
     Ok(CalibrationOutcome {
-        alarms: top.iter().filter(|&&v| v >= threshold).count() as u64,
-        flat_features: per_feature.iter().filter(|c| c.scale.is_none()).count(),
+        alarms,
+        frame_alarms,
+        floored,
+        flat_features: (0..per_feature.len())
+            .filter(|&j| per_feature[j].scale.is_none())
+            .collect(),
     })
 }
 

@@ -118,6 +118,9 @@ pub const SETTINGS: &[&str] = &[
     "NESTJS_ANOMALY_ENDPOINT",
     "NESTJS_TIMEOUT",
     "NESTJS_URL",
+    "OUTBOX_DIR",
+    "OUTBOX_MAX_AGE",
+    "OUTBOX_MAX_BYTES",
     "QUEUE_MAX_SIZE",
     "RESULTS_KAFKA_TOPIC",
     "THRESHOLD",
@@ -162,7 +165,8 @@ pub fn sigterm(child: &std::process::Child) {
 }
 
 /// Reads `serve`'s ready line from its piped stdout and returns the address it names,
-/// with the rest of stdout to read later.
+/// with the rest of stdout to read later. Lines before it (timely's progress while a
+/// cluster connects) are skipped.
 pub fn ready_addr(
     child: &mut std::process::Child,
 ) -> (
@@ -172,7 +176,11 @@ pub fn ready_addr(
     use std::io::BufRead;
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
+    while !ready.contains("ready on http://") {
+        ready.clear();
+        let n = stdout.read_line(&mut ready).unwrap();
+        assert!(n > 0, "serve ended without a ready line");
+    }
     let addr = ready
         .split("http://")
         .nth(1)

@@ -47,13 +47,24 @@ pub enum Mode {
     Fail500,
     /// Always 400.
     Fail400,
+    /// 429 with `Retry-After: {retry_after}` to the first `refusals` attempts, then like
+    /// the NestJS client with its body limit.
+    Throttle {
+        refusals: usize,
+        retry_after: &'static str,
+    },
 }
+
+/// Each attempt's `Idempotency-Key` header (if any) and when it came.
+pub type Attempts = Arc<Mutex<Vec<(Option<String>, Instant)>>>;
 
 /// An alert receiver on loopback.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub alerts: Arc<Mutex<Vec<Value>>>,
     pub attempts: Arc<AtomicUsize>,
+    /// Every attempt's `Idempotency-Key` header (if any) and when it came, in order.
+    pub keys: Attempts,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -73,15 +84,39 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let alerts = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(AtomicUsize::new(0));
-        let (a, n) = (Arc::clone(&alerts), Arc::clone(&attempts));
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let (a, n, k) = (
+            Arc::clone(&alerts),
+            Arc::clone(&attempts),
+            Arc::clone(&keys),
+        );
         let route = warp::path!("api" / "v1" / "alert")
             .and(warp::post())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
             .map(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
-                n.fetch_add(1, Ordering::SeqCst);
-                let (status, reply) = answer(mode, &headers, &body, &a);
-                warp::reply::with_status(warp::reply::json(&reply), status)
+                let before = n.fetch_add(1, Ordering::SeqCst);
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                k.lock().unwrap().push((key, Instant::now()));
+                let (status, reply, retry_after) = match mode {
+                    Mode::Throttle {
+                        refusals,
+                        retry_after,
+                    } if before < refusals => (
+                        warp::http::StatusCode::TOO_MANY_REQUESTS,
+                        serde_json::json!({"error": "slow down"}),
+                        retry_after,
+                    ),
+                    _ => {
+                        let (status, reply) = answer(mode, &headers, &body, &a);
+                        (status, reply, "")
+                    }
+                };
+                let reply = warp::reply::with_status(warp::reply::json(&reply), status);
+                warp::reply::with_header(reply, "retry-after", retry_after)
             });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(
@@ -96,6 +131,7 @@ impl Receiver {
             addr,
             alerts,
             attempts,
+            keys,
             _stop: stop,
         }
     }
@@ -136,6 +172,7 @@ pub fn answer(
         }
         Mode::Fail400 => return (StatusCode::BAD_REQUEST, serde_json::json!({"error": "no"})),
         Mode::Client { limit } => limit,
+        Mode::Throttle { .. } => CLIENT_BODY_LIMIT,
     };
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
     let v = match check_like_client(content_type, body, limit) {
