@@ -57,6 +57,7 @@ impl Default for Settings {
             stats: None,
             metrics_interval: None,
             device: Device::Auto,
+            incidents: None,
             controls: None,
         }
     }

@@ -12,6 +12,7 @@ pub mod controls;
 pub mod dataflows;
 pub mod detect;
 pub mod eval;
+pub mod incidents;
 pub mod kafka;
 pub mod layout;
 pub mod load;

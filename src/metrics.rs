@@ -179,6 +179,21 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let incidents = stats.incidents();
+    let open = incidents.open;
+    let name = "tidewatch_incidents_open";
+    let _ = writeln!(
+        out,
+        "# HELP {name} incidents open now (--alerts incident)\n# TYPE {name} gauge\n{name} {open}"
+    );
+    let name = "tidewatch_incidents_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} incidents that reached each severity (an escalated incident counts at every level it reached)\n# TYPE {name} counter"
+    );
+    for (severity, n) in incidents.by_severity() {
+        let _ = writeln!(out, "{name}{{severity=\"{severity}\"}} {n}");
+    }
     let name = "tidewatch_frames_rejected_total";
     let _ = writeln!(
         out,

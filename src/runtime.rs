@@ -16,11 +16,14 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::controls::Controls;
 use crate::detect::{Detector, Device};
+use crate::incidents::{
+    body::alert_event, EventKind, Groups, IncidentConfig, IncidentOps, IncidentSpec,
+};
 use crate::layout::Layout;
 use crate::model::Model;
 use crate::ops::{frame_source, Cut, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
 use crate::sinks::file::AlertLines;
-pub use crate::sinks::{ResultHook, SinkSpec};
+pub use crate::sinks::{IncidentHook, ResultHook, SinkSpec};
 use crate::sources::FrameSource;
 use crate::stats::{StageSummary, Stats, StatsSnapshot};
 use crate::types::{Frame, FrameResult};
@@ -189,6 +192,10 @@ pub struct Settings {
     /// Where to score (`DEFAULT_DEVICE`); [`run`] resolves `auto` once per process (see
     /// [`crate::detect::gpu::resolve_for`]) and logs what it chose and why.
     pub device: Device,
+    /// Incident mode (`--alerts incident`): verdicts become incident events (see
+    /// [`crate::incidents`]), and alert lines are incident events; `None`: one alert per
+    /// anomalous frame.
+    pub incidents: Option<IncidentSpec>,
     /// Model, threshold and mutes that may change while the run goes on (`serve`'s admin
     /// routes); `None`: fixed for the run. Read by [`Env::ocsvm`] and [`Env::cut`].
     pub controls: Option<Arc<Controls>>,
@@ -466,6 +473,8 @@ pub struct RunReport {
     pub seconds: f64,
     /// Stage latencies recorded in this process.
     pub latencies: Vec<StageSummary>,
+    /// Incident counts at the end (incident mode, in the process hosting worker 0).
+    pub incidents: crate::stats::IncidentCounts,
 }
 
 impl RunReport {
@@ -536,6 +545,11 @@ pub fn run(
     let reporter = settings
         .metrics_interval
         .map(|every| crate::metrics::Reporter::start(Arc::clone(&stats), every));
+    let incidents = settings
+        .incidents
+        .as_ref()
+        .map(|spec| Incidents::new(spec, &settings, &model))
+        .transpose()?;
     let settings = Arc::new(settings);
     let started = Instant::now();
     let worker_stats = Arc::clone(&stats);
@@ -561,10 +575,15 @@ pub fn run(
             Err(e) => failure = Some(e),
         }
         // Only worker 0, where verdicts are merged, calls the sinks: the caller's hook,
-        // then the alert lines.
-        let hook = crate::sinks::combine(
-            sinks.on_result.clone().filter(|_| index == 0),
-            lines.map(AlertLines::hook),
+        // then the alert lines (of frames, or of incidents in incident mode).
+        let (lines, event_lines) = match &incidents {
+            Some(_) => (None, lines.map(AlertLines::incident_hook)),
+            None => (lines.map(AlertLines::hook), None),
+        };
+        let hook = crate::sinks::combine(sinks.on_result.clone().filter(|_| index == 0), lines);
+        let incident_hook = crate::sinks::combine_incident(
+            sinks.on_incident.clone().filter(|_| index == 0),
+            event_lines,
         );
         let mut env = Env::new(
             Arc::clone(&model),
@@ -582,6 +601,14 @@ pub fn run(
                     h(r)
                 }
             });
+            if let Some(i) = &incidents {
+                // Watched like the verdicts: the run ends, and a source hears that its
+                // frames settled (and reads on), only once their incident events went
+                // out too; the events lag the verdicts, so their frontier wakes the
+                // sources too.
+                env.progress
+                    .watch(i.events(results.clone(), incident_hook, env.stats()));
+            }
             env.progress.watch(results);
             Ok(env.probe().clone())
         })?;
@@ -606,7 +633,64 @@ pub fn run(
         stats: stats.snapshot(),
         seconds: started.elapsed().as_secs_f64(),
         latencies: stats.latencies(),
+        incidents: stats.incidents(),
     })
+}
+
+/// Incident mode, resolved for this run: the rules with the pipeline's stride, the
+/// feature metadata read against the model's names.
+#[derive(Clone)]
+struct Incidents {
+    config: Arc<IncidentConfig>,
+    groups: Arc<Groups>,
+    names: Arc<crate::model::FeatureIndex>,
+    body_limit: usize,
+}
+
+impl Incidents {
+    fn new(spec: &IncidentSpec, settings: &Settings, model: &Model) -> anyhow::Result<Incidents> {
+        let names = model.feature_index();
+        let groups = match &spec.metadata {
+            Some(path) => Groups::load(path, &names)?,
+            None => Groups::default(),
+        };
+        let mut config = spec.config.clone();
+        config.stride = settings.stride.unwrap_or(1) as u64;
+        Ok(Incidents {
+            config: Arc::new(config),
+            groups: Arc::new(groups),
+            names: Arc::new(names),
+            body_limit: spec.body_limit,
+        })
+    }
+
+    /// The incident events of `results`, counted in `stats` and handed to `hook` (on
+    /// worker 0, the only one they reach).
+    fn events<'s>(
+        &self,
+        results: Stream<'s, FrameResult>,
+        hook: Option<IncidentHook>,
+        stats: Arc<Stats>,
+    ) -> Stream<'s, crate::incidents::IncidentEvent> {
+        let (config, limit) = (Arc::clone(&self.config), self.body_limit);
+        results
+            .incidents(
+                Arc::clone(&self.config),
+                Arc::clone(&self.groups),
+                Arc::clone(&self.names),
+            )
+            .inspect(move |e| {
+                let level = e.incident.severity as usize;
+                match e.kind {
+                    EventKind::Open => stats.incident_opened(level),
+                    EventKind::Escalate => stats.incident_escalated(level),
+                    EventKind::Resolve => stats.incident_resolved(),
+                }
+                if let Some(h) = &hook {
+                    h(e, &alert_event(e, &config, limit));
+                }
+            })
+    }
 }
 
 /// The results stream type variants return.

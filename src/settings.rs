@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// Also print alert lines on stdout.
     #[arg(long)]
     pub stdout: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub alerts: crate::commands::AlertArgs,
     /// tokio threads serving HTTP and sending alerts.
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
@@ -297,6 +300,7 @@ impl ServeArgs {
             stride: self.pipeline.stride,
             max_alert_features: self.max_alert_features,
             metrics_interval: Some(self.metrics_interval).filter(|d| !d.is_zero()),
+            incidents: self.alerts.incidents(self.alert_body_limit)?,
             ..Settings::default()
         };
         config.cluster = self.cluster.clone();
@@ -326,6 +330,7 @@ impl ServeArgs {
             alerts_path: self.output.clone().filter(|_| leader),
             stdout: self.stdout && leader,
             on_result: None,
+            on_incident: None,
         };
         if config.ingest_everywhere && config.kafka.is_some() {
             bail!(

@@ -122,6 +122,9 @@ pub struct Stats {
     alerts_dead_lettered: AtomicU64,
     rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     shards: Vec<Mutex<Shard>>,
+    incidents_open: AtomicU64,
+    /// Incidents that reached each severity: info, warning, critical.
+    incidents_reached: [AtomicU64; 3],
 }
 
 impl Default for Stats {
@@ -137,7 +140,33 @@ impl Default for Stats {
             alerts_dead_lettered: AtomicU64::new(0),
             rejected_by_reason: Mutex::new(BTreeMap::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(new_shard())).collect(),
+            incidents_open: AtomicU64::new(0),
+            incidents_reached: Default::default(),
         }
+    }
+}
+
+/// Incident counts (`--alerts incident`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IncidentCounts {
+    /// Open now.
+    pub open: u64,
+    /// Incidents that reached info (every incident opens at some level).
+    pub info: u64,
+    /// Incidents that reached warning.
+    pub warning: u64,
+    /// Incidents that reached critical.
+    pub critical: u64,
+}
+
+impl IncidentCounts {
+    /// `(severity, count)`, lowest severity first.
+    pub fn by_severity(&self) -> [(&'static str, u64); 3] {
+        [
+            ("info", self.info),
+            ("warning", self.warning),
+            ("critical", self.critical),
+        ]
     }
 }
 
@@ -251,6 +280,33 @@ impl Stats {
     pub fn alert_dead_lettered(&self, retries: u64) {
         self.alerts_dead_lettered.fetch_add(1, Relaxed);
         self.alerts_retried.fetch_add(retries, Relaxed);
+    }
+
+    /// Counts an incident opened at severity `level` (0 info, 1 warning, 2 critical).
+    pub fn incident_opened(&self, level: usize) {
+        self.incidents_open.fetch_add(1, Relaxed);
+        self.incident_escalated(level);
+    }
+
+    /// Counts an incident that reached severity `level` (as [`Stats::incident_opened`]).
+    pub fn incident_escalated(&self, level: usize) {
+        self.incidents_reached[level.min(2)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an incident resolved.
+    pub fn incident_resolved(&self) {
+        self.incidents_open.fetch_sub(1, Relaxed);
+    }
+
+    /// Incidents open now, and how many reached each severity.
+    pub fn incidents(&self) -> IncidentCounts {
+        let reached = |i: usize| self.incidents_reached[i].load(Relaxed);
+        IncidentCounts {
+            open: self.incidents_open.load(Relaxed),
+            info: reached(0),
+            warning: reached(1),
+            critical: reached(2),
+        }
     }
 
     /// Records `us` microseconds for `stage`.

@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// Alerts that cannot be delivered go here.
     #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-dead-letter.jsonl"))]
     pub dead_letter: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub alerts: super::AlertArgs,
     /// The alert outbox (alerts a stopped demo did not deliver are sent by the next).
     #[arg(long, default_value_os_t = std::env::temp_dir().join("tidewatch-demo-outbox"))]
     pub outbox_dir: PathBuf,
@@ -84,6 +87,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut config = ServeConfig::new(ModelSpec::Loaded(Arc::clone(&model)));
     config.addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     config.settings.threshold = args.threshold;
+    config.settings.incidents = args
+        .alerts
+        .incidents(crate::sinks::webhook::CLIENT_BODY_LIMIT)?;
     config.cluster = ClusterArgs {
         threads: args.workers.max(1),
         ..ClusterArgs::default()
@@ -149,13 +155,35 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if args.alerts.mode == super::AlertMode::Incident {
+        let i = report.run.incidents;
+        println!(
+            "incidents: {} reached info, {} warning, {} critical; {} still open at the end",
+            i.info, i.warning, i.critical, i.open
+        );
+    }
     // The stages from receive to alert accepted by the receiver, as `serve` prints them.
     print!("{}", crate::metrics::latency_table(&report.run.latencies));
     Ok(())
 }
 
-/// Prints one accepted alert on one line.
+/// Prints one accepted alert (or incident event) on one line.
 fn print_alert(a: &serde_json::Value) {
+    if let Some(i) = a.get("incident") {
+        println!(
+            "INCIDENT {:<8} {}  {}  severity {}  group {}  {} feature(s)  peak {:.2}  frames {}..{}",
+            a["event"].as_str().unwrap_or("?"),
+            i["id"].as_str().unwrap_or("?"),
+            a["timestamp"].as_str().unwrap_or("?"),
+            i["severity"].as_str().unwrap_or("?"),
+            i["group"].as_str().unwrap_or("?"),
+            i["num_features"],
+            i["peak_score"].as_f64().unwrap_or(f64::NAN),
+            i["start_seq"],
+            a["seq"],
+        );
+        return;
+    }
     let top: Vec<String> = a["anomalous_features"]
         .as_array()
         .into_iter()

@@ -93,3 +93,71 @@ impl SyntheticArgs {
         }
     }
 }
+
+/// How alerts are raised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertMode {
+    /// One alert per anomalous frame: seed 001's body.
+    #[default]
+    Frame,
+    /// One event per incident open, escalation and resolve (see README, Incidents).
+    Incident,
+}
+
+/// The alert-mode flags `serve`, `replay` and `demo` share.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+pub struct AlertArgs {
+    /// `frame`: one alert per anomalous frame (seed 001's body); `incident`: one event per
+    /// incident open, escalation and resolve, grouped by --feature-metadata.
+    #[arg(long = "alerts", value_enum, default_value = "frame")]
+    pub mode: AlertMode,
+    /// Incident rules, a JSON file (see models/incidents.example.json); default: 3 of 5
+    /// windows open, 5 clean windows resolve, seed 004's severity thresholds.
+    #[arg(long, value_name = "FILE")]
+    pub incident_config: Option<std::path::PathBuf>,
+    /// Feature metadata, CSV or JSON: feature → asset, subsystem. Features of one
+    /// asset/subsystem share incidents; a feature not listed is its own group.
+    #[arg(long, value_name = "FILE")]
+    pub feature_metadata: Option<std::path::PathBuf>,
+    /// Incidents open when a group is anomalous in this many (k) of its last
+    /// --of-windows windows (overrides the config file).
+    #[arg(long, value_name = "K")]
+    pub open_windows: Option<u64>,
+    /// n of "k of the last n windows" (overrides the config file).
+    #[arg(long, value_name = "N")]
+    pub of_windows: Option<u64>,
+    /// Incidents resolve after this many clean windows in a row (overrides the config
+    /// file).
+    #[arg(long, value_name = "M")]
+    pub resolve_after: Option<u64>,
+}
+
+impl AlertArgs {
+    /// The incident settings in incident mode (the file read and checked, flags applied),
+    /// `None` in frame mode; `body_limit` is the receiver's.
+    pub fn incidents(
+        &self,
+        body_limit: usize,
+    ) -> anyhow::Result<Option<crate::incidents::IncidentSpec>> {
+        if self.mode == AlertMode::Frame {
+            anyhow::ensure!(
+                self.incident_config.is_none() && self.feature_metadata.is_none(),
+                "--incident-config and --feature-metadata need --alerts incident"
+            );
+            return Ok(None);
+        }
+        let mut config = match &self.incident_config {
+            Some(path) => crate::incidents::IncidentConfig::load(path)?,
+            None => crate::incidents::IncidentConfig::default(),
+        };
+        config.open_windows = self.open_windows.unwrap_or(config.open_windows);
+        config.of_windows = self.of_windows.unwrap_or(config.of_windows);
+        config.resolve_after = self.resolve_after.unwrap_or(config.resolve_after);
+        config.check()?;
+        Ok(Some(crate::incidents::IncidentSpec {
+            config,
+            metadata: self.feature_metadata.clone(),
+            body_limit,
+        }))
+    }
+}

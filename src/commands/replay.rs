@@ -51,6 +51,9 @@ pub struct ReplayArgs {
     /// Print alert lines on stdout.
     #[arg(long)]
     pub stdout: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub alerts: super::AlertArgs,
     /// Most features listed in one alert (the count is always complete).
     #[arg(long, default_value_t = crate::sinks::alert::DEFAULT_MAX_FEATURES)]
     pub max_alert_features: usize,
@@ -96,6 +99,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         stats: None,
         metrics_interval: args.metrics_interval,
         device: args.device.device,
+        incidents: args
+            .alerts
+            .incidents(crate::sinks::webhook::CLIENT_BODY_LIMIT)?,
         controls: None,
     };
     let make_source = source_factory(args, &model);
@@ -103,6 +109,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         alerts_path: args.output.clone(),
         stdout: args.stdout,
         on_result: None,
+        on_incident: None,
     };
     let report = runtime::run(&args.cluster, model, settings, make_source, sinks)?;
     if !args.cluster.is_leader() {
@@ -125,6 +132,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             s.anomalous_frames,
             s.anomalous_pairs
         );
+        if args.alerts.mode == super::AlertMode::Incident {
+            let i = &report.incidents;
+            eprintln!(
+                "incidents: {} reached info, {} warning, {} critical; {} still open at the end",
+                i.info, i.warning, i.critical, i.open
+            );
+        }
         eprint!("{}", crate::metrics::latency_table(&report.latencies));
     }
     Ok(())

@@ -35,7 +35,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
-use crate::sinks::kafka::Outbox;
+use crate::sinks::kafka::{Outbox, ResultTopics};
 use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
 use crate::sources::http::IngestSource;
 use crate::sources::kafka::KafkaInput;
@@ -347,10 +347,17 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         Some(k) => k.outbox(true)?,
         None => None,
     };
+    // In incident mode alerts are incident events: the frame hooks send no alerts (the
+    // results topic still gets every verdict), and an incident hook sends the events.
+    let incident_mode = config.settings.incidents.is_some();
+    let frame_topics = |k: &KafkaServeConfig| ResultTopics {
+        alerts: k.topics.alerts.clone().filter(|_| !incident_mode),
+        ..k.topics.clone()
+    };
     let kafka_hook = match (&config.kafka, &outbox) {
-        (Some(k), Some(outbox)) if k.topics.any() => Some(crate::sinks::kafka::result_hook(
+        (Some(k), Some(outbox)) if frame_topics(k).any() => Some(crate::sinks::kafka::result_hook(
             Arc::clone(outbox),
-            k.topics.clone(),
+            frame_topics(k),
             config.settings.max_alert_features,
             config
                 .webhook
@@ -372,8 +379,31 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         },
     ));
     let hook = crate::sinks::combine(
-        crate::sinks::combine(webhook.as_ref().map(Webhook::hook), kafka_hook),
+        crate::sinks::combine(
+            webhook
+                .as_ref()
+                .filter(|_| !incident_mode)
+                .map(Webhook::hook),
+            kafka_hook,
+        ),
         config.sinks.on_result.clone(),
+    );
+    let webhook_events: Option<crate::sinks::IncidentHook> = match &webhook {
+        Some(w) if incident_mode => {
+            let w = w.event_sender();
+            Some(Arc::new(move |_e, event| w.send_event(event.clone())))
+        }
+        _ => None,
+    };
+    let kafka_events = match (&config.kafka, &outbox) {
+        (Some(k), Some(outbox)) if incident_mode => k.topics.alerts.clone().map(|topic| {
+            crate::sinks::kafka::incident_hook(Arc::clone(outbox), topic, Arc::clone(&shared.stats))
+        }),
+        _ => None,
+    };
+    config.sinks.on_incident = crate::sinks::combine_incident(
+        crate::sinks::combine_incident(webhook_events, kafka_events),
+        config.sinks.on_incident.clone(),
     );
     let dataflow_shared = Arc::clone(&shared);
     let dataflow_outbox = outbox.clone();

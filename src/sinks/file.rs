@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use super::alert::Alert;
-use super::ResultHook;
+use super::event::AlertEvent;
+use super::{IncidentHook, ResultHook};
 use crate::types::FrameResult;
 
 /// Writes an alert line per anomalous frame.
@@ -63,6 +64,23 @@ impl AlertLines {
         if let Err(e) = out.flush() {
             tracing::error!(error = %e, "could not flush alert lines");
         }
+    }
+
+    /// Writes an incident event's body as one line, flushed (as [`AlertLines::write`]).
+    pub fn write_event(&self, event: &AlertEvent) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let written = out
+            .write_all(&event.body)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            tracing::error!(error = %e, seq = event.seq, incident = event.incident.as_deref(), "could not write an incident line");
+        }
+    }
+
+    /// This sink as an incident hook (incident mode): one line per incident event.
+    pub fn incident_hook(self) -> IncidentHook {
+        Arc::new(move |_e, body| self.write_event(body))
     }
 
     /// This sink as a hook. The writer is closed when the hook is dropped, at the end of

@@ -22,6 +22,7 @@ use crate::clock;
 use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES};
 use crate::sinks::alert::{Alert, AlertBody};
 use crate::sinks::event::AlertEvent;
+use crate::sinks::IncidentHook;
 use crate::sinks::ResultHook;
 use crate::stats::Stats;
 use crate::types::FrameResult;
@@ -377,6 +378,17 @@ pub fn result_hook(
             let body = verdict_body(r, latency_ms, max_features);
             outbox.send(topic, Some(key.as_bytes()), &body, None);
         }
+    })
+}
+
+/// An incident hook (for worker 0) that sends every incident event to `topic`, keyed by
+/// incident id: the incident mode's counterpart of [`result_hook`]'s alerts.
+pub fn incident_hook(outbox: Arc<Outbox>, topic: String, stats: Arc<Stats>) -> IncidentHook {
+    Arc::new(move |_e, event: &AlertEvent| {
+        // one incident has several events (open, escalations, resolve): the frame makes
+        // each one's key unique, the same on every retry
+        let idempotency = format!("{}@{}", event.key, event.seq.unwrap_or(0));
+        outbox.send_event(&topic, event, Some(&idempotency), &stats);
     })
 }
 

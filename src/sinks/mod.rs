@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::incidents::IncidentEvent;
+use crate::sinks::event::AlertEvent;
 use crate::types::FrameResult;
 
 pub mod alert;
@@ -20,6 +22,10 @@ pub mod webhook;
 /// another thread (a bounded channel) if it does I/O.
 pub type ResultHook = Arc<dyn Fn(&FrameResult) + Send + Sync>;
 
+/// Called on worker 0 with every incident event (`--alerts incident`), in frame order,
+/// with its body ready to deliver. Must not block, as a [`ResultHook`].
+pub type IncidentHook = Arc<dyn Fn(&IncidentEvent, &AlertEvent) + Send + Sync>;
+
 /// Where verdicts go: alert lines to a file and/or stdout, and any hook.
 #[derive(Clone, Default)]
 pub struct SinkSpec {
@@ -29,6 +35,19 @@ pub struct SinkSpec {
     pub stdout: bool,
     /// Also hand every verdict to this hook (webhook senders, Kafka producers, tests).
     pub on_result: Option<ResultHook>,
+    /// Also hand every incident event to this hook (incident mode only).
+    pub on_incident: Option<IncidentHook>,
+}
+
+/// Both incident hooks, `a` then `b`, as one; either alone if the other is `None`.
+pub fn combine_incident(a: Option<IncidentHook>, b: Option<IncidentHook>) -> Option<IncidentHook> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Arc::new(move |e, body| {
+            a(e, body);
+            b(e, body);
+        })),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Both hooks, `a` then `b`, as one; either alone if the other is `None`.

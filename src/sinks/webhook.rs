@@ -483,11 +483,16 @@ impl Webhook {
     /// the outbox, in order after the earlier events of its key. Never blocks: like the
     /// hook, a full queue dead-letters it.
     pub fn send_event(&self, event: AlertEvent) {
-        let job = Job::Event {
-            event,
-            handed_us: clock::now_us(),
-        };
-        Webhook::offer(&self.shared, &self.tx, job);
+        self.event_sender().send_event(event)
+    }
+
+    /// A handle that queues alert events ([`Webhook::send_event`]) for this sender, for a
+    /// hook that outlives the borrow of the webhook.
+    pub fn event_sender(&self) -> EventSender {
+        EventSender {
+            shared: Arc::clone(&self.shared),
+            tx: Arc::clone(&self.tx),
+        }
     }
 
     /// The counters so far.
@@ -551,6 +556,24 @@ impl Webhook {
 const SHUTDOWN_ERROR: &str = "shut down before the delivery finished";
 
 /// Receive → verdict, from the frame's monotonic receive stamp.
+/// Queues alert events for a [`Webhook`] ([`Webhook::event_sender`]).
+#[derive(Clone)]
+pub struct EventSender {
+    shared: Arc<Shared>,
+    tx: JobSender,
+}
+
+impl EventSender {
+    /// As [`Webhook::send_event`].
+    pub fn send_event(&self, event: AlertEvent) {
+        let job = Job::Event {
+            event,
+            handed_us: clock::now_us(),
+        };
+        Webhook::offer(&self.shared, &self.tx, job);
+    }
+}
+
 fn latency_ms(r: &FrameResult) -> f64 {
     clock::now_us().saturating_sub(r.meta.received_us) as f64 / 1000.0
 }
