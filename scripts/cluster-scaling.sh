@@ -46,7 +46,7 @@ printf '0.0.0.0:9000\n0.0.0.0:9000\n' > "$work/ingest"
 # run in the background only: exec makes $! the process itself, so that kill reaches it
 in_ns() { local ns="$1" cpu="$2"; shift 2; exec ip netns exec "$ns" taskset -c "$cpu" "$@"; }
 
-scored() { ip netns exec tw-a curl -sf http://127.0.0.1:9000/metrics | awk '$1=="tidewatch_frames_scored_total"{print $2}'; }
+scored() { ip netns exec tw-a curl -sf http://127.0.0.1:9000/metrics | awk '$1 ~ /^tidewatch_frames_scored_total({|$)/ {print $2}'; }
 
 wait_ready() {
   local ns="$1"
