@@ -68,15 +68,7 @@ fn same_anomalies_for_threads_and_processes() {
     );
 
     let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1:{}\n127.0.0.1:{}\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    common::loopback_hostfile(&hosts, 2);
     let procs = dir.path().join("n2.jsonl");
     let unused = dir.path().join("unused.jsonl");
     let hostfile = hosts.to_str().unwrap();
@@ -236,15 +228,7 @@ fn http_frames_enter_every_process_and_are_windowed_in_seq_order() {
     let hosts = dir.path().join("hosts.txt");
     let ingest = dir.path().join("ingest.txt");
     for path in [&hosts, &ingest] {
-        std::fs::write(
-            path,
-            format!(
-                "127.0.0.1:{}\n127.0.0.1:{}\n",
-                common::free_port(),
-                common::free_port()
-            ),
-        )
-        .unwrap();
+        common::loopback_hostfile(path, 2);
     }
     let alerts = dir.path().join("alerts.jsonl");
     let serve = |p: usize| {
@@ -486,15 +470,7 @@ fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = fixture(dir.path());
     let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1:{}\n127.0.0.1:{}\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    common::loopback_hostfile(&hosts, 2);
     let serve = |p: &str| {
         let mut c = common::tidewatch(dir.path());
         c.args([

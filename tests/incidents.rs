@@ -381,15 +381,7 @@ fn incidents_are_the_same_for_threads_and_processes() {
     check(&run(&two, &["-w", "2"]).output().unwrap(), "-w 2");
 
     let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1:{}\n127.0.0.1:{}\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    common::loopback_hostfile(&hosts, 2);
     let hostfile = hosts.to_str().unwrap();
     let procs = dir.path().join("n2.jsonl");
     let unused = dir.path().join("unused.jsonl");

@@ -71,15 +71,7 @@ fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
     check(&w2, &format!("{variant} -w 2"));
 
     let hosts = dir.join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1:{}\n127.0.0.1:{}\n",
-            common::free_port(),
-            common::free_port()
-        ),
-    )
-    .unwrap();
+    common::loopback_hostfile(&hosts, 2);
     let hostfile = hosts.to_str().unwrap();
     let p1 = replay(
         variant,

@@ -200,6 +200,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes a hostfile of `n` loopback addresses on free ports to `path` (for a cluster's
+/// `-h`, or `--ingest-addrs`).
+pub fn loopback_hostfile(path: &Path, n: usize) {
+    let lines: String = (0..n)
+        .map(|_| format!("127.0.0.1:{}\n", free_port()))
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
 /// The alert lines of a JSONL file, with their (nondeterministic) receive times removed,
 /// for comparing runs.
 pub fn alert_lines(path: &Path) -> Vec<serde_json::Value> {
