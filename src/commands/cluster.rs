@@ -40,31 +40,15 @@ static SIGNALLED: AtomicI32 = AtomicI32::new(0);
 /// Catches SIGINT and SIGTERM from now on (they no longer end this process), noting each
 /// in [`SIGNALLED`] for [`wait_all`] to pass on.
 fn catch_signals() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
-    let (mut interrupt, mut terminate) = {
-        let _context = runtime.enter();
-        (
-            signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            signal(SignalKind::terminate()).context("catching SIGTERM")?,
-        )
-    };
-    std::thread::Builder::new()
-        .name("tidewatch-signals".into())
-        .spawn(move || loop {
-            let signal = runtime.block_on(async {
-                tokio::select! {
-                    _ = interrupt.recv() => libc::SIGINT,
-                    _ = terminate.recv() => libc::SIGTERM,
-                }
-            });
-            SIGNALLED.store(signal, Ordering::SeqCst);
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+    super::on_signals(|why| {
+        let signal = if why == "SIGINT" {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        SIGNALLED.store(signal, Ordering::SeqCst);
+        true
+    })
 }
 
 /// Starts the cluster and waits for all of it.

@@ -13,6 +13,8 @@ pub mod serve;
 pub mod soak;
 pub mod train;
 
+use anyhow::Context;
+
 use crate::detect::Device;
 use crate::sources::{AnomalyKind, GeneratorConfig};
 
@@ -160,4 +162,46 @@ impl AlertArgs {
             body_limit,
         }))
     }
+}
+
+/// From now on SIGINT and SIGTERM no longer end the process: a thread of its own calls
+/// `on_signal` with the signal's name for each, until it returns `false`. Fails if the
+/// signals cannot be caught.
+pub fn on_signals(
+    mut on_signal: impl FnMut(&'static str) -> bool + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("tidewatch-signals".into())
+        .spawn(move || loop {
+            #[cfg(unix)]
+            let why = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                }
+            });
+            #[cfg(not(unix))]
+            let why = runtime.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            });
+            if !on_signal(why) {
+                break;
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }

@@ -120,37 +120,9 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
 /// Stops `input` on the first SIGINT or SIGTERM, so that the process drains, commits and
 /// exits like process 0 does.
 fn stop_on_signal(input: Arc<crate::sources::kafka::KafkaInput>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
-    #[cfg(unix)]
-    let (mut interrupt, mut terminate) = {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _context = runtime.enter();
-        (
-            signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            signal(SignalKind::terminate()).context("catching SIGTERM")?,
-        )
-    };
-    std::thread::Builder::new()
-        .name("tidewatch-signals".into())
-        .spawn(move || {
-            #[cfg(unix)]
-            let why = runtime.block_on(async {
-                tokio::select! {
-                    _ = interrupt.recv() => "SIGINT",
-                    _ = terminate.recv() => "SIGTERM",
-                }
-            });
-            #[cfg(not(unix))]
-            let why = runtime.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            });
-            tracing::info!(reason = why, "shutting down");
-            input.stop();
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+    super::on_signals(move |why| {
+        tracing::info!(reason = why, "shutting down");
+        input.stop();
+        false
+    })
 }
