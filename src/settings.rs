@@ -324,6 +324,9 @@ impl ServeArgs {
         config.drain_timeout = self.drain_timeout;
         // Verdicts meet on worker 0, so only process 0 sends alerts or writes them.
         let leader = self.cluster.is_leader();
+        if let Some(k) = config.kafka.as_mut() {
+            k.alert_outbox = webhook.outbox.is_some().then(|| webhook.for_kafka_alerts());
+        }
         config.webhook = (!self.no_webhook && leader).then_some(webhook);
         config.admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
         config.sinks = SinkSpec {
@@ -424,6 +427,7 @@ impl KafkaArgs {
         Ok(Some(KafkaServeConfig {
             input,
             topics: self.result_topics(),
+            alert_outbox: None,
         }))
     }
 

@@ -211,6 +211,8 @@ fn committed(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
 /// A running `tidewatch serve` with its output collected.
 struct Served {
     child: Child,
+    /// Its working directory, where its outbox and dead-letter files go.
+    cwd: Arc<tempfile::TempDir>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
@@ -218,7 +220,8 @@ struct Served {
 
 impl Served {
     fn start(model: &Path, brokers: &str, topic: &str, group: &str, extra: &[&str]) -> Served {
-        let mut cmd = common::tidewatch(Path::new("."));
+        let cwd = Arc::new(tempfile::tempdir().unwrap());
+        let mut cmd = common::tidewatch(cwd.path());
         let mut child = cmd
             .args([
                 "serve",
@@ -254,6 +257,7 @@ impl Served {
         let (stderr, r2) = collect(Box::new(child.stderr.take().unwrap()));
         Served {
             child,
+            cwd,
             stdout,
             stderr,
             readers: vec![r1, r2],
@@ -709,6 +713,92 @@ fn poison_messages_are_skipped_reported_and_dead_lettered() {
     assert!(
         out.contains("2 messages skipped (2 dead-lettered)"),
         "{out}"
+    );
+}
+
+/// `serve --alerts incident` with an alert topic: a 15-frame departure of one feature
+/// becomes exactly one open and one resolve on the topic, both keyed by the incident id,
+/// each with an idempotency key of its own and a body the NestJS client accepts. They go
+/// through the file outbox's Kafka part (`tidewatch-outbox/kafka`), which holds nothing
+/// undelivered once serve has stopped.
+#[cfg(unix)]
+#[test]
+fn incident_events_reach_the_alert_topic_through_the_outbox() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mean-model");
+    common::window_mean_model(F, W, 0.5).save(&model).unwrap();
+    let (topic, group, alerts) = (unique("frames"), unique("g"), unique("alerts"));
+    let frames: Vec<Frame> = (0..40u64)
+        .map(|k| Frame {
+            seq: k,
+            meta: tidewatch::types::FrameMeta {
+                id: Some(format!("frame-{k}")),
+                ..Default::default()
+            },
+            values: (0..F)
+                .map(|f| {
+                    if f == 7 && (10..25).contains(&k) {
+                        2.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    produce_frames(&brokers, &topic, 1, &frames, None, &BTreeMap::new());
+    let served = Served::start(
+        &model,
+        &brokers,
+        &topic,
+        &group,
+        &["--alerts", "incident", "--alerts-kafka-topic", &alerts],
+    );
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(90), |m| m.len() >= 2);
+    // a third event would come within a moment
+    std::thread::sleep(Duration::from_millis(500));
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(5), |m| {
+        m.len() > got.len()
+    });
+    let cwd = Arc::clone(&served.cwd);
+    let (_, err) = served.stop();
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|m| {
+            tidewatch::sinks::alert::check_like_client(
+                Some("application/json"),
+                &m.payload,
+                tidewatch::sinks::webhook::CLIENT_BODY_LIMIT,
+            )
+            .unwrap_or_else(|e| panic!("the client would refuse ({e:?}): {:?}", m.json()))
+        })
+        .collect();
+    let kinds: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["open", "resolve"], "{bodies:#?}\n{err}");
+    let id = bodies[0]["incident"]["id"].as_str().unwrap();
+    assert!(id.starts_with("feature_7#"), "{id}");
+    assert!(got.iter().all(|m| m.key == id), "keyed by the incident id");
+    let keys: BTreeSet<&str> = got
+        .iter()
+        .map(|m| m.headers["idempotency-key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2, "one idempotency key per event: {keys:?}");
+
+    let inspect = common::tidewatch(cwd.path())
+        .args(["outbox", "inspect", "--json", "--outbox-dir"])
+        .arg(cwd.path().join("tidewatch-outbox").join("kafka"))
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    let inspect: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(inspect["backlog"]["alerts"], 0, "{inspect}");
+    assert!(
+        inspect["backlog"]["segments"].as_u64().unwrap() >= 1,
+        "{inspect}"
     );
 }
 

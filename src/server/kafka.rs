@@ -47,6 +47,10 @@ pub struct KafkaServeConfig {
     pub input: KafkaInputConfig,
     /// The output topics (written by the process hosting worker 0).
     pub topics: ResultTopics,
+    /// The file outbox alerts for the alert topic go through
+    /// ([`crate::sinks::webhook::WebhookConfig::for_kafka_alerts`]); `None`
+    /// (`--no-outbox`): they go straight to the producer.
+    pub alert_outbox: Option<crate::sinks::webhook::WebhookConfig>,
 }
 
 impl KafkaServeConfig {

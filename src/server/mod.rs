@@ -241,6 +241,9 @@ pub struct ServeReport {
     pub http: HttpStats,
     /// Alert deliveries, if alerts were posted.
     pub webhook: Option<WebhookStats>,
+    /// Deliveries to the Kafka alert topic through the outbox, if alerts went there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_alerts: Option<WebhookStats>,
     /// Kafka input and output, if frames came from Kafka.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaReport>,
@@ -276,6 +279,9 @@ pub struct ServerHandle {
     http_task: Option<tokio::task::JoinHandle<()>>,
     dataflow: Option<std::thread::JoinHandle<anyhow::Result<RunReport>>>,
     webhook: Option<Webhook>,
+    /// The outbox sender for the Kafka alert topic, if alerts go there through the file
+    /// outbox.
+    kafka_alerts: Option<Webhook>,
     drain_timeout: Duration,
     /// The process's Kafka producer (alerts, verdicts, dead letters), if any.
     outbox: Option<Arc<Outbox>>,
@@ -347,11 +353,35 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         Some(k) => k.outbox(true)?,
         None => None,
     };
+    // With the file outbox on, alerts for the Kafka alert topic go through an outbox of
+    // their own (beside the webhook's), as webhook alerts do; with --no-outbox they go
+    // straight to the producer.
+    let kafka_alerts = match (&config.kafka, &outbox) {
+        (Some(k), Some(producer)) => match (&k.topics.alerts, &k.alert_outbox) {
+            (Some(topic), Some(w)) => {
+                let mut w = w.clone();
+                w.stats = Arc::clone(&shared.stats);
+                Some(Webhook::start_kafka(
+                    w,
+                    Arc::clone(producer),
+                    topic.clone(),
+                    runtime.handle(),
+                )?)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     // In incident mode alerts are incident events: the frame hooks send no alerts (the
     // results topic still gets every verdict), and an incident hook sends the events.
     let incident_mode = config.settings.incidents.is_some();
+    let direct_alerts = kafka_alerts.is_none();
     let frame_topics = |k: &KafkaServeConfig| ResultTopics {
-        alerts: k.topics.alerts.clone().filter(|_| !incident_mode),
+        alerts: k
+            .topics
+            .alerts
+            .clone()
+            .filter(|_| !incident_mode && direct_alerts),
         ..k.topics.clone()
     };
     let kafka_hook = match (&config.kafka, &outbox) {
@@ -378,28 +408,36 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
             let _ = stopped.await;
         },
     ));
+    let frame_alerts =
+        |w: &Option<Webhook>| w.as_ref().filter(|_| !incident_mode).map(Webhook::hook);
     let hook = crate::sinks::combine(
         crate::sinks::combine(
-            webhook
-                .as_ref()
-                .filter(|_| !incident_mode)
-                .map(Webhook::hook),
+            crate::sinks::combine(frame_alerts(&webhook), frame_alerts(&kafka_alerts)),
             kafka_hook,
         ),
         config.sinks.on_result.clone(),
     );
-    let webhook_events: Option<crate::sinks::IncidentHook> = match &webhook {
-        Some(w) if incident_mode => {
-            let w = w.event_sender();
-            Some(Arc::new(move |_e, event| w.send_event(event.clone())))
+    let incident_events = |w: &Option<Webhook>| -> Option<crate::sinks::IncidentHook> {
+        match w {
+            Some(w) if incident_mode => {
+                let w = w.event_sender();
+                Some(Arc::new(move |_e, event| w.send_event(event.clone())))
+            }
+            _ => None,
         }
-        _ => None,
     };
+    let webhook_events = incident_events(&webhook);
     let kafka_events = match (&config.kafka, &outbox) {
-        (Some(k), Some(outbox)) if incident_mode => k.topics.alerts.clone().map(|topic| {
-            crate::sinks::kafka::incident_hook(Arc::clone(outbox), topic, Arc::clone(&shared.stats))
-        }),
-        _ => None,
+        (Some(k), Some(outbox)) if incident_mode && direct_alerts => {
+            k.topics.alerts.clone().map(|topic| {
+                crate::sinks::kafka::incident_hook(
+                    Arc::clone(outbox),
+                    topic,
+                    Arc::clone(&shared.stats),
+                )
+            })
+        }
+        _ => incident_events(&kafka_alerts),
     };
     config.sinks.on_incident = crate::sinks::combine_incident(
         crate::sinks::combine_incident(webhook_events, kafka_events),
@@ -436,6 +474,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         http_task: Some(http_task),
         dataflow: Some(dataflow),
         webhook,
+        kafka_alerts,
         drain_timeout,
         outbox,
         kafka,
@@ -786,6 +825,10 @@ impl ServerHandle {
             .webhook
             .take()
             .map(|w| runtime.block_on(w.close_by(give_up())));
+        let kafka_alerts = self
+            .kafka_alerts
+            .take()
+            .map(|w| runtime.block_on(w.close_by(give_up())));
         // The sources flushed the producer before their last commits; this covers a
         // process whose workers read no partition. What is not confirmed in time is not
         // lost: its offsets were not committed, so it is read again on restart.
@@ -819,6 +862,7 @@ impl ServerHandle {
             run,
             http: self.shared.http.snapshot(),
             webhook,
+            kafka_alerts,
             kafka,
         };
         tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "stopped");

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::clock;
 use crate::kafka::client::{client_config, MAX_MESSAGE_BYTES};
@@ -79,6 +81,36 @@ struct Receipt {
     ticket: u64,
     /// Set for an alert: counted and timed when the broker acknowledges it.
     alert: Option<AlertReceipt>,
+    /// Set for a delivery someone awaits ([`Outbox::deliver`]): told the outcome.
+    done: Option<oneshot::Sender<Result<(), DeliveryError>>>,
+}
+
+/// Why [`Outbox::deliver`] did not deliver a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryError {
+    /// What librdkafka said.
+    pub error: String,
+    /// Whether a later attempt may succeed (a broker outage, a full queue), rather than
+    /// never (a message too large for the topic).
+    pub retriable: bool,
+}
+
+impl DeliveryError {
+    fn of(e: &KafkaError) -> DeliveryError {
+        let retriable = !matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::InvalidMessage
+                    | RDKafkaErrorCode::InvalidRecord
+            )
+        );
+        DeliveryError {
+            error: e.to_string(),
+            retriable,
+        }
+    }
 }
 
 /// An alert on its way to the broker, with the stamps its delivery is timed from (as the
@@ -121,7 +153,19 @@ impl ClientContext for OutboxContext {}
 impl ProducerContext for OutboxContext {
     type DeliveryOpaque = Box<Receipt>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, receipt: Box<Receipt>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, mut receipt: Box<Receipt>) {
+        let awaited = match receipt.done.take() {
+            Some(done) => {
+                let _ = done.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|(e, _)| DeliveryError::of(e)),
+                );
+                true
+            }
+            None => false,
+        };
         match result {
             Ok(_) => {
                 self.shared.delivered.fetch_add(1, Relaxed);
@@ -134,6 +178,8 @@ impl ProducerContext for OutboxContext {
                 let key = m.key().unwrap_or_default();
                 match &receipt.alert {
                     Some(a) => a.given_up(m.topic(), key, m.payload().unwrap_or_default(), e),
+                    // Awaited: the awaiting outbox logs and retries it.
+                    None if awaited => {}
                     None => tracing::error!(
                         topic = m.topic(),
                         key = %String::from_utf8_lossy(key),
@@ -191,7 +237,8 @@ impl Outbox {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Option<u64> {
-        self.send_with(topic, key, payload, headers, None)
+        self.send_with(topic, key, payload, headers, None, None)
+            .ok()
     }
 
     /// Sends an alert event (a frame alert or an incident event) to the alert `topic`,
@@ -225,7 +272,56 @@ impl Outbox {
             &event.body,
             headers,
             Some(receipt),
+            None,
         )
+        .ok()
+    }
+
+    /// Takes a ticket for a message not yet handed to the producer (an alert on its way
+    /// to the file outbox): the watermark stops below it until [`Outbox::release`].
+    pub fn hold(&self) -> u64 {
+        self.shared
+            .gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .issue()
+    }
+
+    /// Confirms a ticket taken by [`Outbox::hold`].
+    pub fn release(&self, ticket: u64) {
+        self.shared.confirm(ticket);
+    }
+
+    /// Sends `payload` to `topic` keyed by `key`, with `idempotency_key` in the header
+    /// [`IDEMPOTENCY_HEADER`], and resolves once the broker acknowledges it or librdkafka
+    /// gives up on it (after its own retries, within its message timeout). Nothing is
+    /// logged or counted as an alert here: the caller (the file outbox's sender) does.
+    pub async fn deliver(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError> {
+        let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: IDEMPOTENCY_HEADER,
+            value: Some(idempotency_key),
+        });
+        let (done, outcome) = oneshot::channel();
+        self.send_with(
+            topic,
+            Some(key.as_bytes()),
+            payload,
+            Some(headers),
+            None,
+            Some(done),
+        )?;
+        outcome.await.unwrap_or_else(|_| {
+            Err(DeliveryError {
+                error: "the Kafka producer stopped before reporting the delivery".into(),
+                retriable: true,
+            })
+        })
     }
 
     /// [`Outbox::send`], and for an alert (`alert` set) counts and times it once the
@@ -237,14 +333,20 @@ impl Outbox {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
         alert: Option<AlertReceipt>,
-    ) -> Option<u64> {
+        done: Option<oneshot::Sender<Result<(), DeliveryError>>>,
+    ) -> Result<u64, DeliveryError> {
         let ticket = self
             .shared
             .gate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .issue();
-        let receipt = Box::new(Receipt { ticket, alert });
+        let awaited = done.is_some();
+        let receipt = Box::new(Receipt {
+            ticket,
+            alert,
+            done,
+        });
         let mut record = BaseRecord::with_opaque_to(topic, receipt).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
@@ -253,12 +355,13 @@ impl Outbox {
             record = record.headers(h);
         }
         match self.producer.send(record) {
-            Ok(()) => Some(ticket),
+            Ok(()) => Ok(ticket),
             Err((e, record)) => {
                 self.shared.refused.fetch_add(1, Relaxed);
                 let key = key.unwrap_or_default();
                 match &record.delivery_opaque.alert {
                     Some(a) => a.given_up(topic, key, payload, &e),
+                    None if awaited => {}
                     None => tracing::error!(
                         topic,
                         key = %String::from_utf8_lossy(key),
@@ -268,7 +371,7 @@ impl Outbox {
                     ),
                 }
                 self.shared.confirm(ticket);
-                None
+                Err(DeliveryError::of(&e))
             }
         }
     }
@@ -372,7 +475,14 @@ pub fn result_hook(
                 received_us: r.meta.received_us,
                 handed_us: now,
             };
-            outbox.send_with(topic, Some(key.as_bytes()), &body, None, Some(receipt));
+            let _ = outbox.send_with(
+                topic,
+                Some(key.as_bytes()),
+                &body,
+                None,
+                Some(receipt),
+                None,
+            );
         }
         if let Some(topic) = &topics.results {
             let body = verdict_body(r, latency_ms, max_features);
@@ -496,10 +606,8 @@ mod tests {
             handed_us: clock::now_us(),
         };
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert_eq!(
-            outbox.send_with("alerts", None, &huge, None, Some(receipt)),
-            None
-        );
+        let refused = outbox.send_with("alerts", None, &huge, None, Some(receipt), None);
+        assert!(!refused.expect_err("too large").retriable);
         assert_eq!(outbox.stats().refused, 1);
         // and the broker being well again, the next alert goes through
         hook(&verdict(2, &[(1, 4.0)]));

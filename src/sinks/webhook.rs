@@ -17,6 +17,12 @@
 //!
 //! Without an outbox directory the same path runs in memory only (no disk writes): a
 //! crash then loses what was not delivered, and shutdown dead-letters it.
+//!
+//! The same sender delivers to a Kafka alert topic ([`Webhook::start_kafka`]): an attempt
+//! is one message, keyed by the event's key and carrying its idempotency key as a header,
+//! that counts as delivered once the broker acknowledges it. While the event waits for
+//! its append, it holds a ticket of the producer ([`KafkaOutbox::hold`]), so that a Kafka
+//! source commits the offset of a frame only once its alert is on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -34,6 +40,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::clock;
 use crate::sinks::alert::AlertBody;
 use crate::sinks::event::AlertEvent;
+use crate::sinks::kafka::Outbox as KafkaOutbox;
 use crate::sinks::outbox::log::OutboxLog;
 use crate::sinks::outbox::record::StoredEvent;
 use crate::sinks::outbox::schedule::{Pending, Schedule};
@@ -94,6 +101,32 @@ pub struct WebhookConfig {
     /// periodic log line show them).
     pub stats: Arc<Stats>,
 }
+
+impl WebhookConfig {
+    /// The settings of the outbox that feeds the Kafka alert topic
+    /// ([`Webhook::start_kafka`]): these, with a directory of its own (`kafka/` inside
+    /// this outbox's) and a dead-letter file of its own (`kafka-<dead-letter>` beside it), so
+    /// that `tidewatch outbox` works on each alone; and more deliveries at once, since the
+    /// producer batches them.
+    pub fn for_kafka_alerts(&self) -> WebhookConfig {
+        let mut c = self.clone();
+        c.outbox = self.outbox.as_ref().map(|o| OutboxConfig {
+            dir: o.dir.join("kafka"),
+            max_bytes: o.max_bytes,
+        });
+        let name = self
+            .dead_letter
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        c.dead_letter = self.dead_letter.with_file_name(format!("kafka-{name}"));
+        c.concurrency = KAFKA_IN_FLIGHT;
+        c
+    }
+}
+
+/// Alerts awaiting the broker's acknowledgement at once at most.
+const KAFKA_IN_FLIGHT: usize = 1024;
 
 /// The default `--outbox-max-age`: a day.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -193,9 +226,15 @@ enum Job {
         latency_ms: f64,
         /// When worker 0 handed it over ([`clock::now_us`]).
         handed_us: u64,
+        /// The producer ticket it holds until it is appended (Kafka only).
+        ticket: Option<u64>,
     },
     /// An event with its body built.
-    Event { event: AlertEvent, handed_us: u64 },
+    Event {
+        event: AlertEvent,
+        handed_us: u64,
+        ticket: Option<u64>,
+    },
 }
 
 /// The key of a frame alert (see [`AlertEvent::key`]).
@@ -205,36 +244,76 @@ pub fn frame_event_key(seq: u64) -> String {
 
 impl Job {
     /// The event to append, logging the anomaly of a frame alert (the seed's log item).
-    fn into_event(self, c: &WebhookConfig) -> (AlertEvent, u64, u64) {
+    fn into_event(self, shared: &Shared) -> (AlertEvent, u64, u64, Option<u64>) {
+        let c = &shared.config;
         match self {
             Job::Frame {
                 result,
                 latency_ms,
                 handed_us,
+                ticket,
             } => {
                 log_anomaly(&result, latency_ms);
                 let body = AlertBody::encode(&result, latency_ms, c.max_features, c.body_limit);
+                let key = match shared.transport {
+                    // Kafka readers know a frame alert by its frame's id, as the alert
+                    // topic has always been keyed.
+                    Transport::Kafka { .. } => crate::sinks::kafka::frame_key(&result),
+                    Transport::Http(_) => frame_event_key(result.seq),
+                };
                 let event = AlertEvent {
-                    key: frame_event_key(result.seq),
+                    key,
                     body,
                     seq: Some(result.seq),
                     incident: None,
                 };
-                (event, handed_us, result.meta.received_us)
+                (event, handed_us, result.meta.received_us, ticket)
             }
-            Job::Event { event, handed_us } => (event, handed_us, 0),
+            Job::Event {
+                event,
+                handed_us,
+                ticket,
+            } => (event, handed_us, 0, ticket),
         }
     }
 }
 
+/// Where attempts go.
+enum Transport {
+    /// `POST` to the configured URL.
+    Http(reqwest::Client),
+    /// A message to `topic`.
+    Kafka {
+        producer: Arc<KafkaOutbox>,
+        topic: String,
+    },
+}
+
 struct Shared {
     config: WebhookConfig,
-    client: reqwest::Client,
+    transport: Transport,
+    /// The URL or the topic, for logs and dead letters.
+    destination: String,
     counters: Counters,
     dead_letter: Mutex<Option<File>>,
 }
 
 impl Shared {
+    /// A producer ticket for an event on its way to the appender (Kafka only).
+    fn hold(&self) -> Option<u64> {
+        match &self.transport {
+            Transport::Kafka { producer, .. } => Some(producer.hold()),
+            Transport::Http(_) => None,
+        }
+    }
+
+    /// Lets a Kafka source commit past the event holding `ticket`: it is on disk (or dead).
+    fn release(&self, ticket: Option<u64>) {
+        if let (Some(t), Transport::Kafka { producer, .. }) = (ticket, &self.transport) {
+            producer.release(t);
+        }
+    }
+
     /// Appends one line to the dead-letter file and logs the failure as an error.
     fn dead_letter(&self, e: &StoredEvent, attempts: u32, last_error: &str) {
         self.counters.dead_lettered.fetch_add(1, Relaxed);
@@ -249,11 +328,11 @@ impl Shared {
             idempotency_key = %e.idempotency_key,
             attempts,
             error = last_error,
-            url = %self.config.url,
+            destination = %self.destination,
             dead_letter = %self.config.dead_letter.display(),
             "alert not delivered; written to the dead-letter file"
         );
-        let line = dead_letter_line(&self.config.url, e, attempts, last_error);
+        let line = dead_letter_line(&self.destination, e, attempts, last_error);
         let mut file = self.dead_letter.lock().unwrap_or_else(|e| e.into_inner());
         let written = (|| -> std::io::Result<()> {
             if file.is_none() {
@@ -358,6 +437,35 @@ impl Webhook {
             .map_err(|e| {
                 anyhow::anyhow!("building the webhook HTTP client: {}", error_chain(&e))
             })?;
+        let destination = config.url.clone();
+        Webhook::start_with(config, Transport::Http(client), destination, runtime)
+    }
+
+    /// As [`Webhook::start`], delivering to the Kafka `topic` through `producer` instead
+    /// of the URL: each event is one message keyed by [`AlertEvent::key`], with its
+    /// idempotency key in the header [`crate::sinks::kafka::IDEMPOTENCY_HEADER`]. Its
+    /// outbox, dead-letter file, retries and drain are `config`'s; its URL is unused.
+    pub fn start_kafka(
+        config: WebhookConfig,
+        producer: Arc<KafkaOutbox>,
+        topic: String,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Webhook> {
+        let destination = format!("kafka topic {topic}");
+        Webhook::start_with(
+            config,
+            Transport::Kafka { producer, topic },
+            destination,
+            runtime,
+        )
+    }
+
+    fn start_with(
+        config: WebhookConfig,
+        transport: Transport,
+        destination: String,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Webhook> {
         // Found out now, not when the first alert needs it.
         let dead_letter = OpenOptions::new()
             .create(true)
@@ -381,7 +489,8 @@ impl Webhook {
         let (to_sender, from_appender) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config,
-            client,
+            transport,
+            destination,
             counters: Counters::default(),
             dead_letter: Mutex::new(Some(dead_letter)),
         });
@@ -448,7 +557,8 @@ impl Webhook {
             None => Some((job, "the alert sender is shutting down")),
         };
         if let Some((job, why)) = refused {
-            let (event, _, _) = job.into_event(&shared.config);
+            let (event, _, _, ticket) = job.into_event(shared);
+            shared.release(ticket);
             let stored = StoredEvent {
                 id: 0,
                 idempotency_key: format!("{}-unqueued", clock::run_id()),
@@ -474,6 +584,7 @@ impl Webhook {
                 result: r.clone(),
                 latency_ms: latency_ms(r),
                 handed_us: clock::now_us(),
+                ticket: shared.hold(),
             };
             Webhook::offer(&shared, &tx, job);
         })
@@ -569,6 +680,7 @@ impl EventSender {
         let job = Job::Event {
             event,
             handed_us: clock::now_us(),
+            ticket: self.shared.hold(),
         };
         Webhook::offer(&self.shared, &self.tx, job);
     }
@@ -639,11 +751,12 @@ impl Appender {
     }
 
     fn write(&mut self, batch: &mut Vec<Job>, acks: &mut Vec<(u64, bool)>) {
-        let c = &self.shared.config;
         let now_ms = clock::unix_ms();
         let mut ready = Vec::with_capacity(batch.len());
+        let mut tickets = Vec::new();
         for job in batch.drain(..) {
-            let (event, handed_us, received_us) = job.into_event(c);
+            let (event, handed_us, received_us, ticket) = job.into_event(&self.shared);
+            tickets.push(ticket);
             let stored = match &mut self.log {
                 Some(log) => match log.stage(event.clone(), None, now_ms) {
                     Ok(s) => s,
@@ -691,6 +804,10 @@ impl Appender {
             }
         }
         acks.clear();
+        // On disk now (or dead-lettered, or memory-only by choice): offsets may move past.
+        for t in tickets {
+            self.shared.release(t);
+        }
         for p in ready {
             let sent = match &self.to_sender {
                 Some(tx) => tx.send(p).map_err(|e| e.0),
@@ -742,6 +859,7 @@ async fn send_loop(
             flying.push(attempt(
                 Arc::clone(&shared),
                 p.stored.id,
+                p.stored.event.key.clone(),
                 p.stored.event.body.clone(),
                 p.stored.idempotency_key.clone(),
             ));
@@ -828,19 +946,43 @@ fn settle(
     }
 }
 
-/// One POST of `body`, with the event's idempotency key.
-async fn attempt(shared: Arc<Shared>, id: u64, body: Bytes, key: String) -> (u64, Outcome) {
-    let c = &shared.config;
+/// One delivery of the event `key` with `body` and its idempotency key `idempotency`.
+async fn attempt(
+    shared: Arc<Shared>,
+    id: u64,
+    key: String,
+    body: Bytes,
+    idempotency: String,
+) -> (u64, Outcome) {
     shared.counters.attempts.fetch_add(1, Relaxed);
-    let sent = shared
-        .client
-        .post(&c.url)
+    let outcome = match &shared.transport {
+        Transport::Http(client) => post(client, &shared.config.url, body, idempotency).await,
+        Transport::Kafka { producer, topic } => {
+            match producer.deliver(topic, &key, &body, &idempotency).await {
+                Ok(()) => Outcome::Delivered,
+                // librdkafka has retried within its message timeout already; the outbox
+                // retries again later, until --outbox-max-age.
+                Err(e) if e.retriable => Outcome::Retry {
+                    error: e.error,
+                    after: None,
+                },
+                Err(e) => Outcome::Final(e.error),
+            }
+        }
+    };
+    (id, outcome)
+}
+
+/// One POST of `body` to `url`, with the event's idempotency key.
+async fn post(client: &reqwest::Client, url: &str, body: Bytes, idempotency: String) -> Outcome {
+    let sent = client
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(IDEMPOTENCY_KEY, key)
+        .header(IDEMPOTENCY_KEY, idempotency)
         .body(body)
         .send()
         .await;
-    let outcome = match sent {
+    match sent {
         Ok(resp) if resp.status().is_success() => Outcome::Delivered,
         Ok(mut resp) => {
             let status = resp.status();
@@ -867,8 +1009,7 @@ async fn attempt(shared: Arc<Shared>, id: u64, body: Bytes, key: String) -> (u64
             after: None,
         },
         Err(e) => Outcome::Final(error_chain(&e)),
-    };
-    (id, outcome)
+    }
 }
 
 /// The seed's "input/output" log item: which frame, and its highest scores.
