@@ -5,6 +5,7 @@
 //! feature-wise one-class SVMs and merged back into one verdict per frame.
 #![deny(missing_docs)]
 
+pub mod agreement;
 pub mod clock;
 pub mod commands;
 pub mod controls;

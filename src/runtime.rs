@@ -550,10 +550,14 @@ pub fn run(
         .as_ref()
         .map(|spec| Incidents::new(spec, &settings, &model))
         .transpose()?;
+    let description = describe(&settings, &model, incidents.as_ref());
     let settings = Arc::new(settings);
     let started = Instant::now();
     let worker_stats = Arc::clone(&stats);
     let guards = timely::execute(config, move |worker| -> anyhow::Result<()> {
+        if worker.peers() > 1 {
+            crate::agreement::agree(worker, &description)?;
+        }
         let index = worker.index();
         let slot = WorkerSlot {
             index,
@@ -637,6 +641,35 @@ pub fn run(
     })
 }
 
+/// What this process is about to build, as far as every process must agree on it
+/// ([`crate::agreement`]).
+fn describe(settings: &Settings, model: &Model, incidents: Option<&Incidents>) -> String {
+    let alerts = match incidents {
+        None => "frame alerts".to_string(),
+        Some(i) => {
+            use std::hash::{Hash, Hasher};
+            // DefaultHasher::new() has fixed keys: the same on every process.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            i.groups.rows.hash(&mut h);
+            format!(
+                "incident alerts {} with {} metadata rows ({:016x})",
+                serde_json::to_string(&*i.config).unwrap_or_default(),
+                i.groups.rows.len(),
+                h.finish()
+            )
+        }
+    };
+    let p = &settings.pipeline;
+    format!(
+        "variant {} {:?}, window {:?}, stride {:?}, {} features, {alerts}",
+        p.name,
+        p.params,
+        settings.window,
+        settings.stride,
+        model.n_features()
+    )
+}
+
 /// Incident mode, resolved for this run: the rules with the pipeline's stride, the
 /// feature metadata read against the model's names.
 #[derive(Clone)]
@@ -684,7 +717,7 @@ impl Incidents {
                 match e.kind {
                     EventKind::Open => stats.incident_opened(level),
                     EventKind::Escalate => stats.incident_escalated(level),
-                    EventKind::Resolve => stats.incident_resolved(),
+                    EventKind::Resolve => stats.incident_resolved(e.end_of_input),
                 }
                 if let Some(h) = &hook {
                     h(e, &alert_event(e, &config, limit));

@@ -123,6 +123,7 @@ pub struct Stats {
     rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     shards: Vec<Mutex<Shard>>,
     incidents_open: AtomicU64,
+    incidents_ended: AtomicU64,
     /// Incidents that reached each severity: info, warning, critical.
     incidents_reached: [AtomicU64; 3],
 }
@@ -141,6 +142,7 @@ impl Default for Stats {
             rejected_by_reason: Mutex::new(BTreeMap::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(new_shard())).collect(),
             incidents_open: AtomicU64::new(0),
+            incidents_ended: AtomicU64::new(0),
             incidents_reached: Default::default(),
         }
     }
@@ -151,6 +153,8 @@ impl Default for Stats {
 pub struct IncidentCounts {
     /// Open now.
     pub open: u64,
+    /// Resolved because the input ended while they were open.
+    pub ended: u64,
     /// Incidents that reached info (every incident opens at some level).
     pub info: u64,
     /// Incidents that reached warning.
@@ -293,9 +297,12 @@ impl Stats {
         self.incidents_reached[level.min(2)].fetch_add(1, Relaxed);
     }
 
-    /// Counts an incident resolved.
-    pub fn incident_resolved(&self) {
+    /// Counts an incident resolved; `end_of_input`: because the input ended.
+    pub fn incident_resolved(&self, end_of_input: bool) {
         self.incidents_open.fetch_sub(1, Relaxed);
+        if end_of_input {
+            self.incidents_ended.fetch_add(1, Relaxed);
+        }
     }
 
     /// Incidents open now, and how many reached each severity.
@@ -303,6 +310,7 @@ impl Stats {
         let reached = |i: usize| self.incidents_reached[i].load(Relaxed);
         IncidentCounts {
             open: self.incidents_open.load(Relaxed),
+            ended: self.incidents_ended.load(Relaxed),
             info: reached(0),
             warning: reached(1),
             critical: reached(2),

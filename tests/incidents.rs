@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use tidewatch::model::{
-    FeatureIndex, FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance,
-};
+use tidewatch::model::FeatureIndex;
 use tidewatch::sinks::alert::check_like_client;
 use tidewatch::sinks::webhook::CLIENT_BODY_LIMIT;
 use tidewatch::sources::FrameWriter;
@@ -22,33 +20,12 @@ const W: usize = 5;
 /// The test model's threshold: a window mean of 0.5.
 const THRESHOLD: f32 = 0.5;
 
-/// A linear model whose score is the mean of the window (`-(Σ -x/W)`), so that a frame
-/// value of `v` held for a whole window scores `v`: departures are written by hand.
+/// The window-mean model ([`common::window_mean_model`]) of this file's shape, saved.
 fn mean_model(dir: &Path) -> PathBuf {
     let path = dir.join("model");
-    Model {
-        meta: ModelMeta {
-            format: 1,
-            kind: ModelKind::Linear,
-            window: W,
-            n_features: F,
-            features: FeatureNames::default(),
-            nu: 0.1,
-            score: "window mean".into(),
-            threshold: THRESHOLD,
-            rff: None,
-            calibration: None,
-            training: Value::Null,
-            provenance: Provenance::default(),
-        },
-        params: Params::Linear {
-            weight: vec![-1.0 / W as f32; F * W],
-            bias: vec![0.0; F],
-        },
-        calibration: None,
-    }
-    .save(&path)
-    .unwrap();
+    common::window_mean_model(F, W, THRESHOLD)
+        .save(&path)
+        .unwrap();
     path
 }
 
@@ -197,9 +174,62 @@ fn level_shift_gives_one_open_and_one_resolve() {
     assert!((0.9..=1.1).contains(&peak), "{peak}");
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
-        err.contains("incidents: 1 reached info, 0 warning, 0 critical; 0 still open"),
+        err.contains(
+            "incidents: 1 reached info, 0 warning, 0 critical; 0 open at the end of the input"
+        ),
         "{err}"
     );
+}
+
+/// A departure still under way when the file ends: its incident resolves at the last
+/// frame, marked `reason: end_of_input`, so that no receiver is left with an incident
+/// nothing will close; the same with one worker and with two.
+#[test]
+fn an_incident_open_at_the_end_of_the_input_resolves_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = mean_model(dir.path());
+    let input = frames(dir.path(), "tail.jsonl", 60, 0.1, |seq, f| {
+        if f == 3 && seq >= 40 {
+            1.0
+        } else {
+            0.0
+        }
+    });
+    let mut runs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = dir.path().join(format!("w{workers}.jsonl"));
+        let run = replay(
+            &model,
+            &input,
+            &out,
+            &["--alerts", "incident", "-w", workers],
+        )
+        .output()
+        .unwrap();
+        check(&run, "incident mode");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains("1 open at the end of the input (resolved there)"),
+            "{err}"
+        );
+        runs.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert_eq!(runs[0], runs[1], "the same with two workers");
+    let e = events(&dir.path().join("w1.jsonl"));
+    assert_eq!(
+        summary(&e),
+        vec![
+            ("open".into(), "feature_3#42".into(), "info".into()),
+            ("resolve".into(), "feature_3#42".into(), "info".into()),
+        ],
+        "{e:#?}"
+    );
+    let resolve = &e[1];
+    assert_eq!(resolve["reason"], "end_of_input");
+    assert_eq!(resolve["seq"], 59, "at the last frame");
+    assert_eq!(resolve["incident"]["end_seq"], 59);
+    assert_eq!(resolve["anomaly_detected"], false);
+    assert_eq!(e[0].get("reason"), None, "only on such resolves");
 }
 
 /// Six features of one subsystem (per the metadata file) depart together: one incident
@@ -418,6 +448,49 @@ fn incidents_are_the_same_for_threads_and_processes() {
         reference,
         "two processes differ from one"
     );
+}
+
+/// Two processes of one cluster started with different alert modes (incident mode on
+/// process 0 only) would build different dataflows; both refuse at start with a message
+/// that names the difference, instead of hanging.
+#[test]
+fn processes_started_with_different_incident_flags_refuse_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = mean_model(dir.path());
+    let input = frames(dir.path(), "in.jsonl", 20, 0.1, |_, _| 0.0);
+    let hosts = dir.path().join("hosts.txt");
+    common::loopback_hostfile(&hosts, 2);
+    let hostfile = hosts.to_str().unwrap();
+    let cluster = ["-n", "2", "-h", hostfile, "-p"];
+    let p1 = replay(
+        &model,
+        &input,
+        &dir.path().join("p1.jsonl"),
+        &[&cluster[..], &["1"]].concat(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let p0 = replay(
+        &model,
+        &input,
+        &dir.path().join("p0.jsonl"),
+        &[&cluster[..], &["0", "--alerts", "incident"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let p1 = p1.wait_with_output().unwrap();
+    for (p, out) in [(0, &p0), (1, &p1)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "process {p} ran anyway: {err}");
+        assert!(
+            err.contains("started with different settings")
+                && err.contains("incident alerts")
+                && err.contains("frame alerts"),
+            "process {p}: {err}"
+        );
+    }
 }
 
 /// `serve --alerts incident` posts incident events to the webhook, where a receiver

@@ -158,8 +158,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.alerts.mode == super::AlertMode::Incident {
         let i = report.run.incidents;
         println!(
-            "incidents: {} reached info, {} warning, {} critical; {} still open at the end",
-            i.info, i.warning, i.critical, i.open
+            "incidents: {} reached info, {} warning, {} critical; {} open at the end of the input (resolved there)",
+            i.info, i.warning, i.critical, i.ended
         );
     }
     // The stages from receive to alert accepted by the receiver, as `serve` prints them.

@@ -135,8 +135,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         if args.alerts.mode == super::AlertMode::Incident {
             let i = &report.incidents;
             eprintln!(
-                "incidents: {} reached info, {} warning, {} critical; {} still open at the end",
-                i.info, i.warning, i.critical, i.open
+                "incidents: {} reached info, {} warning, {} critical; {} open at the end of the input (resolved there)",
+                i.info, i.warning, i.critical, i.ended
             );
         }
         eprint!("{}", crate::metrics::latency_table(&report.latencies));

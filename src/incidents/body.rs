@@ -56,6 +56,10 @@ pub struct IncidentBody {
     pub event: EventKind,
     /// The incident after the event.
     pub incident: IncidentPart,
+    /// `end_of_input` on a resolve sent because the input ended while the incident was
+    /// open (a replayed file's end, or `serve` shutting down); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 impl IncidentBody {
@@ -89,6 +93,7 @@ impl IncidentBody {
                 top_features: top,
                 frames: i.frames.iter().copied().take(config.max_frames).collect(),
             },
+            reason: event.end_of_input.then_some("end_of_input"),
         }
     }
 

@@ -146,11 +146,6 @@ impl IncidentConfig {
         Ok(())
     }
 
-    /// The frames n windows span: how long a window counts towards opening.
-    pub fn span(&self) -> u64 {
-        self.of_windows * self.stride.max(1)
-    }
-
     /// A score mapped onto 0..1 (see [`SeverityRules::score_scale`]).
     pub fn normalise(&self, score: f32) -> f64 {
         let x = (f64::from(score) / self.severity.score_scale).max(0.0);

@@ -4,20 +4,19 @@
 //! ```text
 //! verdicts ─► hits (feature, seq, score) ─┬─ join ──── metadata (feature, group) ─► (group, hit)
 //!                                         └─ antijoin (no metadata: the feature's own group)
-//! (group, hit) ─► distinct (group, seq) ─► last n windows (insert at seq, retract at seq + n·stride)
-//!             ─► count per group ─┐
-//! (group, hit) ───────────────────┴─► exchange by group ─► Tracker (hysteresis, severity)
-//!                                                            ▲ every scored frame (broadcast)
+//! (group, hit) ─► exchange by group ─► Tracker (k of the last n scored frames, severity)
+//!                                        ▲ every scored frame (broadcast)
 //! incident events ─► worker 0, sorted within each frame by incident id ─► sinks
 //! ```
 //!
-//! The join and the sliding per-group counts are differential collections: the metadata
-//! is a collection like the hits, so the group of a feature is a join, not a lookup table
-//! each worker keeps, and the count of a group's anomalous windows among its last n is
-//! maintained incrementally as windows enter and leave. The hysteresis itself is a fold
-//! over time (see [`super::tracker`]), so it runs in a timely operator after them, which
-//! takes each frame's changes only once the frontier has passed the frame, in frame
-//! order: the events are the same whatever the number of workers or processes.
+//! The hits and the metadata are differential collections, so the group of a feature is
+//! a join, not a lookup table each worker keeps. The hysteresis itself is a fold over
+//! the scored frames in order (see [`super::tracker`]): its "last n windows" are the last
+//! n scored frames, counted by the broadcast ticks rather than by seq, because seqs from a
+//! clock (Kafka, several ingest points) leave gaps, so a differential window of n seqs
+//! would not be n frames. It runs in a timely operator after the join, which takes each
+//! frame's hits only once the frontier has passed the frame, in frame order: the events
+//! are the same whatever the number of workers or processes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,14 +52,12 @@ enum Fact {
         score: u32,
         ms: i64,
     },
-    /// The group has `windows` anomalous windows among its last n.
-    Count { group: String, windows: i64 },
 }
 
 impl Fact {
     fn group(&self) -> &str {
         match self {
-            Fact::Hit { group, .. } | Fact::Count { group, .. } => group,
+            Fact::Hit { group, .. } => group,
         }
     }
 }
@@ -170,33 +167,20 @@ impl<'s> IncidentOps<'s> for Stream<'s, FrameResult> {
                 hits.antijoin(metadata.map(|(f, _)| f).distinct())
                     .map(move |(f, v)| hit(Groups::ungrouped(&names, f), f, &v)),
             );
-        let windows = grouped
-            .clone()
-            .map(|fact| match fact {
-                Fact::Hit { group, seq, .. } => (group, seq),
-                Fact::Count { .. } => unreachable!("only hits here"),
-            })
-            .distinct();
-        let span = config.span();
-        let counts = windows
-            .clone()
-            .concat(windows.delay(move |t: &Time| t + span).negate())
-            .map(|(group, _seq)| group)
-            .count()
-            .map(|(group, windows)| Fact::Count {
-                group,
-                windows: windows as i64,
-            });
-        let facts = grouped.concat(counts).inner;
+        let facts = grouped.inner;
         let by_group = Exchange::new(|(fact, _, _): &(Fact, Time, isize)| fact.group().hashed());
         let events = facts.binary_frontier(
             ticks,
             by_group,
             Pipeline,
             "IncidentTracker",
-            move |_cap, _info| {
+            move |cap, _info| {
                 let mut tracker = Tracker::new(config);
                 let mut due: BTreeMap<Time, Due> = BTreeMap::new();
+                // Held just past the last completed frame (so that it delays nothing), for
+                // the resolves at the end of the input.
+                let mut hold = Some(cap);
+                let mut last: Option<(Time, i64)> = None;
                 move |(facts, facts_frontier), (ticks, ticks_frontier), output| {
                     facts.for_each_stamp(|cap, data| {
                         for batch in data {
@@ -223,9 +207,28 @@ impl<'s> IncidentOps<'s> for Stream<'s, FrameResult> {
                             break;
                         }
                         let Due { cap, facts, tick } = entry.remove();
+                        if let Some(ms) = tick {
+                            last = Some((time, ms));
+                        }
                         let events = step(&mut tracker, time, facts, tick);
                         if !events.is_empty() {
                             output.session(&cap).give_iterator(events.into_iter());
+                        }
+                        if let Some(h) = hold.as_mut() {
+                            if *h.time() <= time {
+                                h.downgrade(&(time + 1));
+                            }
+                        }
+                    }
+                    if due.is_empty() && facts_frontier.is_empty() && ticks_frontier.is_empty() {
+                        if let Some(h) = hold.take() {
+                            let events = match last {
+                                Some((seq, ms)) => tracker.end_of_input(seq, ms),
+                                None => Vec::new(),
+                            };
+                            if !events.is_empty() {
+                                output.session(&h).give_iterator(events.into_iter());
+                            }
                         }
                     }
                 }
@@ -245,22 +248,21 @@ impl Due {
     }
 }
 
-/// One completed frame for the tracker: the count changes, the groups' windows, then the
-/// frame's tick (a frame with no verdict, where only counts changed, has no tick).
+/// One completed frame for the tracker: the groups' windows, then the frame's tick.
 fn step(
     tracker: &mut Tracker,
     time: Time,
-    facts: Vec<(Fact, isize)>,
+    mut facts: Vec<(Fact, isize)>,
     tick: Option<i64>,
 ) -> Vec<IncidentEvent> {
+    // A hit the antijoin gave its feature's own group before the metadata reached the
+    // join comes back retracted at the same time: only the net facts count.
+    differential_dataflow::consolidation::consolidate(&mut facts);
     let mut windows: BTreeMap<String, GroupWindow> = BTreeMap::new();
     for (fact, diff) in facts {
         match fact {
-            Fact::Count { group, windows } => {
-                tracker.count_changed(&group, windows * diff as i64);
-            }
-            // Hits are never retracted (verdicts are final and the metadata is fixed at
-            // time 0), so every hit arrives once, with a positive count.
+            // Verdicts are final and the metadata is fixed at time 0, so once
+            // consolidated every hit is there once, with a positive count.
             Fact::Hit {
                 group,
                 seq,
@@ -272,6 +274,7 @@ fn step(
                     .entry(group)
                     .or_insert_with(|| GroupWindow {
                         seq,
+                        rank: 0,
                         ms,
                         hits: Vec::new(),
                     })
@@ -300,10 +303,15 @@ fn in_order_on_worker_zero(events: Stream<'_, IncidentEvent>) -> Stream<'_, Inci
             let mut due: BTreeMap<Time, (Capability<Time>, Vec<IncidentEvent>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
+                    // By the time they were sent at: the frame's seq, or just after the
+                    // last frame for the resolves at the end of the input.
+                    let Some(&time) = cap.least() else {
+                        return;
+                    };
                     for batch in data {
                         for e in batch.drain(..) {
-                            due.entry(e.seq)
-                                .or_insert_with(|| (cap.delayed(&e.seq, 0), Vec::new()))
+                            due.entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
                                 .1
                                 .push(e);
                         }

@@ -23,6 +23,8 @@ use crate::types::Seq;
 pub struct GroupWindow {
     /// The window's last frame.
     pub seq: Seq,
+    /// Its place among the scored frames (set by [`Tracker::window`]).
+    pub rank: u64,
     /// That frame's time, Unix ms.
     pub ms: i64,
     /// `(feature, score)` of the group's anomalous features, by feature.
@@ -59,12 +61,20 @@ pub struct Incident {
     /// Clean windows since the latest anomalous one.
     #[serde(skip)]
     clean: u64,
+    /// The first and latest anomalous windows' places among the scored frames: frames
+    /// are counted by these, not by seq, which may come from a clock (Kafka, several
+    /// ingest points) and leave gaps.
+    #[serde(skip)]
+    start_rank: u64,
+    #[serde(skip)]
+    last_rank: u64,
 }
 
 impl Incident {
-    /// Frames from the first to the latest anomalous window, both included.
-    pub fn duration_frames(&self) -> u64 {
-        self.last_seq - self.start_seq + 1
+    /// Frames from the first to the latest anomalous window, both included, with
+    /// windows `stride` frames apart.
+    pub fn duration_frames(&self, stride: u64) -> u64 {
+        (self.last_rank - self.start_rank) * stride.max(1) + 1
     }
 
     /// The `n` features with the highest peak scores, highest first (ties by index).
@@ -77,6 +87,7 @@ impl Incident {
 
     fn absorb(&mut self, w: &GroupWindow, max_frames: usize) {
         self.last_seq = w.seq;
+        self.last_rank = w.rank;
         self.last_ms = w.ms;
         self.windows += 1;
         self.clean = 0;
@@ -114,13 +125,15 @@ pub struct IncidentEvent {
     pub ms: i64,
     /// The incident after the event.
     pub incident: Incident,
+    /// A resolve because the input ended ([`Tracker::end_of_input`]), not because of
+    /// clean windows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_of_input: bool,
 }
 
 #[derive(Default)]
 struct GroupState {
-    /// Anomalous windows among the last n: differential's count, accumulated.
-    count: i64,
-    /// Anomalous windows not (yet) in an incident, within the last n.
+    /// Anomalous windows not (yet) in an incident, within the last n scored frames.
     pending: VecDeque<GroupWindow>,
     open: Option<Incident>,
 }
@@ -133,6 +146,8 @@ pub struct Tracker {
     touched: BTreeSet<String>,
     /// Groups with an open incident.
     open: BTreeSet<String>,
+    /// Scored frames so far: the next tick's rank.
+    rank: u64,
 }
 
 impl Tracker {
@@ -143,6 +158,7 @@ impl Tracker {
             groups: BTreeMap::new(),
             touched: BTreeSet::new(),
             open: BTreeSet::new(),
+            rank: 0,
         }
     }
 
@@ -151,14 +167,10 @@ impl Tracker {
         self.open.len()
     }
 
-    /// A change of `delta` in the number of `group`'s anomalous windows among its last n.
-    pub fn count_changed(&mut self, group: &str, delta: i64) {
-        self.state(group).count += delta;
-    }
-
     /// `group`'s anomalous window; its frame's [`Tracker::tick`] comes next.
     pub fn window(&mut self, group: &str, mut window: GroupWindow) {
         window.hits.sort_by_key(|&(f, _)| f);
+        window.rank = self.rank;
         self.state(group).pending.push_back(window);
     }
 
@@ -173,6 +185,8 @@ impl Tracker {
     /// open incident take their step, in group order. Returns the events.
     pub fn tick(&mut self, seq: Seq, ms: i64) -> Vec<IncidentEvent> {
         let c = Arc::clone(&self.config);
+        let rank = self.rank;
+        self.rank += 1;
         let due: BTreeSet<String> = std::mem::take(&mut self.touched)
             .into_iter()
             .chain(self.open.iter().cloned())
@@ -191,7 +205,7 @@ impl Tracker {
                         let level = c.severity(
                             incident.peak,
                             incident.features.len(),
-                            incident.duration_frames(),
+                            incident.duration_frames(c.stride),
                         );
                         if level > incident.severity {
                             incident.severity = level;
@@ -209,11 +223,15 @@ impl Tracker {
                     }
                 }
             } else {
-                let span = c.span();
-                while state.pending.front().is_some_and(|w| w.seq + span <= seq) {
+                // the last n scored frames: n windows, whatever the seqs' gaps
+                while state
+                    .pending
+                    .front()
+                    .is_some_and(|w| w.rank + c.of_windows <= rank)
+                {
                     state.pending.pop_front();
                 }
-                if now.is_some() && state.count >= c.open_windows as i64 {
+                if now.is_some() && state.pending.len() as u64 >= c.open_windows {
                     let first = state.pending.front().expect("an anomalous window now");
                     let mut incident = Incident {
                         id: format!("{group}#{}", first.seq),
@@ -229,6 +247,8 @@ impl Tracker {
                         windows: 0,
                         frames: Vec::new(),
                         clean: 0,
+                        start_rank: first.rank,
+                        last_rank: first.rank,
                     };
                     for w in state.pending.drain(..) {
                         incident.absorb(&w, c.max_frames);
@@ -236,16 +256,33 @@ impl Tracker {
                     incident.severity = c.severity(
                         incident.peak,
                         incident.features.len(),
-                        incident.duration_frames(),
+                        incident.duration_frames(c.stride),
                     );
                     events.push(event(EventKind::Open, seq, ms, &incident));
                     state.open = Some(incident);
                     self.open.insert(group.clone());
                 }
             }
-            if state.open.is_none() && state.pending.is_empty() && state.count == 0 {
+            if state.open.is_none() && state.pending.is_empty() {
                 self.groups.remove(&group);
             }
+        }
+        events
+    }
+
+    /// The input has ended after frame `seq` (at `ms`): every incident still open
+    /// resolves there, in group order, marked [`IncidentEvent::end_of_input`], so that
+    /// a receiver is never left with an incident nothing will close.
+    pub fn end_of_input(&mut self, seq: Seq, ms: i64) -> Vec<IncidentEvent> {
+        let mut events = Vec::new();
+        for group in std::mem::take(&mut self.open) {
+            let Some(mut incident) = self.groups.remove(&group).and_then(|s| s.open) else {
+                continue;
+            };
+            incident.resolved = true;
+            let mut e = event(EventKind::Resolve, seq, ms, &incident);
+            e.end_of_input = true;
+            events.push(e);
         }
         events
     }
@@ -257,6 +294,7 @@ fn event(kind: EventKind, seq: Seq, ms: i64, incident: &Incident) -> IncidentEve
         seq,
         ms,
         incident: incident.clone(),
+        end_of_input: false,
     }
 }
 
@@ -264,35 +302,29 @@ fn event(kind: EventKind, seq: Seq, ms: i64, incident: &Incident) -> IncidentEve
 mod tests {
     use super::*;
 
-    /// Drives a tracker of one group the way the operator does, with differential's count
-    /// (anomalous windows among the last n) computed here by hand. `scores[t]` is the
-    /// group's score at frame t, `None` when it is clean.
-    fn run(config: IncidentConfig, scores: &[Option<f32>]) -> Vec<(EventKind, Seq, Severity)> {
-        let span = config.span();
+    /// Drives a tracker of one group the way the operator does, a frame `gap` seqs after
+    /// the one before. `scores[t]` is the group's score at the t-th frame, `None` when it
+    /// is clean.
+    fn run_with_gaps(
+        config: IncidentConfig,
+        scores: &[Option<f32>],
+        gap: u64,
+    ) -> Vec<(EventKind, Seq, Severity)> {
         let mut t = Tracker::new(Arc::new(config));
         let mut out = Vec::new();
-        let mut count = 0i64;
-        for (seq, s) in scores.iter().enumerate() {
-            let seq = seq as Seq;
-            let mut now = i64::from(s.is_some());
-            if seq >= span && scores[(seq - span) as usize].is_some() {
-                now -= 1;
-            }
-            if now != 0 {
-                t.count_changed("g", now);
-                count += now;
-            }
+        for (i, s) in scores.iter().enumerate() {
+            let seq = i as Seq * gap;
             if let Some(score) = s {
                 t.window(
                     "g",
                     GroupWindow {
                         seq,
+                        rank: 0,
                         ms: seq as i64,
                         hits: vec![(7, *score)],
                     },
                 );
             }
-            assert!(count >= 0);
             out.extend(
                 t.tick(seq, seq as i64)
                     .into_iter()
@@ -300,6 +332,27 @@ mod tests {
             );
         }
         out
+    }
+
+    fn run(config: IncidentConfig, scores: &[Option<f32>]) -> Vec<(EventKind, Seq, Severity)> {
+        run_with_gaps(config, scores, 1)
+    }
+
+    /// Seqs from a clock (Kafka, several ingest points) leave gaps between frames: the
+    /// hysteresis and the duration still count frames, so the events are the dense run's,
+    /// at the frames' own seqs.
+    #[test]
+    fn frames_are_counted_whatever_the_gaps_between_seqs() {
+        let mut scores: Vec<Option<f32>> = vec![None; 3];
+        scores.extend([Some(1.0); 6]);
+        scores.extend([None; 6]);
+        let dense = run(IncidentConfig::default(), &scores);
+        let sparse = run_with_gaps(IncidentConfig::default(), &scores, 1_000);
+        assert_eq!(dense.len(), 2, "{dense:?}");
+        let at = |v: &[(EventKind, Seq, Severity)], gap| -> Vec<_> {
+            v.iter().map(|&(k, s, l)| (k, s / gap, l)).collect()
+        };
+        assert_eq!(at(&dense, 1), at(&sparse, 1_000));
     }
 
     fn pattern(s: &str) -> Vec<Option<f32>> {
@@ -324,6 +377,35 @@ mod tests {
         let events = run(c, &pattern("xxx......x.xxx......"));
         assert_eq!(events.len(), 4, "{events:?}");
         assert_eq!(events[2], (EventKind::Open, 12, Severity::Info));
+    }
+
+    #[test]
+    fn incidents_open_at_the_end_of_input_resolve_there() {
+        let mut t = Tracker::new(Arc::new(IncidentConfig::default()));
+        for seq in 0..4 {
+            t.window(
+                "g",
+                GroupWindow {
+                    seq,
+                    rank: 0,
+                    ms: 10 * seq as i64,
+                    hits: vec![(7, 2.0)],
+                },
+            );
+            t.tick(seq, 10 * seq as i64);
+        }
+        assert_eq!(t.open_incidents(), 1);
+        let end = t.end_of_input(3, 30);
+        assert_eq!(end.len(), 1);
+        let e = &end[0];
+        assert_eq!(
+            (e.kind, e.seq, e.end_of_input),
+            (EventKind::Resolve, 3, true)
+        );
+        assert!(e.incident.resolved);
+        assert_eq!(e.incident.last_seq, 3);
+        assert_eq!(t.open_incidents(), 0);
+        assert!(t.end_of_input(3, 30).is_empty(), "each closes once");
     }
 
     #[test]

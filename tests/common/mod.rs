@@ -60,6 +60,33 @@ pub fn random_rff_model(f: usize, w: usize, seed: u64) -> Model {
     }
 }
 
+/// A linear model of `f` features whose score is the mean of a window of `w` (weights
+/// `-1/w`, bias 0), so that a frame value of `v` held for a whole window scores `v`:
+/// departures are written by hand against `threshold`.
+pub fn window_mean_model(f: usize, w: usize, threshold: f32) -> Model {
+    Model {
+        meta: ModelMeta {
+            format: 1,
+            kind: ModelKind::Linear,
+            window: w,
+            n_features: f,
+            features: FeatureNames::default(),
+            nu: 0.1,
+            score: "window mean".into(),
+            threshold,
+            rff: None,
+            calibration: None,
+            training: serde_json::Value::Null,
+            provenance: Provenance::default(),
+        },
+        params: Params::Linear {
+            weight: vec![-1.0 / w as f32; f * w],
+            bias: vec![0.0; f],
+        },
+        calibration: None,
+    }
+}
+
 /// `n` frames of `f` random values each.
 pub fn random_frames(n: usize, f: usize, seed: u64) -> Vec<Frame> {
     let mut r = Lcg(seed);
