@@ -20,6 +20,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod resources;
 pub mod runtime;
 pub mod server;

@@ -43,6 +43,7 @@ enum Command {
 }
 
 fn main() {
+    tidewatch::resources::keep_freed_buffers();
     // Before parsing, so that flags > environment > .env.
     let dotenv = tidewatch::settings::load_dotenv();
     let cli = Cli::parse();

@@ -58,7 +58,9 @@ pub struct Slice {
     pub part: u32,
     /// When the frame was received ([`FrameMeta::received_us`]), for the per-batch log.
     pub received_us: u64,
-    /// Values of features `lo..lo + values.len()` of the partition's range.
+    /// Values of features `lo..lo + values.len()` of the partition's range (as one
+    /// byte string between processes: [`crate::packed`]).
+    #[serde(with = "crate::packed")]
     pub values: Vec<f32>,
 }
 

@@ -112,6 +112,7 @@ fn check_common(r: &Value, mode: &str) {
     if cfg!(target_os = "linux") {
         let (rss, peak) = (f(r, "rss_mib"), f(r, "peak_rss_mib"));
         assert!(rss > 0.0 && peak >= rss, "{r}");
+        assert!(f(r, "minor_faults_per_frame") >= 0.0, "{r}");
     }
 
     let stages: Vec<&Value> = r["stages"]

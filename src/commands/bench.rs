@@ -34,7 +34,7 @@ use crate::clock;
 use crate::load::{self as loadgen, Encoded, FrameEncoder, LoadgenArgs, Percentiles};
 use crate::model::Model;
 use crate::ops::Pacing;
-use crate::resources::{cpu_seconds, kib_to_mib, status_kib};
+use crate::resources::{cpu_seconds, kib_to_mib, minor_faults, status_kib};
 use crate::runtime::{
     self, ClusterArgs, ResultHook, Settings, SinkSpec, SourceFactory, WorkerSlot,
 };
@@ -205,6 +205,9 @@ pub struct BenchReport {
     /// Peak resident set size of the process's life (`VmHWM`: model load and ring
     /// encoding included), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Minor page faults of the process over the run (warm-up included), per frame:
+    /// buffers that came from the kernel as fresh pages rather than being reused.
+    pub minor_faults_per_frame: Option<f64>,
     /// Receive → verdict latency over scored frames (receive: when the source handed
     /// the frame out, before decoding; HTTP: when the request arrived).
     pub latency_us: Option<Latency>,
@@ -354,6 +357,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let soak = args
         .soak
         .map(|_| super::soak::Sampler::start(Arc::clone(&stats), args.soak_interval));
+    let faults_before = minor_faults();
     let mut report = if let Some(brokers) = &args.kafka {
         run_kafka(args, brokers, &model, settings, ring, Arc::clone(&probe))?
     } else if args.http {
@@ -362,6 +366,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         run_in_process(args, &model, settings, ring, Arc::clone(&probe))?
     };
+    report.minor_faults_per_frame = faults_before
+        .zip(minor_faults())
+        .map(|(a, b)| b.saturating_sub(a) as f64 / report.frames.max(1) as f64);
     report.model = dir.display().to_string();
     report.device = match &device.gpu {
         Some(g) if device.used == server::Device::Cuda => format!("cuda ({})", g.name),
@@ -547,6 +554,7 @@ fn base_report(
         cpu_cores: None,
         rss_mib: None,
         peak_rss_mib: None,
+        minor_faults_per_frame: None,
         latency_us: None,
         stages: Vec::new(),
         http: None,
@@ -606,6 +614,9 @@ impl BenchReport {
         }
         if let (Some(cpu), Some(cores)) = (self.cpu_seconds, self.cpu_cores) {
             rows.push(("CPU", format!("{cpu:.2} s ({cores:.2} cores)")));
+        }
+        if let Some(faults) = self.minor_faults_per_frame {
+            rows.push(("page faults", format!("{faults:.1} minor a frame")));
         }
         let mib = |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"));
         rows.push((
