@@ -31,7 +31,12 @@ macro_rules! variants {
     };
 }
 
-variants! { default, ewma }
+variants! { default, ewma, telemetry }
+
+/// Variants whose models are per entity (a model directory of `tidewatch train --data
+/// DIR`), so that they run on keyed data and not on the generator's frames: their golden
+/// tests are in `tests/entities.rs`.
+pub const PER_ENTITY: &[&str] = &[telemetry::NAME];
 
 /// The variant run when none is named.
 pub const DEFAULT: &str = default::NAME;
@@ -78,8 +83,9 @@ pub fn pipeline(name: &str, params: &[(String, String)]) -> anyhow::Result<Pipel
 /// its threshold and its own parameters.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PipelineArgs {
-    /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM) or ewma
-    /// (per-feature EWMA z-scores, no trained weights).
+    /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM), ewma
+    /// (per-feature EWMA z-scores, no trained weights) or telemetry (per-entity PCA
+    /// models, windows 30/10; needs a directory of per-entity models).
     #[arg(long, default_value = DEFAULT)]
     pub dataflow: String,
     /// Frames per window; default: the detector's (a model's detector scores the model's

@@ -20,6 +20,7 @@ use crate::incidents::{
     body::alert_event, EventKind, Groups, IncidentConfig, IncidentOps, IncidentSpec,
 };
 use crate::layout::Layout;
+use crate::model::entities::EntityModels;
 use crate::model::Model;
 use crate::ops::{frame_source, Cut, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
 use crate::sinks::file::AlertLines;
@@ -136,6 +137,9 @@ pub struct Pipeline {
     /// `key → value` as given; the variant reads them with [`Env::param`], and a key it
     /// does not read is an error.
     pub params: BTreeMap<String, String>,
+    /// The model directory the run was given, for a variant whose models are per entity
+    /// ([`Env::entity_models`]); `None` when the model did not come from a directory.
+    pub model_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Pipeline {
@@ -154,7 +158,14 @@ impl Pipeline {
             name: name.into(),
             build,
             params: BTreeMap::new(),
+            model_dir: None,
         }
+    }
+
+    /// The same pipeline, told the model directory the run was given.
+    pub fn with_model_dir(mut self, dir: PathBuf) -> Pipeline {
+        self.model_dir = Some(dir);
+        self
     }
 
     /// The same pipeline with `params` for its variant to read.
@@ -298,6 +309,26 @@ impl Env {
             Arc::clone(&self.stats),
             Some(self.progress.clone()),
         )
+    }
+
+    /// The per-entity models of the run's model directory
+    /// ([`crate::model::entities`]) that this worker owns (see [`crate::ops::owner`]),
+    /// and the default, each read with `load`. An error when the run was given no model
+    /// directory or it holds no such models.
+    pub fn entity_models<M>(
+        &self,
+        scope: Scope<'_, Time>,
+        load: impl Fn(&std::path::Path) -> Result<M, crate::model::ModelError>,
+    ) -> anyhow::Result<EntityModels<M>> {
+        let Some(dir) = &self.settings.pipeline.model_dir else {
+            bail!(
+                "variant {:?} needs a directory of per-entity models (--model DIR)",
+                self.pipeline_name()
+            );
+        };
+        let (index, peers) = (scope.index(), scope.peers());
+        EntityModels::load(dir, |key| crate::ops::owner(key, peers) == index, load)
+            .with_context(|| format!("per-entity models in {}", dir.display()))
     }
 
     /// Where this process counts frames and records stage latencies.

@@ -262,7 +262,11 @@ impl ServeArgs {
         if self.batch_size == 0 {
             bail!("INFERENCE_BATCH_SIZE must be at least 1");
         }
-        let pipeline = self.pipeline.pipeline()?;
+        // a variant with per-entity models reads them from the model directory
+        let pipeline = self
+            .pipeline
+            .pipeline()?
+            .with_model_dir(Model::resolve(&self.model));
         let webhook = WebhookConfig {
             url: join_url(&self.nestjs_url, &self.nestjs_anomaly_endpoint),
             timeout: seconds("NESTJS_TIMEOUT", self.nestjs_timeout)?,

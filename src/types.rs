@@ -11,6 +11,35 @@ use serde::{Deserialize, Serialize};
 /// A frame's sequence number: its timely logical time.
 pub type Seq = u64;
 
+/// An entity's name hashed to 64 bits ([`entity_key`]): the same on every process and in
+/// every run, so that sharding and per-entity state never depend on arrival order.
+pub type EntityKey = u64;
+
+/// The key of frames that name no entity: they share one window and one detector per
+/// feature, as before entities existed.
+pub const NO_ENTITY: EntityKey = 0;
+
+/// The [`EntityKey`] of `name`: 64-bit FNV-1a, moved off [`NO_ENTITY`]. Written out
+/// rather than taken from `std::hash`, whose hashers promise no stable output across
+/// Rust releases, and a cluster may run binaries built by different ones.
+pub fn entity_key(name: &str) -> EntityKey {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if h == NO_ENTITY {
+        1
+    } else {
+        h
+    }
+}
+
+/// The key of a frame's entity, [`NO_ENTITY`] when it names none.
+pub fn key_of(meta: &FrameMeta) -> EntityKey {
+    meta.entity.as_deref().map_or(NO_ENTITY, entity_key)
+}
+
 /// What identifies a frame to the outside world; carried to its alert.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FrameMeta {
@@ -22,6 +51,10 @@ pub struct FrameMeta {
     pub id: Option<String>,
     /// Which source produced the frame (an HTTP server, a file, a Kafka partition).
     pub source: u32,
+    /// The entity the frame observes (a machine, a channel), if it names one: windows,
+    /// detector state and models are then per (entity, feature). Echoed in alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
     /// When the frame was received ([`crate::clock::now_us`]); 0 if unknown.
     pub received_us: u64,
     /// When it was decoded; 0 if unknown.
@@ -58,6 +91,9 @@ pub struct Slice {
     pub part: u32,
     /// When the frame was received ([`FrameMeta::received_us`]), for the per-batch log.
     pub received_us: u64,
+    /// The frame's [`EntityKey`] ([`NO_ENTITY`] for a frame without one).
+    #[serde(default)]
+    pub entity: EntityKey,
     /// Values of features `lo..lo + values.len()` of the partition's range (as one
     /// byte string between processes: [`crate::packed`]).
     #[serde(with = "crate::packed")]
@@ -73,6 +109,9 @@ pub struct Window {
     pub part: u32,
     /// When the last frame was received.
     pub received_us: u64,
+    /// The entity of the window's frames ([`NO_ENTITY`] for frames without one).
+    #[serde(default)]
+    pub entity: EntityKey,
     /// `W * F_part` values, oldest frame first.
     pub data: Vec<f32>,
 }
@@ -175,5 +214,26 @@ impl FrameResult {
     /// Whether any feature of the frame is over the threshold.
     pub fn is_anomalous(&self) -> bool {
         !self.hits.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys are FNV-1a (its published test vectors), so they are the same in every
+    /// process and build; no name maps to the key of frames without one.
+    #[test]
+    fn entity_keys_are_stable() {
+        assert_eq!(entity_key(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(entity_key("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(entity_key("foobar"), 0x8594_4171_f739_67e8);
+        assert_ne!(entity_key("A-1"), entity_key("A-2"));
+        let meta = FrameMeta {
+            entity: Some("P-1".into()),
+            ..FrameMeta::default()
+        };
+        assert_eq!(key_of(&meta), entity_key("P-1"));
+        assert_eq!(key_of(&FrameMeta::default()), NO_ENTITY);
     }
 }

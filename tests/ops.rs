@@ -18,6 +18,7 @@ fn slice(seq: u64) -> Slice {
         seq,
         part: 0,
         received_us: seq,
+        entity: 0,
         values: vec![seq as f32, seq as f32 + 0.5],
     }
 }
@@ -53,6 +54,55 @@ fn windows_for(order: &[u64], cfg: WindowConfig) -> Vec<Window> {
         let v = out.lock().unwrap().clone();
         v
     })
+}
+
+/// Two entities' frames interleaved (A on even seqs, B on odd), out of order: each window
+/// holds one entity's own frames, and the stride counts that entity's frames.
+#[test]
+fn entities_are_windowed_apart() {
+    let order = [3u64, 0, 1, 2, 5, 4, 7, 6, 9, 8];
+    let out = timely::execute_directly(move |worker| {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        let ((mut input, cap), probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_unordered_input();
+            let probe = stream
+                .container::<Vec<Slice>>()
+                .window(WindowConfig { size: 3, stride: 2 })
+                .inspect(move |w| sink.lock().unwrap().push(w.clone()))
+                .probe()
+                .0;
+            (input, probe)
+        });
+        let caps: Vec<_> = order.iter().map(|&t| cap.delayed(&t)).collect();
+        drop(cap);
+        for (&seq, cap) in order.iter().zip(caps) {
+            let mut s = slice(seq);
+            s.entity = 10 + seq % 2;
+            input.activate().session(&cap).give(s);
+            drop(cap);
+            worker.step();
+        }
+        while !probe.done() {
+            worker.step();
+        }
+        let v = out.lock().unwrap().clone();
+        v
+    });
+    let got: Vec<(u64, u64, Vec<f32>)> = out
+        .into_iter()
+        .map(|w| (w.entity, w.seq, w.data.iter().step_by(2).copied().collect()))
+        .collect();
+    // entity 10 (seqs 0, 2, 4, 6, 8): windows end at its 3rd and 5th frames
+    assert_eq!(
+        got,
+        vec![
+            (10, 4, vec![0.0, 2.0, 4.0]),
+            (11, 5, vec![1.0, 3.0, 5.0]),
+            (10, 8, vec![4.0, 6.0, 8.0]),
+            (11, 9, vec![5.0, 7.0, 9.0]),
+        ]
+    );
 }
 
 fn expected_window(end: u64, size: u64) -> Vec<f32> {
@@ -146,6 +196,7 @@ fn batch_flushes_when_input_is_idle() {
             seq,
             part: 0,
             received_us: 0,
+            entity: 0,
             data: vec![seq as f32; 6],
         };
         // one lone window: it must come out before time moves on

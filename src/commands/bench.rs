@@ -318,7 +318,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stats = Arc::new(crate::stats::Stats::default());
     let settings = Settings {
         device: device.used,
-        pipeline: args.pipeline.pipeline()?,
+        pipeline: args.pipeline.pipeline()?.with_model_dir(dir.clone()),
         batch_size: args.batch_size,
         threshold: args.pipeline.threshold,
         window: args.pipeline.window,

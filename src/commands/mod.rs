@@ -12,6 +12,7 @@ pub mod replay;
 pub mod serve;
 pub mod soak;
 pub mod train;
+mod train_entities;
 
 use anyhow::Context;
 

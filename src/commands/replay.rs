@@ -21,9 +21,15 @@ pub struct ReplayArgs {
     /// Model directory, or the name of one under models/.
     #[arg(long, env = "DEFAULT_MODEL_NAME", default_value = "default")]
     pub model: String,
-    /// Frames to replay: .jsonl, .jsonl.gz, .csv, .npy or .npy.gz (format by extension).
+    /// Frames to replay: .jsonl, .jsonl.gz, .csv, .npy or .npy.gz (format by extension),
+    /// or a directory of `<entity>.npy[.gz]` files, one entity per file (row t of every
+    /// entity, in name order, before row t + 1 of any).
     #[arg(long, conflicts_with = "generate")]
     pub input: Option<PathBuf>,
+    /// CSV input: the column that names each record's entity (default: a column called
+    /// entity, machine_id, source_id or channel, if there is one).
+    #[arg(long, requires = "input")]
+    pub entity_column: Option<String>,
     /// Replay this many frames from the synthetic generator instead of a file.
     #[arg(long, required_unless_present = "input")]
     pub generate: Option<u64>,
@@ -89,7 +95,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let model =
         Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);
     let settings = Settings {
-        pipeline: args.pipeline.pipeline()?,
+        pipeline: args.pipeline.pipeline()?.with_model_dir(path),
         batch_size: args.batch_size,
         threshold: args.pipeline.threshold,
         window: args.pipeline.window,
@@ -154,6 +160,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
         (Some(path), _) => {
             // Process 0's workers share the file: each parses the records it takes.
             let path = path.clone();
+            let entity_column = args.entity_column.clone();
             // Paced (`--rate`), decoding is not what limits: one reader keeps the pace exact.
             let readers = match args.rate {
                 Some(_) => 1,
@@ -167,7 +174,9 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
                 }
                 let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
                 if opened.is_none() {
-                    let sources = sources::file::open_split(&path, &index, policy, readers)?;
+                    let column = entity_column.as_deref();
+                    let sources =
+                        sources::file::open_keyed(&path, &index, policy, readers, column)?;
                     // a format read by one source alone (NPY) leaves the other workers none
                     *opened = Some(sources.into_iter().map(Some).collect());
                 }

@@ -81,9 +81,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Training data: a matrix of normal frames, one row per frame (.npy, .csv, .jsonl,
-    /// optionally .gz).
+    /// optionally .gz); or a directory of such files, one per entity, for a directory of
+    /// per-entity models (see `--values`).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// With a directory of per-entity data: each entity's PCA reconstruction model fits
+    /// the first N values of each frame (default: all; SMAP: 1, the telemetry value).
+    #[arg(long)]
+    pub values: Option<usize>,
     /// Train on this many frames of normal data straight from the synthetic generator.
     #[arg(long)]
     pub synthetic_frames: Option<usize>,
@@ -173,6 +178,9 @@ impl TrainArgs {
         }
         if let Some(path) = &self.data {
             flag("data", path.display().to_string());
+        }
+        if let Some(values) = self.values {
+            flag("values", values.to_string());
         }
         if let Some(frames) = self.synthetic_frames {
             flag("synthetic-frames", frames.to_string());
@@ -264,6 +272,9 @@ fn load_data(args: &TrainArgs) -> anyhow::Result<Data> {
 
 /// Trains, saves the model to `--out` and prints a summary.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.data.as_deref().filter(|d| d.is_dir()) {
+        return super::train_entities::run(args, dir);
+    }
     let started = Instant::now();
     let mut data = load_data(args)?;
     let loaded = started.elapsed();

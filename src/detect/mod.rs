@@ -39,7 +39,7 @@ pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
-pub use pca::{Pca, PcaConfig, PcaFit, PcaModel};
+pub use pca::{Pca, PcaConfig, PcaFit, PcaModel, PCA_FILE};
 pub use reload::Reloading;
 
 /// Where scoring runs (`DEFAULT_DEVICE`).

@@ -8,15 +8,17 @@
 //! feature's training spread) so that a flat training feature does not get 0.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::ensure;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Detector, Needs, Scores};
+use crate::model::ModelError;
 
 /// How a [`PcaModel`] is fitted.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PcaConfig {
     /// Values per window (seed 003's windows of 30).
     pub window: usize,
@@ -38,7 +40,7 @@ impl Default for PcaConfig {
 }
 
 /// One feature's components and threshold.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PcaFit {
     /// Mean training window, `[W]`.
     pub mean: Vec<f32>,
@@ -51,7 +53,7 @@ pub struct PcaFit {
 }
 
 /// Fitted PCA per feature.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PcaModel {
     /// The settings it was fitted with.
     pub config: PcaConfig,
@@ -238,6 +240,57 @@ impl PcaModel {
     }
 }
 
+/// The file of a PCA model inside its directory (an entity's, see
+/// [`crate::model::entities`]).
+pub const PCA_FILE: &str = "pca.json";
+
+impl PcaModel {
+    /// Writes the model to `dir/`[`PCA_FILE`], creating `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join(PCA_FILE);
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let text = serde_json::to_string(self).expect("a PCA model serialises");
+        std::fs::write(&path, text).map_err(io)
+    }
+
+    /// Reads and checks `dir/`[`PCA_FILE`]: every mean and component as long as the
+    /// window, every threshold positive and finite.
+    pub fn load(dir: &Path) -> Result<PcaModel, ModelError> {
+        let path = dir.join(PCA_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |problem: String| ModelError::Invalid {
+            path: path.clone(),
+            problem,
+        };
+        let model: PcaModel =
+            serde_json::from_str(&text).map_err(|e| invalid(format!("not a PCA model: {e}")))?;
+        let w = model.config.window;
+        if w == 0 || model.features.is_empty() {
+            return Err(invalid("no window or no features".into()));
+        }
+        for (j, f) in model.features.iter().enumerate() {
+            let lengths_ok = f.mean.len() == w && f.components.iter().all(|c| c.len() == w);
+            if !lengths_ok {
+                return Err(invalid(format!("feature {j}: vectors are not {w} long")));
+            }
+            if !(f.threshold.is_finite() && f.threshold > 0.0) {
+                return Err(invalid(format!(
+                    "feature {j}: threshold {} is not positive",
+                    f.threshold
+                )));
+            }
+        }
+        Ok(model)
+    }
+}
+
 /// The detector of a [`PcaModel`]'s features `features`: stateless; scores a window's
 /// reconstruction error over the feature's threshold (1: alert).
 #[derive(Clone, Debug)]
@@ -307,6 +360,22 @@ mod tests {
         let (mut values, _) = jacobi(vec![2.0, 1.0, 1.0, 2.0], 2);
         values.sort_by(f64::total_cmp);
         assert!((values[0] - 1.0).abs() < 1e-12 && (values[1] - 3.0).abs() < 1e-12);
+    }
+
+    /// A saved model loads as it was; a file with a window of the wrong length does not.
+    #[test]
+    fn saved_models_load_and_are_checked() {
+        let x: Vec<f32> = (0..200).map(|t| (t as f32 * 0.2).sin()).collect();
+        let m = PcaModel::fit(&x, 1, PcaConfig::default()).unwrap();
+        let dir = std::env::temp_dir().join(format!("tw-pca-{}", std::process::id()));
+        m.save(&dir).unwrap();
+        assert_eq!(PcaModel::load(&dir).unwrap(), m);
+        let mut bad = m.clone();
+        bad.features[0].mean.pop();
+        bad.save(&dir).unwrap();
+        let err = PcaModel::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("pca.json") && err.contains("30 long"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A flat training feature gets a threshold from the floor, not 0.

@@ -6,6 +6,7 @@
 //! positive outside the learned region, optionally calibrated per feature
 //! ([`Calibration`]) so that one global threshold means one false-alarm rate.
 
+pub mod entities;
 mod names;
 mod scorer;
 pub mod trig;
@@ -208,8 +209,13 @@ impl Model {
         direct
     }
 
-    /// Loads and validates the model in directory `dir`.
+    /// Loads and validates the model in directory `dir`; of a directory of per-entity
+    /// models ([`entities`]) with no model of its own, its `default/` model.
     pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        let default = dir.join(entities::DEFAULT_ENTITY);
+        if !dir.join(META_FILE).exists() && default.join(META_FILE).exists() {
+            return Model::load(&default);
+        }
         let meta_path = dir.join(META_FILE);
         let tensors_path = dir.join(TENSORS_FILE);
         let meta_text = std::fs::read_to_string(&meta_path).map_err(|source| ModelError::Io {

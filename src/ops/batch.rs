@@ -26,7 +26,7 @@ pub trait BatchOps<'s> {
     /// let sink = Arc::clone(&sizes);
     /// timely::example(move |scope| {
     ///     (0..5u64)
-    ///         .map(|seq| Window { seq, part: 0, received_us: 0, data: vec![1.0, 2.0] })
+    ///         .map(|seq| Window { seq, part: 0, received_us: 0, entity: 0, data: vec![1.0, 2.0] })
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
     ///         .batch(2)

@@ -13,6 +13,7 @@
 //! same with [`Parts::map`], and cannot lose a verdict by forgetting to carry metadata.
 
 mod batch;
+mod entity;
 mod merge;
 mod score;
 mod source;
@@ -21,6 +22,7 @@ mod stats;
 mod window;
 
 pub use batch::BatchOps;
+pub use entity::{owner, ScoreEntitiesOps, SplitEntitiesOps};
 pub use merge::MergeOps;
 pub use score::{Cut, ScoreOps, ThresholdOps};
 pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};

@@ -6,7 +6,7 @@ use timely::progress::operate::FrontierInterest;
 
 use super::{Parts, Stream};
 use crate::layout::Layout;
-use crate::types::{Frame, FrameMeta, Seq, Slice};
+use crate::types::{key_of, Frame, FrameMeta, Seq, Slice};
 
 /// Splits frames by feature partition and sends each slice to the worker that owns it.
 pub trait SplitOps<'s> {
@@ -65,12 +65,14 @@ impl<'s> SplitOps<'s> for Stream<'s, Frame> {
                                 frame.seq
                             );
                             let (seq, received_us) = (frame.seq, frame.meta.received_us);
+                            let entity = key_of(&frame.meta);
                             metas.give((seq, frame.meta));
                             for part in 1..layout.parts {
                                 slices.give(Slice {
                                     seq,
                                     part: part as u32,
                                     received_us,
+                                    entity,
                                     values: frame.values[layout.range(part)].to_vec(),
                                 });
                             }
@@ -82,6 +84,7 @@ impl<'s> SplitOps<'s> for Stream<'s, Frame> {
                                 seq,
                                 part: 0,
                                 received_us,
+                                entity,
                                 values,
                             });
                         }

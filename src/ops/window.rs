@@ -1,11 +1,11 @@
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{Parts, Stream, Time};
-use crate::types::{Seq, Slice, Window};
+use crate::types::{EntityKey, Seq, Slice, Window, NO_ENTITY};
 
 /// Sliding windows over consecutive frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +35,9 @@ pub trait WindowOps<'s> {
     /// frames before it in seq order as one [`Window`], once the frontier has passed the
     /// frame's seq. Slices may arrive in any order the frontier allows. Seqs need not be
     /// consecutive (frames read by several workers are numbered with gaps): a window is
-    /// the W most recent frames, and the stride counts frames, not seqs.
+    /// the W most recent frames, and the stride counts frames, not seqs. Frames of
+    /// different entities ([`Slice::entity`]) are windowed apart: a window holds the W
+    /// most recent frames of one entity, and the stride counts that entity's frames.
     ///
     /// # Examples
     ///
@@ -49,7 +51,7 @@ pub trait WindowOps<'s> {
     /// let sink = Arc::clone(&ends);
     /// timely::example(move |scope| {
     ///     (0..6u64)
-    ///         .map(|seq| Slice { seq, part: 0, received_us: 0, values: vec![seq as f32] })
+    ///         .map(|seq| Slice { seq, part: 0, received_us: 0, entity: 0, values: vec![seq as f32] })
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
     ///         .window(WindowConfig { size: 3, stride: 2 })
@@ -79,10 +81,11 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
         self.unary_frontier(Pipeline, "Window", move |_cap, _info| {
             // slices that arrived but whose time the frontier has not passed yet
             let mut pending: BTreeMap<Seq, (Capability<Time>, Slice)> = BTreeMap::new();
-            // the last (up to W) slices already closed, oldest first
-            let mut history: VecDeque<Slice> = VecDeque::with_capacity(cfg.size);
-            // frames closed so far: the ordinal the stride counts
-            let mut closed: u64 = 0;
+            // each entity's recent slices and count of closed frames; frames without an
+            // entity share the lane of `NO_ENTITY`, kept out of the map so that unkeyed
+            // streams pay no lookup
+            let mut unkeyed = Lane::new(cfg.size);
+            let mut keyed: HashMap<EntityKey, Lane> = HashMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(cap) = cap.retain_least(output.output_index()) else {
@@ -101,33 +104,62 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
                         break;
                     }
                     let (cap, slice) = entry.remove();
-                    let ordinal = closed;
-                    closed += 1;
-                    if history.len() == cfg.size {
-                        history.pop_front();
-                    }
-                    let width = slice.values.len();
-                    history.push_back(slice);
-                    if history.len() == cfg.size && cfg.ends_at(ordinal) {
-                        let mut data = Vec::with_capacity(cfg.size * width);
-                        for s in &history {
-                            assert_eq!(
-                                s.values.len(),
-                                width,
-                                "slices of one partition differ in width"
-                            );
-                            data.extend_from_slice(&s.values);
-                        }
-                        let last = history.back().expect("window is not empty");
-                        output.session(&cap).give(Window {
-                            seq,
-                            part: last.part,
-                            received_us: last.received_us,
-                            data,
-                        });
+                    let lane = match slice.entity {
+                        NO_ENTITY => &mut unkeyed,
+                        key => keyed.entry(key).or_insert_with(|| Lane::new(cfg.size)),
+                    };
+                    if let Some(window) = lane.push(slice, &cfg) {
+                        output.session(&cap).give(window);
                     }
                 }
             }
+        })
+    }
+}
+
+/// One entity's window state: the last (up to W) slices already closed, oldest first,
+/// and the frames closed so far (the ordinal the stride counts).
+struct Lane {
+    history: VecDeque<Slice>,
+    closed: u64,
+}
+
+impl Lane {
+    fn new(size: usize) -> Lane {
+        Lane {
+            history: VecDeque::with_capacity(size),
+            closed: 0,
+        }
+    }
+
+    /// Closes `slice`; the window ending at it, if one does.
+    fn push(&mut self, slice: Slice, cfg: &WindowConfig) -> Option<Window> {
+        let ordinal = self.closed;
+        self.closed += 1;
+        if self.history.len() == cfg.size {
+            self.history.pop_front();
+        }
+        let width = slice.values.len();
+        self.history.push_back(slice);
+        if self.history.len() < cfg.size || !cfg.ends_at(ordinal) {
+            return None;
+        }
+        let mut data = Vec::with_capacity(cfg.size * width);
+        for s in &self.history {
+            assert_eq!(
+                s.values.len(),
+                width,
+                "slices of one partition differ in width"
+            );
+            data.extend_from_slice(&s.values);
+        }
+        let last = self.history.back().expect("window is not empty");
+        Some(Window {
+            seq: last.seq,
+            part: last.part,
+            received_us: last.received_us,
+            entity: last.entity,
+            data,
         })
     }
 }

@@ -204,6 +204,7 @@ where
                 event_ms: decoded.event_ms,
                 id: decoded.id,
                 source: 0,
+                entity: decoded.entity,
                 received_us,
                 decoded_us: clock::now_us(),
                 ..FrameMeta::default()

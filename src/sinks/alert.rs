@@ -61,6 +61,9 @@ pub struct Alert {
     pub id: Option<String>,
     /// When tidewatch received the frame, ISO 8601 UTC.
     pub received_at: String,
+    /// The entity the frame observes, if it named one (the client ignores extra fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
 }
 
 impl Alert {
@@ -90,6 +93,7 @@ impl Alert {
             seq: result.seq,
             id: meta.id.as_deref().map(cap_id),
             received_at: iso_ms(meta.received_ms),
+            entity: meta.entity.as_deref().map(cap_id),
         }
     }
 }

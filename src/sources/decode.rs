@@ -121,6 +121,15 @@ pub enum DecodeError {
         /// What the id is instead.
         found: &'static str,
     },
+    /// An entity key (`"entity"`, `"machine_id"`, `"source_id"`, `"channel"`) is neither a
+    /// string nor a number.
+    #[error("{key:?} must be a string or a number, found {found}")]
+    BadEntity {
+        /// The key.
+        key: &'static str,
+        /// What its value is instead.
+        found: &'static str,
+    },
 }
 
 impl DecodeError {
@@ -141,6 +150,7 @@ impl DecodeError {
             DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::BadTimestamp { .. } => "bad_timestamp",
             DecodeError::BadId { .. } => "bad_id",
+            DecodeError::BadEntity { .. } => "bad_entity",
         }
     }
 }
@@ -397,12 +407,24 @@ pub struct Decoded {
     pub id: Option<String>,
     /// The event time (`"timestamp"`) in Unix milliseconds.
     pub event_ms: Option<i64>,
+    /// The entity the frame observes: the first of [`ENTITY_KEYS`] the frame gives (a
+    /// numeric one becomes its decimal text).
+    pub entity: Option<String>,
+}
+
+/// Top-level keys that name a frame's entity, the first one present winning: seeds 002
+/// and 004 say `machine_id` and `source_id`, SMAP replays say `channel`.
+pub const ENTITY_KEYS: [&str; 4] = ["entity", "machine_id", "source_id", "channel"];
+
+/// The entity of a frame, from its values under each of [`ENTITY_KEYS`] (in that order).
+fn first_entity(found: [Option<String>; 4]) -> Option<String> {
+    found.into_iter().flatten().next()
 }
 
 /// Decodes one frame into `values` (resized to `index.len()`, model order).
 ///
-/// Keys outside `"data"` other than `"id"` and `"timestamp"` are ignored, so clients may
-/// add fields. On error `values` holds garbage.
+/// Keys outside `"data"` other than `"id"`, `"timestamp"` and [`ENTITY_KEYS`] are
+/// ignored, so clients may add fields. On error `values` holds garbage.
 pub fn decode_frame(
     json: &[u8],
     index: &FeatureIndex,
@@ -651,11 +673,14 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
         let mut decoded = Decoded::default();
         let (mut seen_data, mut seen_id, mut seen_ts) = (false, false, false);
+        let mut seen_entity = [false; 4];
+        let mut entities: [Option<String>; 4] = Default::default();
         while let Some(key) = map.next_key_seed(TopKeySeed)? {
             let seen = match key {
                 TopKey::Data => &mut seen_data,
                 TopKey::Id => &mut seen_id,
                 TopKey::Timestamp => &mut seen_ts,
+                TopKey::Entity(i) => &mut seen_entity[i],
                 TopKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -695,12 +720,24 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                     };
                     decoded.event_ms = parsed.map_err(|e| fail(self.failure, e))?;
                 }
+                TopKey::Entity(i) => {
+                    entities[i] = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) => Some(s),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        other => {
+                            let (key, found) = (ENTITY_KEYS[i], json_type(&other));
+                            return Err(fail(self.failure, DecodeError::BadEntity { key, found }));
+                        }
+                    }
+                }
                 TopKey::Other => unreachable!("skipped above"),
             }
         }
         if !seen_data {
             return Err(fail(self.failure, DecodeError::NoData));
         }
+        decoded.entity = first_entity(entities);
         Ok(decoded)
     }
 }
@@ -710,6 +747,8 @@ enum TopKey {
     Data,
     Id,
     Timestamp,
+    /// One of [`ENTITY_KEYS`], by its index there.
+    Entity(usize),
     Other,
 }
 
@@ -719,6 +758,7 @@ impl TopKey {
             TopKey::Data => "data",
             TopKey::Id => "id",
             TopKey::Timestamp => "timestamp",
+            TopKey::Entity(i) => ENTITY_KEYS[i],
             TopKey::Other => "",
         }
     }
@@ -746,7 +786,10 @@ impl<'de> Visitor<'de> for TopKeySeed {
             "data" => TopKey::Data,
             "id" => TopKey::Id,
             "timestamp" => TopKey::Timestamp,
-            _ => TopKey::Other,
+            _ => match ENTITY_KEYS.iter().position(|k| *k == key) {
+                Some(i) => TopKey::Entity(i),
+                None => TopKey::Other,
+            },
         })
     }
 }
@@ -1053,6 +1096,68 @@ mod tests {
             .map(|&i| format!("\"feature_{i}\":{}", value(i)))
             .collect();
         format!("{{\"data\":{{{}}}}}", body.join(","))
+    }
+
+    /// A frame names its entity under any of the four keys, the first of `ENTITY_KEYS`
+    /// winning; a number becomes its text; the fast path and the serde path agree, and a
+    /// string entity keeps a frame on the fast path.
+    #[test]
+    fn entities_are_read_under_each_key() {
+        let index = FeatureIndex::numbered(2);
+        let data = r#""data":{"feature_0":1,"feature_1":2}"#;
+        let cases = [
+            (
+                format!(r#"{{"entity":"pump-3",{data}}}"#),
+                Some("pump-3"),
+                true,
+            ),
+            (format!(r#"{{{data},"machine_id":"M1"}}"#), Some("M1"), true),
+            (format!(r#"{{"source_id":"s",{data}}}"#), Some("s"), true),
+            (
+                format!(r#"{{"channel":"P-1",{data},"entity":"e"}}"#),
+                Some("e"),
+                true,
+            ),
+            (format!(r#"{{"channel":null,{data}}}"#), None, true),
+            (
+                format!(r#"{{"machine_id":14860,{data}}}"#),
+                Some("14860"),
+                false,
+            ),
+            (format!(r#"{{{data}}}"#), None, true),
+        ];
+        for (json, want, fast) in cases {
+            let mut values = vec![f32::NAN; 2];
+            let plain = plain::decode_plain(json.as_bytes(), &index, &mut values);
+            assert_eq!(plain.is_some(), fast, "{json}: fast path");
+            let mut values = Vec::new();
+            let general =
+                decode_frame_general(json.as_bytes(), &index, KeyPolicy::default(), &mut values)
+                    .unwrap();
+            assert_eq!(general.entity.as_deref(), want, "{json}");
+            if let Some(p) = plain {
+                assert_eq!(p, general, "{json}: the two paths differ");
+            }
+        }
+        let bad = format!(r#"{{"channel":[1],{data}}}"#);
+        let err = decode_frame(
+            bad.as_bytes(),
+            &index,
+            KeyPolicy::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "bad_entity");
+        assert!(err.to_string().contains("channel"), "{err}");
+        let twice = format!(r#"{{"entity":"a","entity":"b",{data}}}"#);
+        let err = decode_frame(
+            twice.as_bytes(),
+            &index,
+            KeyPolicy::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "duplicate_key");
     }
 
     fn decode(json: &str, n: usize, policy: KeyPolicy) -> Result<(Decoded, Vec<f32>), DecodeError> {

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::decode::{decode_frame, parse_timestamp, KeyPolicy, MissingKeys, UnknownKeys};
+use super::decode::{
+    decode_frame, parse_timestamp, KeyPolicy, MissingKeys, UnknownKeys, ENTITY_KEYS,
+};
 use super::{FrameSource, Pull, Sequencing, SourceError};
 use crate::clock;
 use crate::model::{FeatureIndex, FeatureNames};
@@ -75,6 +77,7 @@ fn new_frame(values: Vec<f32>, id: Option<String>, event_ms: Option<i64>) -> Fra
             event_ms,
             id,
             source: 0,
+            entity: None,
             received_us: clock::now_us(),
             ..FrameMeta::default()
         },
@@ -108,6 +111,23 @@ pub fn open_split(
     policy: KeyPolicy,
     parts: usize,
 ) -> anyhow::Result<Vec<Box<dyn FrameSource>>> {
+    open_keyed(path, index, policy, parts, None)
+}
+
+/// As [`open_split`], with entities: a CSV file's entity is column `entity_column` (by
+/// default the first column named like one of [`ENTITY_KEYS`]), a JSONL record's is its
+/// own (see [`crate::sources::decode_frame`]), and a directory is read as one entity per
+/// file ([`npy_dir`]).
+pub fn open_keyed(
+    path: &Path,
+    index: &FeatureIndex,
+    policy: KeyPolicy,
+    parts: usize,
+    entity_column: Option<&str>,
+) -> anyhow::Result<Vec<Box<dyn FrameSource>>> {
+    if path.is_dir() {
+        return Ok(vec![Box::new(npy_dir(path, index.len())?)]);
+    }
     let (format, gz) = format_of(path)?;
     let reader = open_reader(path, gz)?;
     let name = path.display().to_string();
@@ -128,7 +148,7 @@ pub fn open_split(
                 .collect()
         }
         Format::Csv => {
-            let first = CsvSource::new(reader, name, index, policy)?;
+            let first = CsvSource::new(reader, name, index, policy, entity_column)?;
             let mut sources: Vec<Box<dyn FrameSource>> = (1..parts)
                 .map(|_| Box::new(first.sibling()) as Box<dyn FrameSource>)
                 .collect();
@@ -252,7 +272,11 @@ impl FrameSource for JsonlSource {
             Record::Line { seq, line } => {
                 let mut values = Vec::with_capacity(self.index.len());
                 match decode_frame(&self.buf, &self.index, self.policy, &mut values) {
-                    Ok(d) => numbered(new_frame(values, d.id, d.event_ms), seq),
+                    Ok(d) => {
+                        let mut frame = new_frame(values, d.id, d.event_ms);
+                        frame.meta.entity = d.entity;
+                        numbered(frame, seq)
+                    }
                     Err(e) => bad_record(&self.name, line, e.to_string()),
                 }
             }
@@ -335,6 +359,7 @@ enum Column {
     Feature(usize),
     Id,
     Timestamp,
+    Entity,
     Skip,
 }
 
@@ -354,6 +379,7 @@ impl CsvSource {
         name: String,
         index: &FeatureIndex,
         policy: KeyPolicy,
+        entity_column: Option<&str>,
     ) -> anyhow::Result<Self> {
         let mut buf = Vec::new();
         let mut line = 0;
@@ -369,7 +395,21 @@ impl CsvSource {
         let mut seen = vec![false; index.len()];
         let mut columns = Vec::with_capacity(header.len());
         let mut unknown = Vec::new();
-        for col in &header {
+        // the named entity column, else the first column named like an entity key
+        let entity_at =
+            match entity_column {
+                Some(want) => Some(header.iter().position(|c| c == want).ok_or_else(|| {
+                    anyhow!("{name}:{line}: no column {want:?} for --entity-column")
+                })?),
+                None => header
+                    .iter()
+                    .position(|c| index.index_of(c).is_none() && ENTITY_KEYS.contains(&c.as_str())),
+            };
+        for (at, col) in header.iter().enumerate() {
+            if Some(at) == entity_at {
+                columns.push(Column::Entity);
+                continue;
+            }
             let c = match (index.index_of(col), col.as_str()) {
                 (Some(i), _) => {
                     if std::mem::replace(&mut seen[i], true) {
@@ -435,7 +475,7 @@ impl CsvSource {
         }
         // Features without a column (MissingKeys::Zero) stay 0.
         let mut values = vec![0.0f32; self.n];
-        let (mut id, mut event_ms) = (None, None);
+        let (mut id, mut event_ms, mut entity) = (None, None, None);
         for ((field, column), col_name) in fields
             .iter()
             .zip(self.columns.iter())
@@ -446,13 +486,16 @@ impl CsvSource {
                     values[*i] = parse_value(field).map_err(|e| format!("{col_name}: {e}"))?
                 }
                 Column::Id if !field.is_empty() => id = Some(field.to_string()),
+                Column::Entity if !field.is_empty() => entity = Some(field.to_string()),
                 Column::Timestamp if !field.trim().is_empty() => {
                     event_ms = Some(parse_timestamp(field).map_err(|e| e.to_string())?)
                 }
                 _ => {}
             }
         }
-        Ok(new_frame(values, id, event_ms))
+        let mut frame = new_frame(values, id, event_ms);
+        frame.meta.entity = entity;
+        Ok(frame)
     }
 }
 
@@ -595,6 +638,81 @@ where
                 problem,
             }),
         }
+    }
+}
+
+/// The entities of a directory of `<entity>.npy` (or `.npy.gz`) files, each `[T, F]`, as
+/// one stream of frames: row t of every entity (in name order) before row t + 1 of any,
+/// as their telemetry would arrive, each frame keyed by its file's stem and identified
+/// as `<entity>:<row>` (row from 0). Frames are
+/// numbered densely in that order, so the order, and the verdicts, are the same in every
+/// run. The files are read whole at start-up (SMAP's 54 test channels: 43 MB of f32).
+pub fn npy_dir(dir: &Path, n: usize) -> anyhow::Result<EntityRows> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            continue;
+        };
+        if let Some(stem) = [".npy.gz", ".npy"]
+            .iter()
+            .find_map(|e| file.strip_suffix(e))
+        {
+            files.push((stem.to_string(), path.clone()));
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "{}: no .npy or .npy.gz files (one per entity)",
+            dir.display()
+        );
+    }
+    let mut entities = Vec::with_capacity(files.len());
+    for (stem, path) in files {
+        let m = read_matrix(&path)?;
+        if m.cols != n {
+            bail!(
+                "{}: {} columns, the model has {n} features",
+                path.display(),
+                m.cols
+            );
+        }
+        entities.push((stem, m));
+    }
+    Ok(EntityRows {
+        entities,
+        row: 0,
+        next: 0,
+    })
+}
+
+/// The frames of [`npy_dir`].
+pub struct EntityRows {
+    entities: Vec<(String, Matrix)>,
+    row: usize,
+    next: usize,
+}
+
+impl FrameSource for EntityRows {
+    fn pull(&mut self) -> Pull {
+        let longest = self.entities.iter().map(|(_, m)| m.rows).max().unwrap_or(0);
+        while self.row < longest {
+            while self.next < self.entities.len() {
+                let (name, m) = &self.entities[self.next];
+                self.next += 1;
+                if self.row < m.rows {
+                    // the id says where the frame came from: `<entity>:<row>`
+                    let id = format!("{name}:{}", self.row);
+                    let mut frame = new_frame(m.row(self.row).to_vec(), Some(id), None);
+                    frame.meta.entity = Some(name.clone());
+                    return Pull::Frame(frame);
+                }
+            }
+            self.next = 0;
+            self.row += 1;
+        }
+        Pull::Done
     }
 }
 

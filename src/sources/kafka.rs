@@ -50,6 +50,7 @@ pub fn decode_message(
             return Ok(Decoded {
                 id: Some(h.id.map_or_else(|| h.seq.to_string(), String::from)),
                 event_ms: h.event_ms,
+                entity: None,
             });
         }
         decode_frame(bytes, index, policy, values).map_err(|e| e.to_string())
@@ -420,13 +421,16 @@ impl State {
             Ok(d) => {
                 counters.frames.fetch_add(1, Relaxed);
                 self.book.frame(p, offset);
+                let key = m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(String::from);
+                // the message key names the entity unless the frame itself does: Kafka
+                // keeps one key's messages in one partition, in order
+                let entity = d.entity.or_else(|| key.clone());
                 let id =
-                    d.id.or_else(|| {
-                        m.key()
-                            .and_then(|k| std::str::from_utf8(k).ok())
-                            .map(String::from)
-                    })
-                    .unwrap_or_else(|| format!("{}:{p}:{offset}", input.config.topic));
+                    d.id.or(key)
+                        .unwrap_or_else(|| format!("{}:{p}:{offset}", input.config.topic));
                 Pull::Frame(Frame {
                     seq: 0,
                     meta: FrameMeta {
@@ -434,6 +438,7 @@ impl State {
                         event_ms: d.event_ms.or_else(|| m.timestamp().to_millis()),
                         id: Some(id),
                         source: p as u32,
+                        entity,
                         received_us,
                         decoded_us: clock::now_us(),
                         ..FrameMeta::default()

@@ -14,7 +14,7 @@ pub mod ring;
 
 pub use decode::{
     decode_body, decode_frame, inflate_if_gzip, with_inflated, DecodeError, Decoded, KeyPolicy,
-    MissingKeys, UnknownKeys,
+    MissingKeys, UnknownKeys, ENTITY_KEYS,
 };
 pub use file::{read_matrix, FrameWriter, Matrix};
 pub use generator::{AnomalyKind, Generator, GeneratorConfig, GeneratorSource, Injection};

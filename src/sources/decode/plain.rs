@@ -25,7 +25,7 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-use super::{parse_timestamp, Decoded, PositionName};
+use super::{parse_timestamp, Decoded, PositionName, ENTITY_KEYS};
 use crate::model::FeatureIndex;
 
 /// Decodes `json` into `values` (`index.len()` slots, all NaN on entry) if the frame is
@@ -39,10 +39,22 @@ pub(super) fn decode_plain(
     let mut at = Cursor { bytes: json, at: 0 };
     let mut decoded = Decoded::default();
     let (mut seen_data, mut seen_id, mut seen_ts) = (false, false, false);
+    let mut entities: [Option<Option<&str>>; 4] = [None; 4];
     at.eat(b'{')?;
     loop {
         let key = at.string()?;
         at.eat(b':')?;
+        if let Some(i) = ENTITY_KEYS.iter().position(|k| k.as_bytes() == key) {
+            // a string or null stays here; a number's text is left to the serde path
+            if entities[i].replace(at.null_or_string()?).is_some() {
+                return None;
+            }
+            match at.next_byte()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
         let seen = match key {
             b"data" => &mut seen_data,
             b"id" => &mut seen_id,
@@ -80,6 +92,12 @@ pub(super) fn decode_plain(
         }
     }
     at.skip_whitespace();
+    decoded.entity = entities
+        .into_iter()
+        .flatten()
+        .flatten()
+        .next()
+        .map(str::to_string);
     (seen_data && at.at == json.len()).then_some(decoded)
 }
 
