@@ -369,6 +369,10 @@ pub struct KafkaArgs {
     /// skipped).
     #[arg(long, env = "KAFKA_DEAD_LETTER_TOPIC")]
     pub kafka_dead_letter_topic: Option<String>,
+    /// The message key names the frame's entity (per-entity windows and models) when the
+    /// frame names none; without it the key is only the frame id's fallback.
+    #[arg(long, env = "KAFKA_KEY_IS_ENTITY")]
+    pub kafka_key_is_entity: bool,
     /// Topic the alerts go to (the webhook's body, keyed by frame id); empty: none.
     #[arg(long, env = "ALERTS_KAFKA_TOPIC", default_value = DEFAULT_ALERTS_TOPIC)]
     pub alerts_kafka_topic: String,
@@ -420,6 +424,7 @@ impl KafkaArgs {
         };
         let mut input = KafkaInputConfig::new(brokers.trim(), topic.trim());
         input.group = self.kafka_group.trim().to_string();
+        input.key_is_entity = self.kafka_key_is_entity;
         input.dead_letter_topic = self
             .kafka_dead_letter_topic
             .as_deref()

@@ -82,6 +82,10 @@ pub struct KafkaInputConfig {
     pub max_inflated: usize,
     /// Commits are sent at most this often per worker while running.
     pub commit_interval: Duration,
+    /// The message key names the frame's entity (unless the frame names one itself);
+    /// otherwise the key is only the frame id's fallback, as producers that key by frame
+    /// id expect (`--kafka-key-is-entity`).
+    pub key_is_entity: bool,
 }
 
 impl KafkaInputConfig {
@@ -97,6 +101,7 @@ impl KafkaInputConfig {
             key_policy: KeyPolicy::default(),
             max_inflated: 16 << 20,
             commit_interval: Duration::from_millis(200),
+            key_is_entity: false,
         }
     }
 }
@@ -425,9 +430,12 @@ impl State {
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
                     .map(String::from);
-                // the message key names the entity unless the frame itself does: Kafka
-                // keeps one key's messages in one partition, in order
-                let entity = d.entity.or_else(|| key.clone());
+                // with --kafka-key-is-entity the message key names the entity unless the
+                // frame itself does: Kafka keeps one key's messages in one partition, in
+                // order
+                let entity = d
+                    .entity
+                    .or_else(|| key.clone().filter(|_| input.config.key_is_entity));
                 let id =
                     d.id.or(key)
                         .unwrap_or_else(|| format!("{}:{p}:{offset}", input.config.topic));
