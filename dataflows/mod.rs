@@ -31,7 +31,28 @@ macro_rules! variants {
     };
 }
 
-variants! { default, ewma }
+variants! { default, ewma, machines }
+
+/// The model a run of variant `name` holds, from directory `dir`: the `machines`
+/// variant's is its record layout and classifier (see [`crate::machines::frame_model`]),
+/// every other variant's a one-class SVM model ([`Model::load`]).
+pub fn load_model(name: &str, dir: &std::path::Path) -> anyhow::Result<crate::model::Model> {
+    if name == machines::NAME {
+        return crate::machines::frame_model(dir);
+    }
+    Ok(crate::model::Model::load(dir)?)
+}
+
+/// Whether variant `name` reads files its own way (`machines`: records, see
+/// [`record_file`]) rather than as frames ([`crate::sources::file`]).
+pub fn reads_records(name: &str) -> bool {
+    name == machines::NAME
+}
+
+/// The records in `path`, as the `machines` variant reads them.
+pub fn record_file(path: &std::path::Path) -> anyhow::Result<Box<dyn crate::sources::FrameSource>> {
+    Ok(Box::new(crate::machines::source::RecordFile::open(path)?))
+}
 
 /// The variant run when none is named.
 pub const DEFAULT: &str = default::NAME;

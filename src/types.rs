@@ -22,6 +22,10 @@ pub struct FrameMeta {
     pub id: Option<String>,
     /// Which source produced the frame (an HTTP server, a file, a Kafka partition).
     pub source: u32,
+    /// The machine a machine record is about (the `machines` variant's key; its alerts
+    /// carry it as `machine_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// When the frame was received ([`crate::clock::now_us`]); 0 if unknown.
     pub received_us: u64,
     /// When it was decoded; 0 if unknown.

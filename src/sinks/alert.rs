@@ -61,6 +61,12 @@ pub struct Alert {
     pub id: Option<String>,
     /// When tidewatch received the frame, ISO 8601 UTC.
     pub received_at: String,
+    /// The machine of a machine record (the `machines` variant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// A machine record's failure probability: its one hit's score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f32>,
 }
 
 impl Alert {
@@ -90,6 +96,11 @@ impl Alert {
             seq: result.seq,
             id: meta.id.as_deref().map(cap_id),
             received_at: iso_ms(meta.received_ms),
+            machine_id: meta.machine_id.as_deref().map(cap_id),
+            probability: meta
+                .machine_id
+                .as_ref()
+                .and_then(|_| result.hits.first().map(|h| h.score)),
         }
     }
 }
