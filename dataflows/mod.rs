@@ -99,8 +99,9 @@ pub fn pipeline(name: &str, params: &[(String, String)]) -> anyhow::Result<Pipel
 /// its threshold and its own parameters.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PipelineArgs {
-    /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM) or ewma
-    /// (per-feature EWMA z-scores, no trained weights).
+    /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM), ewma
+    /// (per-feature EWMA z-scores, no trained weights) or machines (seed 002's machine
+    /// records and XGBoost classifier, with `--model machines`).
     #[arg(long, default_value = DEFAULT)]
     pub dataflow: String,
     /// Frames per window; default: the detector's (a model's detector scores the model's

@@ -34,6 +34,8 @@ pub trait MachineOps<'s> {
     /// One verdict per record whose type the table knows, on worker 0 in record order: a
     /// failure is one hit (feature 0) whose score is the probability, at or over
     /// `threshold`. A record of a type the table lacks is logged and gets no verdict.
+    /// Every frame has a seq of its own, as the runtime's sources number them: the join
+    /// and the pairing go by seq.
     fn machine_verdicts(
         self,
         model: Arc<MachinesModel>,
