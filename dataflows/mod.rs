@@ -31,12 +31,33 @@ macro_rules! variants {
     };
 }
 
-variants! { default, ewma, telemetry }
+variants! { default, ewma, telemetry, machines }
 
 /// Variants whose models are per entity (a model directory of `tidewatch train --data
 /// DIR`), so that they run on keyed data and not on the generator's frames: their golden
 /// tests are in `tests/entities.rs`.
 pub const PER_ENTITY: &[&str] = &[telemetry::NAME];
+
+/// The model a run of variant `name` holds, from directory `dir`: the `machines`
+/// variant's is its record layout and classifier (see [`crate::machines::frame_model`]),
+/// every other variant's a one-class SVM model ([`Model::load`]).
+pub fn load_model(name: &str, dir: &std::path::Path) -> anyhow::Result<crate::model::Model> {
+    if name == machines::NAME {
+        return crate::machines::frame_model(dir);
+    }
+    Ok(crate::model::Model::load(dir)?)
+}
+
+/// Whether variant `name` reads files its own way (`machines`: records, see
+/// [`record_file`]) rather than as frames ([`crate::sources::file`]).
+pub fn reads_records(name: &str) -> bool {
+    name == machines::NAME
+}
+
+/// The records in `path`, as the `machines` variant reads them.
+pub fn record_file(path: &std::path::Path) -> anyhow::Result<Box<dyn crate::sources::FrameSource>> {
+    Ok(Box::new(crate::machines::source::RecordFile::open(path)?))
+}
 
 /// The variant run when none is named.
 pub const DEFAULT: &str = default::NAME;
@@ -84,8 +105,9 @@ pub fn pipeline(name: &str, params: &[(String, String)]) -> anyhow::Result<Pipel
 #[derive(clap::Args, Clone, Debug)]
 pub struct PipelineArgs {
     /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM), ewma
-    /// (per-feature EWMA z-scores, no trained weights) or telemetry (per-entity PCA
-    /// models, windows 30/10; needs a directory of per-entity models).
+    /// (per-feature EWMA z-scores, no trained weights), telemetry (per-entity PCA
+    /// models, windows 30/10; needs a directory of per-entity models) or machines (seed
+    /// 002's machine records and XGBoost classifier, with `--model machines`).
     #[arg(long, default_value = DEFAULT)]
     pub dataflow: String,
     /// Frames per window; default: the detector's (a model's detector scores the model's

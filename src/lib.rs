@@ -17,6 +17,7 @@ pub mod incidents;
 pub mod kafka;
 pub mod layout;
 pub mod load;
+pub mod machines;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -55,6 +55,10 @@ pub struct FrameMeta {
     /// detector state and models are then per (entity, feature). Echoed in alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
+    /// The machine a machine record is about (the `machines` variant's key; its alerts
+    /// carry it as `machine_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// When the frame was received ([`crate::clock::now_us`]); 0 if unknown.
     pub received_us: u64,
     /// When it was decoded; 0 if unknown.

@@ -92,8 +92,10 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
     let path = Model::resolve(&args.model);
-    let model =
-        Arc::new(Model::load(&path).with_context(|| format!("loading model {}", args.model))?);
+    let model = Arc::new(
+        crate::dataflows::load_model(&args.pipeline.dataflow, &path)
+            .with_context(|| format!("loading model {}", args.model))?,
+    );
     let settings = Settings {
         pipeline: args.pipeline.pipeline()?.with_model_dir(path),
         batch_size: args.batch_size,
@@ -157,6 +159,10 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
         missing: args.missing_features,
     };
     match (&args.input, args.generate) {
+        (Some(path), _) if crate::dataflows::reads_records(&args.pipeline.dataflow) => {
+            let path = path.clone();
+            runtime::on_worker_zero(move || crate::dataflows::record_file(&path))
+        }
         (Some(path), _) => {
             // Process 0's workers share the file: each parses the records it takes.
             let path = path.clone();

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::model::Model;
 use crate::runtime::{self, SinkSpec};
 use crate::server;
 use crate::settings::ServeArgs;
@@ -79,8 +78,10 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
     let server::ModelSpec::Dir(dir) = &config.model else {
         bail!("a follower process loads its model from a directory");
     };
-    let model =
-        Arc::new(Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?);
+    let model = Arc::new(
+        crate::dataflows::load_model(&config.settings.pipeline.name, dir)
+            .with_context(|| format!("loading model {}", dir.display()))?,
+    );
     let sinks = SinkSpec::default();
     let Some(kafka) = &config.kafka else {
         runtime::run(

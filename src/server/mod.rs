@@ -18,6 +18,7 @@ mod dashboard;
 mod ingest;
 pub mod kafka;
 pub mod listen;
+pub mod predict;
 mod probes;
 
 use std::convert::Infallible;
@@ -398,10 +399,17 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         _ => None,
     };
     let kafka = config.kafka.is_some();
+    // `serve --dataflow machines` answers single records too
+    let predictor = match (&config.model, &config.settings.pipeline.name) {
+        (ModelSpec::Dir(dir), name) if crate::dataflows::reads_records(name) => Some(Arc::new(
+            predict::Predictor::load(dir, config.settings.threshold)?,
+        )),
+        _ => None,
+    };
     let (stop_http, stopped) = oneshot::channel::<()>();
     let http_task = runtime.spawn(listen::serve(
         listener,
-        routes(Arc::clone(&shared), !kafka),
+        routes(Arc::clone(&shared), !kafka, predictor),
         limits,
         Arc::clone(&shared.connections),
         async {
@@ -493,7 +501,8 @@ fn run_dataflow(
         ModelSpec::Loaded(m) => (Arc::clone(m), None),
         ModelSpec::Dir(dir) => {
             let started = std::time::Instant::now();
-            let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+            let m = crate::dataflows::load_model(&config.settings.pipeline.name, dir)
+                .with_context(|| format!("loading model {}", dir.display()))?;
             tracing::info!(
                 model = %dir.display(),
                 kind = ?m.meta.kind,
@@ -884,6 +893,7 @@ impl Drop for ServerHandle {
 fn routes(
     shared: Arc<Shared>,
     ingest: bool,
+    predictor: Option<Arc<predict::Predictor>>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     let state = warp::any().map(move || Arc::clone(&shared));
@@ -940,6 +950,8 @@ fn routes(
         .or(events)
         .unify()
         .or(admin_routes(state))
+        .unify()
+        .or(predict::route(predictor))
         .unify()
         .recover(rejection)
         .unify()

@@ -64,6 +64,12 @@ pub struct Alert {
     /// The entity the frame observes, if it named one (the client ignores extra fields).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
+    /// The machine of a machine record (the `machines` variant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// A machine record's failure probability: its one hit's score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f32>,
 }
 
 impl Alert {
@@ -94,6 +100,11 @@ impl Alert {
             id: meta.id.as_deref().map(cap_id),
             received_at: iso_ms(meta.received_ms),
             entity: meta.entity.as_deref().map(cap_id),
+            machine_id: meta.machine_id.as_deref().map(cap_id),
+            probability: meta
+                .machine_id
+                .as_ref()
+                .and_then(|_| result.hits.first().map(|h| h.score)),
         }
     }
 }
