@@ -53,11 +53,13 @@ pub struct FrameMeta {
     pub source: u32,
     /// The entity the frame observes (a machine, a channel), if it names one: windows,
     /// detector state and models are then per (entity, feature). Echoed in alerts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (Never skipped when serialised: frames cross processes in bincode, which has no
+    /// field names to tell a skipped field from the next one.)
+    #[serde(default)]
     pub entity: Option<String>,
     /// The machine a machine record is about (the `machines` variant's key; its alerts
     /// carry it as `machine_id`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub machine_id: Option<String>,
     /// When the frame was received ([`crate::clock::now_us`]); 0 if unknown.
     pub received_us: u64,

@@ -126,8 +126,9 @@ pub struct IncidentEvent {
     /// The incident after the event.
     pub incident: Incident,
     /// A resolve because the input ended ([`Tracker::end_of_input`]), not because of
-    /// clean windows.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// clean windows. (Never skipped when serialised: events cross processes in
+    /// bincode.)
+    #[serde(default)]
     pub end_of_input: bool,
 }
 
