@@ -7,16 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
-use timely::dataflow::operators::Exchange;
-use timely::progress::operate::FrontierInterest;
+use timely::dataflow::operators::generic::Operator;
 
 use super::{Parts, Stream};
 use crate::clock;
 use crate::detect::{Detector, Scores};
 use crate::stats::{Stage, Stats};
-use crate::types::{key_of, EntityKey, Frame, FrameMeta, Scored, Seq, Slice, Window};
+use crate::types::{EntityKey, Frame, Scored, Slice, Window};
 
 /// The worker, of `peers`, that owns entity `key`.
 pub fn owner(key: EntityKey, peers: usize) -> usize {
@@ -55,43 +52,10 @@ pub trait SplitEntitiesOps<'s> {
 impl<'s> SplitEntitiesOps<'s> for Stream<'s, Frame> {
     fn split_entities(self) -> Parts<'s, Slice> {
         let peers = self.scope().peers();
-        let mut builder = OperatorBuilder::new("SplitEntities".to_owned(), self.scope());
-        let mut input = builder.new_input(self, Pipeline);
-        builder.set_notify_for(0, FrontierInterest::Never);
-        let (slices_out, slices) = builder.new_output();
-        let (metas_out, metas) = builder.new_output();
-        let mut slices_out = OutputBuilder::from(slices_out);
-        let mut metas_out = OutputBuilder::from(metas_out);
-        builder.build(move |_caps| {
-            move |_frontiers| {
-                let mut slices_out = slices_out.activate();
-                let mut metas_out = metas_out.activate();
-                input.for_each_stamp(|cap, data| {
-                    let mut slices = slices_out.session(&cap);
-                    let mut metas = metas_out.session(&cap);
-                    for batch in data {
-                        for frame in batch.drain(..) {
-                            let entity = key_of(&frame.meta);
-                            let (seq, received_us) = (frame.seq, frame.meta.received_us);
-                            metas.give((seq, frame.meta));
-                            slices.give(Slice {
-                                seq,
-                                part: owner(entity, peers) as u32,
-                                received_us,
-                                entity,
-                                values: frame.values,
-                            });
-                        }
-                    }
-                });
-            }
-        });
-        let metas: Stream<'s, (Seq, FrameMeta)> = metas;
-        Parts {
-            data: slices.exchange(|s: &Slice| s.part as u64),
-            metas,
-            parts: 1,
-        }
+        super::split::cut_frames(self, "SplitEntities", 1, move |cut, give| {
+            let values = std::mem::take(&mut cut.values);
+            give(cut.slice(owner(cut.entity, peers), values));
+        })
     }
 }
 

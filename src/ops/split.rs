@@ -6,7 +6,7 @@ use timely::progress::operate::FrontierInterest;
 
 use super::{Parts, Stream};
 use crate::layout::Layout;
-use crate::types::{key_of, Frame, FrameMeta, Seq, Slice};
+use crate::types::{key_of, EntityKey, Frame, FrameMeta, Seq, Slice};
 
 /// Splits frames by feature partition and sends each slice to the worker that owns it.
 pub trait SplitOps<'s> {
@@ -42,62 +42,88 @@ pub trait SplitOps<'s> {
 
 impl<'s> SplitOps<'s> for Stream<'s, Frame> {
     fn split_features(self, layout: Layout) -> Parts<'s, Slice> {
-        let mut builder = OperatorBuilder::new("SplitFeatures".to_owned(), self.scope());
-        let mut input = builder.new_input(self, Pipeline);
-        builder.set_notify_for(0, FrontierInterest::Never);
-        let (slices_out, slices) = builder.new_output();
-        let (metas_out, metas) = builder.new_output();
-        let mut slices_out = OutputBuilder::from(slices_out);
-        let mut metas_out = OutputBuilder::from(metas_out);
-        builder.build(move |_caps| {
-            move |_frontiers| {
-                let mut slices_out = slices_out.activate();
-                let mut metas_out = metas_out.activate();
-                input.for_each_stamp(|cap, data| {
-                    let mut slices = slices_out.session(&cap);
-                    let mut metas = metas_out.session(&cap);
-                    for batch in data {
-                        for frame in batch.drain(..) {
-                            assert_eq!(
-                                frame.values.len(),
-                                layout.n_features,
-                                "frame {} has the wrong number of values",
-                                frame.seq
-                            );
-                            let (seq, received_us) = (frame.seq, frame.meta.received_us);
-                            let entity = key_of(&frame.meta);
-                            metas.give((seq, frame.meta));
-                            for part in 1..layout.parts {
-                                slices.give(Slice {
-                                    seq,
-                                    part: part as u32,
-                                    received_us,
-                                    entity,
-                                    values: frame.values[layout.range(part)].to_vec(),
-                                });
-                            }
-                            // Partition 0 is the front of the frame: it keeps the frame's
-                            // own buffer instead of a copy.
-                            let mut values = frame.values;
-                            values.truncate(layout.range(0).end);
-                            slices.give(Slice {
-                                seq,
-                                part: 0,
-                                received_us,
-                                entity,
-                                values,
-                            });
-                        }
-                    }
-                });
+        cut_frames(self, "SplitFeatures", layout.parts, move |cut, give| {
+            assert_eq!(
+                cut.values.len(),
+                layout.n_features,
+                "frame {} has the wrong number of values",
+                cut.seq
+            );
+            for part in 1..layout.parts {
+                give(cut.slice(part, cut.values[layout.range(part)].to_vec()));
             }
-        });
-        let metas: Stream<'s, (Seq, FrameMeta)> = metas;
-        Parts {
-            // Routing is `part % peers` (or `part & (peers-1)`): part p lands on worker p.
-            data: slices.exchange(|s: &Slice| s.part as u64),
-            metas,
-            parts: layout.parts,
+            // Partition 0 is the front of the frame: it keeps the frame's own buffer
+            // instead of a copy.
+            let mut values = std::mem::take(&mut cut.values);
+            values.truncate(layout.range(0).end);
+            give(cut.slice(0, values));
+        })
+    }
+}
+
+/// A frame being cut into slices: what every slice of it carries, and its values.
+pub(crate) struct Cut {
+    pub seq: Seq,
+    pub received_us: u64,
+    pub entity: EntityKey,
+    pub values: Vec<f32>,
+}
+
+impl Cut {
+    /// The slice for partition `part` holding `values`.
+    pub fn slice(&self, part: usize, values: Vec<f32>) -> Slice {
+        Slice {
+            seq: self.seq,
+            part: part as u32,
+            received_us: self.received_us,
+            entity: self.entity,
+            values,
         }
+    }
+}
+
+/// The operator both splits share: each frame's metadata leaves on [`Parts::metas`], and
+/// `cut` turns the rest into slices (handed to `give`), which go to worker `part % peers`.
+pub(crate) fn cut_frames<'s>(
+    frames: Stream<'s, Frame>,
+    name: &str,
+    parts: usize,
+    mut cut: impl FnMut(&mut Cut, &mut dyn FnMut(Slice)) + 'static,
+) -> Parts<'s, Slice> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), frames.scope());
+    let mut input = builder.new_input(frames, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (slices_out, slices) = builder.new_output();
+    let (metas_out, metas) = builder.new_output();
+    let mut slices_out = OutputBuilder::from(slices_out);
+    let mut metas_out = OutputBuilder::from(metas_out);
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            let mut slices_out = slices_out.activate();
+            let mut metas_out = metas_out.activate();
+            input.for_each_stamp(|cap, data| {
+                let mut slices = slices_out.session(&cap);
+                let mut metas = metas_out.session(&cap);
+                for batch in data {
+                    for frame in batch.drain(..) {
+                        let mut c = Cut {
+                            seq: frame.seq,
+                            received_us: frame.meta.received_us,
+                            entity: key_of(&frame.meta),
+                            values: frame.values,
+                        };
+                        metas.give((frame.seq, frame.meta));
+                        cut(&mut c, &mut |s| slices.give(s));
+                    }
+                }
+            });
+        }
+    });
+    let metas: Stream<'s, (Seq, FrameMeta)> = metas;
+    Parts {
+        // Routing is `part % peers` (or `part & (peers-1)`): part p lands on worker p.
+        data: slices.exchange(|s: &Slice| s.part as u64),
+        metas,
+        parts,
     }
 }

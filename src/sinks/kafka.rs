@@ -254,12 +254,7 @@ impl Outbox {
         idempotency_key: Option<&str>,
         stats: &Arc<Stats>,
     ) -> Option<u64> {
-        let headers = idempotency_key.map(|k| {
-            OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: IDEMPOTENCY_HEADER,
-                value: Some(k),
-            })
-        });
+        let headers = idempotency_key.map(idempotency_header);
         let now = clock::now_us();
         let receipt = AlertReceipt {
             stats: Arc::clone(stats),
@@ -303,10 +298,7 @@ impl Outbox {
         payload: &[u8],
         idempotency_key: &str,
     ) -> Result<(), DeliveryError> {
-        let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: IDEMPOTENCY_HEADER,
-            value: Some(idempotency_key),
-        });
+        let headers = idempotency_header(idempotency_key);
         let (done, outcome) = oneshot::channel();
         self.send_with(
             topic,
@@ -423,6 +415,14 @@ impl Outbox {
 
 /// The header that carries an event's idempotency key on the alert topic.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Headers holding [`IDEMPOTENCY_HEADER`] = `key`.
+fn idempotency_header(key: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: IDEMPOTENCY_HEADER,
+        value: Some(key),
+    })
+}
 
 /// Where [`result_hook`] writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
