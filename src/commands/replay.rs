@@ -10,6 +10,7 @@ use crate::dataflows::PipelineArgs;
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
+use crate::sinks::scores::ScoreLines;
 use crate::sources::{
     self, FrameSource, Generator, GeneratorSource, KeyPolicy, MissingKeys, UnknownKeys,
 };
@@ -57,6 +58,10 @@ pub struct ReplayArgs {
     /// Print alert lines on stdout.
     #[arg(long)]
     pub stdout: bool,
+    /// Write every scored frame's score to this CSV file (`seq,id,entity,score,flag`;
+    /// `score` is the frame's largest feature score, `flag` 1 if it alerted).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub alerts: super::AlertArgs,
@@ -113,13 +118,21 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         controls: None,
     };
     let make_source = source_factory(args, &model);
+    // the process that merges verdicts writes the scores; no other one opens the file
+    let scores = match &args.scores {
+        Some(path) if args.cluster.is_leader() => Some(ScoreLines::create(path)?),
+        _ => None,
+    };
     let sinks = SinkSpec {
         alerts_path: args.output.clone(),
         stdout: args.stdout,
-        on_result: None,
+        on_result: scores.as_ref().map(ScoreLines::hook),
         on_incident: None,
     };
     let report = runtime::run(&args.cluster, model, settings, make_source, sinks)?;
+    if let Some(scores) = scores {
+        scores.finish()?;
+    }
     if !args.cluster.is_leader() {
         return Ok(());
     }

@@ -245,39 +245,51 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                             // the device's hits, by window: a cursor over them
                             let mut device_hits = s.compacted.as_ref().map(|c| c.hits.as_slice());
                             for (i, seq) in s.seqs.into_iter().enumerate() {
-                                let hits: Vec<Hit> = match &mut device_hits {
+                                let live = |f: u32| muted.as_ref().is_none_or(|k| !k.is_muted(f));
+                                let (hits, peak): (Vec<Hit>, f32) = match &mut device_hits {
                                     Some(rest) => {
                                         let n = rest.iter().take_while(|h| h.0 as usize == i).count();
                                         let (mine, later) = rest.split_at(n);
                                         *rest = later;
-                                        mine.iter()
+                                        let mine = mine.iter().filter(|h| live(s.lo + h.1));
+                                        // the device kept only scores over its threshold:
+                                        // below it, the peak is not known (NaN)
+                                        let peak = mine.clone().map(|h| h.2).fold(f32::NAN, f32::max);
+                                        let hits = mine
                                             .filter(|h| h.2 >= threshold)
                                             .map(|&(_, j, score)| Hit {
                                                 feature: s.lo + j,
                                                 score,
                                             })
-                                            .collect()
+                                            .collect();
+                                        (hits, peak)
                                     }
-                                    None => s.scores[i * width..(i + 1) * width]
-                                        .iter()
-                                        .enumerate()
-                                        .filter(|(_, &score)| score >= threshold)
-                                        .map(|(j, &score)| Hit {
-                                            feature: s.lo + j as u32,
-                                            score,
-                                        })
-                                        .collect(),
+                                    None => {
+                                        let row = &s.scores[i * width..(i + 1) * width];
+                                        let mut hits = Vec::new();
+                                        let mut peak = f32::NAN;
+                                        // One pass makes the cut and finds the frame's largest
+                                        // score; mutes are rare, and checked only when set.
+                                        for (j, &score) in row.iter().enumerate() {
+                                            let feature = s.lo + j as u32;
+                                            if muted.is_some() && !live(feature) {
+                                                continue;
+                                            }
+                                            peak = peak.max(score);
+                                            if score >= threshold {
+                                                hits.push(Hit { feature, score });
+                                            }
+                                        }
+                                        (hits, peak)
+                                    }
                                 };
-                                let mut hits = hits;
-                                if let Some(k) = &muted {
-                                    hits.retain(|h| !k.is_muted(h.feature));
-                                }
                                 anomalous += hits.len();
                                 session.give(PartHits {
                                     seq,
                                     began_us: s.began_us,
                                     scored_us: s.scored_us,
                                     hits,
+                                    peak,
                                 });
                             }
                             if let Some(log) = log {

@@ -16,6 +16,7 @@ pub mod event;
 pub mod file;
 pub mod kafka;
 pub mod outbox;
+pub mod scores;
 pub mod webhook;
 
 /// Called on worker 0 with every verdict, in frame order. Must not block: hand work to
