@@ -15,6 +15,7 @@ pub mod alert;
 pub mod event;
 pub mod file;
 pub mod kafka;
+pub mod metrics_store;
 pub mod outbox;
 pub mod scores;
 pub mod webhook;
