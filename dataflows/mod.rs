@@ -54,6 +54,16 @@ pub fn reads_records(name: &str) -> bool {
     name == machines::NAME
 }
 
+/// What a body (an HTTP request, a Kafka message) holds for variant `name`: a machine
+/// record for `machines`, a frame for every other.
+pub fn body_kind(name: &str) -> crate::sources::BodyKind {
+    if reads_records(name) {
+        crate::sources::BodyKind::MachineRecord
+    } else {
+        crate::sources::BodyKind::Frame
+    }
+}
+
 /// The records in `path`, as the `machines` variant reads them.
 pub fn record_file(path: &std::path::Path) -> anyhow::Result<Box<dyn crate::sources::FrameSource>> {
     Ok(Box::new(crate::machines::source::RecordFile::open(path)?))

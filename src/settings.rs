@@ -318,6 +318,7 @@ impl ServeArgs {
         config.key_policy = KeyPolicy {
             unknown: self.unknown_features,
             missing: self.missing_features,
+            body: crate::dataflows::body_kind(&self.pipeline.dataflow),
         };
         config.kafka = self
             .kafka

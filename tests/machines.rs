@@ -359,3 +359,66 @@ fn predict_answers_one_record_over_http() {
     }
     server.shutdown().unwrap();
 }
+
+/// `serve --dataflow machines` takes machine records at the ingest route, as frames are
+/// taken: each accepted (202) and scored, a failing one alerting to the webhook with its
+/// machine id and probability (the model's), a record that does not decode refused with
+/// 400 `bad_record` while the others are still scored.
+#[test]
+fn records_posted_to_the_ingest_route_alert_with_their_probability() {
+    use common::serve::{wait_until, Client, Receiver};
+    use tidewatch::server::ModelSpec;
+    let rt = common::serve::runtime();
+    let rx = Receiver::like_client(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, verdicts) = common::serve::config(common::serve::model(1), &rx.base_url(), &dir);
+    c.model = ModelSpec::Dir(model_dir());
+    c.settings.threshold = None;
+    c.settings.pipeline = tidewatch::dataflows::pipeline("machines", &[]).unwrap();
+    c.key_policy.body = tidewatch::dataflows::body_kind("machines");
+    let server = common::serve::start(c);
+    let client = Client::new();
+    let normal = serde_json::json!({"machine_id": "L47183", "type": "L", "sensor_data": {
+        "airTemperature": 298.2, "processTemperature": 308.6, "rotationalSpeed": 1433,
+        "torque": 39.5, "toolWear": 7}});
+    let failing = serde_json::json!({"machine_id": "L47230", "type": "L", "id": "r-51",
+        "airTemperature": 298.9, "processTemperature": 309.1, "rotationalSpeed": 2861,
+        "torque": 4.6, "toolWear": 143});
+    let bad = serde_json::json!({"machine_id": "x", "type": "L"});
+    let mut accepted = 0;
+    for (body, status) in [(&normal, 202), (&bad, 400), (&failing, 202)] {
+        let a = client.enqueue(server.addr(), body.to_string().into_bytes(), &[]);
+        assert_eq!(a.status, status, "{}", a.body);
+        if status == 400 {
+            assert_eq!(a.body["error"], "bad_record", "{}", a.body);
+        } else {
+            accepted += 1;
+        }
+    }
+    wait_until("both verdicts", || {
+        verdicts.lock().unwrap().len() == accepted
+    });
+    wait_until("the alert", || !rx.alerts().is_empty());
+    server.shutdown().unwrap();
+
+    let model = MachinesModel::load(&model_dir()).unwrap();
+    let want = model.verdict(
+        0.0,
+        &MachineRecord::from_json(&failing).unwrap().sensors,
+        0.5,
+    );
+    assert!(want.failure);
+    let alerts = rx.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["machine_id"], "L47230", "{a}");
+    assert_eq!(a["id"], "r-51", "{a}");
+    assert_eq!(
+        a["probability"].as_f64().unwrap() as f32,
+        want.probability,
+        "{a}"
+    );
+    let v = verdicts.lock().unwrap();
+    assert_eq!(v[0].meta.machine_id.as_deref(), Some("L47183"));
+    assert!(!v[0].is_anomalous() && v[1].is_anomalous());
+}

@@ -213,12 +213,14 @@ fn csv_header_policy_is_applied_once() {
     let lenient = KeyPolicy {
         unknown: UnknownKeys::Ignore,
         missing: MissingKeys::Reject,
+        ..KeyPolicy::default()
     };
     let err = open(&path, &index, lenient).err().unwrap();
     assert!(err.to_string().contains("\"feature_0\""), "{err}");
     let lenient = KeyPolicy {
         unknown: UnknownKeys::Ignore,
         missing: MissingKeys::Zero,
+        ..KeyPolicy::default()
     };
     let mut source = open(&path, &index, lenient).unwrap();
     assert_eq!(

@@ -194,6 +194,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
     let policy = KeyPolicy {
         unknown: args.unknown_features,
         missing: args.missing_features,
+        body: crate::dataflows::body_kind(&args.pipeline.dataflow),
     };
     match (&args.input, args.generate) {
         (Some(path), _) if crate::dataflows::reads_records(&args.pipeline.dataflow) => {

@@ -205,6 +205,7 @@ where
                 id: decoded.id,
                 source: 0,
                 entity: decoded.entity,
+                machine_id: decoded.machine_id,
                 received_us,
                 decoded_us: clock::now_us(),
                 ..FrameMeta::default()

@@ -121,6 +121,9 @@ pub enum DecodeError {
         /// What the id is instead.
         found: &'static str,
     },
+    /// A machine record that lacks a field or has one of the wrong kind.
+    #[error("machine record: {0}")]
+    BadRecord(String),
     /// An entity key (`"entity"`, `"machine_id"`, `"source_id"`, `"channel"`) is neither a
     /// string nor a number.
     #[error("{key:?} must be a string or a number, found {found}")]
@@ -151,6 +154,7 @@ impl DecodeError {
             DecodeError::BadTimestamp { .. } => "bad_timestamp",
             DecodeError::BadId { .. } => "bad_id",
             DecodeError::BadEntity { .. } => "bad_entity",
+            DecodeError::BadRecord(_) => "bad_record",
         }
     }
 }
@@ -398,6 +402,20 @@ pub struct KeyPolicy {
     pub unknown: UnknownKeys,
     /// Model features absent from the frame.
     pub missing: MissingKeys,
+    /// What a body holds: a frame of named features, or a machine record.
+    pub body: BodyKind,
+}
+
+/// What one body (a request, a message, a line) holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyKind {
+    /// The client's frame: `{"data": {name: value, ...}, ...}`.
+    #[default]
+    Frame,
+    /// Seed 002's machine record (`machine_id`, `type`, five sensor values; see
+    /// [`crate::machines::record::MachineRecord::from_json`]), for `--dataflow machines`:
+    /// its values are the record's frame fields.
+    MachineRecord,
 }
 
 /// The fields of a frame other than its values.
@@ -410,6 +428,8 @@ pub struct Decoded {
     /// The entity the frame observes: the first of [`ENTITY_KEYS`] the frame gives (a
     /// numeric one becomes its decimal text).
     pub entity: Option<String>,
+    /// A machine record's machine id ([`BodyKind::MachineRecord`] only).
+    pub machine_id: Option<String>,
 }
 
 /// Top-level keys that name a frame's entity, the first one present winning: seeds 002
@@ -432,6 +452,9 @@ pub fn decode_frame(
     values: &mut Vec<f32>,
 ) -> Result<Decoded, DecodeError> {
     start(json, index, values)?;
+    if policy.body == BodyKind::MachineRecord {
+        return decode_record(json, values);
+    }
     if let Some(decoded) = plain::decode_plain(json, index, values) {
         return Ok(decoded);
     }
@@ -463,6 +486,38 @@ fn start(json: &[u8], index: &FeatureIndex, values: &mut Vec<f32>) -> Result<(),
     values.clear();
     values.resize(index.len(), f32::NAN);
     Ok(())
+}
+
+/// A machine record: its frame's values, id, timestamp and machine id.
+fn decode_record(json: &[u8], values: &mut Vec<f32>) -> Result<Decoded, DecodeError> {
+    depth::check(json, MAX_DEPTH).map_err(|depth| DecodeError::TooDeep {
+        depth,
+        limit: MAX_DEPTH,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| DecodeError::BadJson(e.to_string()))?;
+    let event_ms = match v.get("timestamp") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(t)) => Some(parse_timestamp(t)?),
+        Some(serde_json::Value::Number(n)) => Some(parse_timestamp(&n.to_string())?),
+        Some(other) => {
+            return Err(DecodeError::BadTimestamp {
+                found: other.to_string(),
+                reason: "expected an ISO 8601 string or epoch milliseconds".into(),
+            })
+        }
+    };
+    let record =
+        crate::machines::record::MachineRecord::from_json(&v).map_err(DecodeError::BadRecord)?;
+    let frame = record.into_frame(crate::types::FrameMeta::default());
+    values.clear();
+    values.extend_from_slice(&frame.values);
+    Ok(Decoded {
+        id: frame.meta.id,
+        event_ms,
+        entity: None,
+        machine_id: frame.meta.machine_id,
+    })
 }
 
 /// The full decoder: any JSON, every error with its message. `values` holds

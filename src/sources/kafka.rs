@@ -50,7 +50,7 @@ pub fn decode_message(
             return Ok(Decoded {
                 id: Some(h.id.map_or_else(|| h.seq.to_string(), String::from)),
                 event_ms: h.event_ms,
-                entity: None,
+                ..Decoded::default()
             });
         }
         decode_frame(bytes, index, policy, values).map_err(|e| e.to_string())
@@ -447,6 +447,7 @@ impl State {
                         id: Some(id),
                         source: p as u32,
                         entity,
+                        machine_id: d.machine_id,
                         received_us,
                         decoded_us: clock::now_us(),
                         ..FrameMeta::default()

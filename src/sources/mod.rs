@@ -13,8 +13,8 @@ pub mod kafka;
 pub mod ring;
 
 pub use decode::{
-    decode_body, decode_frame, inflate_if_gzip, with_inflated, DecodeError, Decoded, KeyPolicy,
-    MissingKeys, UnknownKeys, ENTITY_KEYS,
+    decode_body, decode_frame, inflate_if_gzip, with_inflated, BodyKind, DecodeError, Decoded,
+    KeyPolicy, MissingKeys, UnknownKeys, ENTITY_KEYS,
 };
 pub use file::{read_matrix, FrameWriter, Matrix};
 pub use generator::{AnomalyKind, Generator, GeneratorConfig, GeneratorSource, Injection};
