@@ -6,7 +6,9 @@
 use tidewatch::kafka::binary;
 use tidewatch::model::FeatureIndex;
 use tidewatch::sources::decode::decode_frame_general;
-use tidewatch::sources::{decode_frame, inflate_if_gzip, KeyPolicy, MissingKeys, UnknownKeys};
+use tidewatch::sources::{
+    decode_frame, inflate_if_gzip, BodyKind, KeyPolicy, MissingKeys, UnknownKeys,
+};
 
 /// Features of the model the inputs are decoded for: `feature_0` .. `feature_3`.
 pub const FEATURES: usize = 4;
@@ -24,9 +26,19 @@ pub fn frame(data: &[u8]) {
     let Ok(json) = inflate_if_gzip(data, MAX_INFLATED) else {
         return;
     };
+    // a machine record (`--dataflow machines`) decodes or is refused, never panics
+    let record = KeyPolicy {
+        body: BodyKind::MachineRecord,
+        ..KeyPolicy::default()
+    };
+    let _ = decode_frame(&json, &index, record, &mut Vec::new());
     for unknown in [UnknownKeys::Reject, UnknownKeys::Ignore] {
         for missing in [MissingKeys::Reject, MissingKeys::Zero] {
-            let policy = KeyPolicy { unknown, missing };
+            let policy = KeyPolicy {
+                unknown,
+                missing,
+                ..KeyPolicy::default()
+            };
             let (mut fast, mut general) = (Vec::new(), Vec::new());
             let a = decode_frame(&json, &index, policy, &mut fast);
             let b = decode_frame_general(&json, &index, policy, &mut general);
