@@ -126,6 +126,7 @@ impl<'s> MachineOps<'s> for Stream<'s, Frame> {
                             seq,
                             meta: frame.meta,
                             hits,
+                            evidence: Vec::new(),
                         });
                     }
                     // encodings whose frame went by (none, unless a frame was not a record)

@@ -5,7 +5,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{Parts, Stream, Time};
-use crate::types::{FrameMeta, FrameResult, Hit, PartHits, Seq};
+use crate::types::{Evidence, FrameMeta, FrameResult, Hit, PartHits, Seq};
 
 /// A frame waiting for its verdict: the earliest capability among what arrived about it,
 /// its metadata (from the split), and the partitions' reports so far.
@@ -16,6 +16,7 @@ struct Pending {
     began_us: u64,
     scored_us: u64,
     hits: Vec<Hit>,
+    evidence: Vec<Evidence>,
 }
 
 /// Merges what every partition found in a frame into one verdict.
@@ -119,6 +120,7 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                                 };
                                 p.scored_us = p.scored_us.max(part.scored_us);
                                 p.hits.extend(part.hits);
+                                p.evidence.extend(part.evidence);
                             }
                         }
                     });
@@ -149,7 +151,12 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                         // what keeps verdicts (and alert lines) in frame order when several
                         // are waiting at once.
                         let cap = p.cap.delayed(&seq.max(*p.cap.time()));
-                        output.session(&cap).give(FrameResult { seq, meta, hits });
+                        output.session(&cap).give(FrameResult {
+                            seq,
+                            meta,
+                            hits,
+                            evidence: p.evidence,
+                        });
                     }
                 }
             },
@@ -166,6 +173,7 @@ impl Pending {
             began_us: 0,
             scored_us: 0,
             hits: Vec::new(),
+            evidence: Vec::new(),
         }
     }
 }

@@ -278,6 +278,7 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                                     began_us: s.began_us,
                                     scored_us: s.scored_us,
                                     hits,
+                                    evidence: Vec::new(),
                                 });
                             }
                             if let Some(log) = log {

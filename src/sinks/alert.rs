@@ -70,6 +70,39 @@ pub struct Alert {
     /// A machine record's failure probability: its one hit's score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probability: Option<f32>,
+    /// The rules that fired (the `rules` variant), in rule-file order. (Alerts are JSON
+    /// only, never bincode: skipping is safe here, and keeps the other variants' bodies
+    /// as they were.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<AlertEvidence>,
+    /// The rules' score: their weights summed, capped at 1 ([`crate::rules::rule_score`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_score: Option<f64>,
+    /// `critical`, `warning` or `info` on the rule score ([`crate::rules::severity`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<&'static str>,
+}
+
+/// A rule that fired, as an alert lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertEvidence {
+    /// The rule's name.
+    pub rule: String,
+    /// The statistic it tests.
+    pub stat: String,
+    /// The model feature.
+    pub feature: u32,
+    /// The frame's entity, if it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// The statistic's value.
+    pub value: f64,
+    /// `above` or `below`: which side of the threshold fires.
+    pub condition: &'static str,
+    /// The rule's threshold.
+    pub threshold: f64,
+    /// What the rule adds to the rule score.
+    pub weight: f64,
 }
 
 impl Alert {
@@ -91,6 +124,8 @@ impl Alert {
         });
         features.truncate(max_features);
         let meta = &result.meta;
+        let score =
+            (!result.evidence.is_empty()).then(|| crate::rules::rule_score(&result.evidence));
         Alert {
             timestamp: iso_ms(meta.event_ms.unwrap_or(meta.received_ms)),
             anomaly_detected: true,
@@ -105,6 +140,22 @@ impl Alert {
                 .machine_id
                 .as_ref()
                 .and_then(|_| result.hits.first().map(|h| h.score)),
+            evidence: result
+                .evidence
+                .iter()
+                .map(|e| AlertEvidence {
+                    rule: e.rule.clone(),
+                    stat: e.stat.clone(),
+                    feature: e.feature,
+                    entity: meta.entity.as_deref().map(cap_id),
+                    value: e.value,
+                    condition: if e.above { "above" } else { "below" },
+                    threshold: e.threshold,
+                    weight: e.weight,
+                })
+                .collect(),
+            rule_score: score,
+            severity: score.map(crate::rules::severity),
         }
     }
 }
@@ -214,6 +265,7 @@ mod tests {
                     score: i as f32,
                 })
                 .collect(),
+            evidence: Vec::new(),
         };
         let alert = Alert::new(&result, 3);
         assert_eq!(alert.num_anomalous_features, 10);

@@ -536,6 +536,7 @@ mod tests {
                 .iter()
                 .map(|&(feature, score)| Hit { feature, score })
                 .collect(),
+            evidence: Vec::new(),
         }
     }
 
