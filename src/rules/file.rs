@@ -256,4 +256,19 @@ mod tests {
         let e = error(&twice);
         assert!(e.contains("rule \"r\"") && e.contains("twice"), "{e}");
     }
+
+    /// A running dataflow keeps its frame width: a reloaded file may change the rules,
+    /// not `features`.
+    #[test]
+    fn a_reload_keeps_the_frame_width() {
+        let rules = |features| {
+            parse(&format!(
+                "features = {features}\n[[rule]]\nname = \"r\"\nstat = \"std\"\nabove = 1\n"
+            ))
+            .unwrap()
+        };
+        assert!(rules(3).may_become(&rules(3)).is_ok());
+        let e = rules(3).may_become(&rules(4)).unwrap_err().to_string();
+        assert!(e.contains("features = 4") && e.contains("restart"), "{e}");
+    }
 }

@@ -248,7 +248,7 @@ impl AlertBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{FrameMeta, Hit};
+    use crate::types::{Evidence, FrameMeta, Hit};
 
     #[test]
     fn alert_lists_highest_scores_first_and_keeps_the_true_count() {
@@ -280,6 +280,52 @@ mod tests {
         assert_eq!(json["anomaly_detected"], true);
         assert_eq!(json["anomalous_features"][0]["feature_idx"], 9);
         assert_eq!(json["id"], "f-1");
+    }
+
+    /// A verdict without evidence (every variant but `rules`) gives the body it always
+    /// gave: no evidence, rule score or severity keys. One with evidence lists each rule
+    /// with the frame's entity, and the seed's score and severity.
+    #[test]
+    fn evidence_and_severity_only_where_rules_fired() {
+        let meta = FrameMeta {
+            entity: Some("A-1".into()),
+            ..FrameMeta::default()
+        };
+        let hits = vec![Hit {
+            feature: 0,
+            score: 0.5,
+        }];
+        let plain = FrameResult {
+            seq: 1,
+            meta: meta.clone(),
+            hits: hits.clone(),
+            evidence: Vec::new(),
+        };
+        let json = serde_json::to_value(Alert::new(&plain, 10)).unwrap();
+        for key in ["evidence", "rule_score", "severity"] {
+            assert!(json.get(key).is_none(), "{json}");
+        }
+        let fired = |weight| Evidence {
+            rule: "hot".into(),
+            stat: "p95".into(),
+            feature: 0,
+            value: 2.5,
+            threshold: 1.0,
+            above: true,
+            weight,
+        };
+        let ruled = FrameResult {
+            evidence: vec![fired(0.5), fired(0.25)],
+            ..plain
+        };
+        let json = serde_json::to_value(Alert::new(&ruled, 10)).unwrap();
+        assert_eq!(json["rule_score"], 0.75);
+        assert_eq!(json["severity"], "warning");
+        assert_eq!(
+            json["evidence"][1],
+            serde_json::json!({"rule": "hot", "stat": "p95", "feature": 0, "entity": "A-1",
+                "value": 2.5, "condition": "above", "threshold": 1.0, "weight": 0.25})
+        );
     }
 
     #[test]
