@@ -31,19 +31,23 @@ macro_rules! variants {
     };
 }
 
-variants! { default, ewma, telemetry, machines }
+variants! { default, ewma, telemetry, machines, rules }
 
-/// Variants whose models are per entity (a model directory of `tidewatch train --data
-/// DIR`), so that they run on keyed data and not on the generator's frames: their golden
-/// tests are in `tests/entities.rs`.
-pub const PER_ENTITY: &[&str] = &[telemetry::NAME];
+/// Variants that run on keyed data with a model directory of their own (per-entity
+/// models of `tidewatch train --data DIR`, a rule file) and not on the generator's frames:
+/// their golden tests are in `tests/entities.rs` and `tests/rules.rs`.
+pub const PER_ENTITY: &[&str] = &[telemetry::NAME, rules::NAME];
 
 /// The model a run of variant `name` holds, from directory `dir`: the `machines`
 /// variant's is its record layout and classifier (see [`crate::machines::frame_model`]),
-/// every other variant's a one-class SVM model ([`Model::load`]).
+/// the `rules` variant's its rule file ([`crate::rules::frame_model`]), every other
+/// variant's a one-class SVM model ([`Model::load`]).
 pub fn load_model(name: &str, dir: &std::path::Path) -> anyhow::Result<crate::model::Model> {
     if name == machines::NAME {
         return crate::machines::frame_model(dir);
+    }
+    if name == rules::NAME {
+        return crate::rules::frame_model(dir);
     }
     Ok(crate::model::Model::load(dir)?)
 }
@@ -116,8 +120,10 @@ pub fn pipeline(name: &str, params: &[(String, String)]) -> anyhow::Result<Pipel
 pub struct PipelineArgs {
     /// Dataflow variant (see `dataflows/`): default (the model's one-class SVM), ewma
     /// (per-feature EWMA z-scores, no trained weights), telemetry (per-entity PCA
-    /// models, windows 30/10; needs a directory of per-entity models) or machines (seed
-    /// 002's machine records and XGBoost classifier, with `--model machines`).
+    /// models, windows 30/10; needs a directory of per-entity models), machines (seed
+    /// 002's machine records and XGBoost classifier, with `--model machines`) or rules
+    /// (seed 004's statistics and thresholds of a rule file, windows 30/6, with `--model
+    /// rules`).
     #[arg(long, default_value = DEFAULT)]
     pub dataflow: String,
     /// Frames per window; default: the detector's (a model's detector scores the model's

@@ -206,10 +206,35 @@ pub struct PartHits {
     /// The largest score among this partition's unmuted features in the window (NaN when
     /// not known: a GPU that returned only the scores over its threshold, none of them).
     pub peak: f32,
+    /// The rules that fired on the frame (the `rules` variant; empty for the others).
+    /// Never skipped when serialised: reports cross processes in bincode.
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+}
+
+/// A rule that fired on a frame's window: which rule, on which statistic of which
+/// feature, the value and the threshold it crossed (the `rules` variant's alert
+/// evidence, seed 004's `{"p99_violation": {"value", "threshold"}}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The rule's name in the rule file.
+    pub rule: String,
+    /// The statistic it tests (`mean`, `p95`, `cusum`, ...).
+    pub stat: String,
+    /// Global (model) feature index.
+    pub feature: u32,
+    /// The statistic's value over the window.
+    pub value: f64,
+    /// The rule's threshold.
+    pub threshold: f64,
+    /// Whether the rule fires above the threshold (else below).
+    pub above: bool,
+    /// What the rule adds to the frame's rule score.
+    pub weight: f64,
 }
 
 /// The verdict on one scored frame, merged over all partitions.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FrameResult {
     /// The frame.
     pub seq: Seq,
@@ -221,6 +246,10 @@ pub struct FrameResult {
     /// it is over the threshold, as written by `replay --scores` and pushed to a metrics
     /// store. NaN when no partition knew it (see [`PartHits::peak`]).
     pub peak: f32,
+    /// The rules that fired on the frame, in rule-file order (the `rules` variant; empty
+    /// for the others). Never skipped when serialised (bincode between processes).
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
 }
 
 impl FrameResult {

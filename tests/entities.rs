@@ -19,35 +19,6 @@ use tidewatch::sources::read_matrix;
 /// A handful of SMAP channels with labelled anomalies, for the runs repeated per layout.
 const SUBSET: &[&str] = &["A-1", "D-1", "E-1", "G-1", "P-1", "S-1"];
 
-/// `../shared/data/SMAP` (`$TIDEWATCH_SHARED/data/SMAP` where that is set), or `None`
-/// (after saying so) where it is absent.
-fn smap() -> Option<PathBuf> {
-    let shared = std::env::var_os("TIDEWATCH_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("data/SMAP");
-    if dir.join("test").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("TIDEWATCH_REQUIRE_SHARED_DATA").is_none(),
-        "TIDEWATCH_REQUIRE_SHARED_DATA is set but {} is absent",
-        dir.display()
-    );
-    println!("skipped: {} is absent", dir.display());
-    None
-}
-
-/// A directory of links to the `names` files of `from`.
-fn subset(from: &Path, names: &[&str], to: &Path) -> PathBuf {
-    std::fs::create_dir_all(to).unwrap();
-    for name in names {
-        let file = format!("{name}.npy.gz");
-        std::os::unix::fs::symlink(from.join(&file), to.join(&file)).unwrap();
-    }
-    to.to_path_buf()
-}
-
 fn check(out: &Output, what: &str) {
     assert!(
         out.status.success(),
@@ -83,9 +54,9 @@ fn shipped() -> PathBuf {
 /// channel (in `entity` and in its `<entity>:<row>` id) and the telemetry value alone.
 #[test]
 fn telemetry_verdicts_do_not_depend_on_workers_or_processes() {
-    let Some(smap) = smap() else { return };
+    let Some(smap) = common::smap() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let input = subset(&smap.join("test"), SUBSET, &tmp.path().join("test"));
+    let input = common::smap_subset(&smap.join("test"), SUBSET, &tmp.path().join("test"));
     let out = |name: &str| tmp.path().join(format!("{name}.jsonl"));
     let w1 = telemetry(&shipped(), &input, &out("w1"), &["-w", "1"])
         .output()
@@ -150,7 +121,7 @@ fn labels(smap: &Path) -> BTreeMap<String, Vec<(u64, u64)>> {
 /// segment detects it, as in Telemanom's and TranAD's protocol), most of them inside one.
 #[test]
 fn telemetry_finds_labelled_smap_anomalies() {
-    let Some(smap) = smap() else { return };
+    let Some(smap) = common::smap() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("alerts.jsonl");
     let run = telemetry(&shipped(), &smap.join("test"), &out, &["--json"])
@@ -205,12 +176,12 @@ const PRECISION_FLOOR: f64 = 0.5;
 /// the `.npy` directory of the same rows, at -w 1 and -w 2.
 #[test]
 fn csv_and_jsonl_entities_give_the_verdicts_of_the_npy_directory() {
-    let Some(smap) = smap() else { return };
+    let Some(smap) = common::smap() else { return };
     let tmp = tempfile::tempdir().unwrap();
     // two channels with alerts in their first rows
     let names = ["D-1", "P-4"];
     let rows = 1500;
-    let dir = subset(&smap.join("test"), &names, &tmp.path().join("test"));
+    let dir = common::smap_subset(&smap.join("test"), &names, &tmp.path().join("test"));
     let mats: Vec<_> = names
         .iter()
         .map(|n| read_matrix(&smap.join(format!("test/{n}.npy.gz"))).unwrap())
@@ -279,10 +250,10 @@ fn csv_and_jsonl_entities_give_the_verdicts_of_the_npy_directory() {
 /// each entity with its own and an unknown entity with the default.
 #[test]
 fn train_writes_a_model_per_entity_that_replay_uses() {
-    let Some(smap) = smap() else { return };
+    let Some(smap) = common::smap() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let names = ["A-1", "P-1", "S-1"];
-    let train = subset(&smap.join("train"), &names, &tmp.path().join("train"));
+    let train = common::smap_subset(&smap.join("train"), &names, &tmp.path().join("train"));
     let models = tmp.path().join("models");
     let run = tidewatch(&[
         "train", "--kind", "linear", "--window", "30", "--values", "1",
@@ -300,7 +271,7 @@ fn train_writes_a_model_per_entity_that_replay_uses() {
     }
     assert!(models.join("default/model.json").is_file());
     // an entity of the input without its own model (E-1) takes the default's
-    let input = subset(
+    let input = common::smap_subset(
         &smap.join("test"),
         &["A-1", "E-1"],
         &tmp.path().join("test"),

@@ -303,8 +303,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--rate must be a positive number of frames per second");
     }
     let dir = Model::resolve(&args.model);
-    let model =
-        Arc::new(Model::load(&dir).with_context(|| format!("loading model {}", dir.display()))?);
+    let model = Arc::new(
+        crate::dataflows::load_model(&args.pipeline.dataflow, &dir)
+            .with_context(|| format!("loading model {}", dir.display()))?,
+    );
     let features = args.features.unwrap_or(model.n_features());
     if features != model.n_features() {
         bail!(

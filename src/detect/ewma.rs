@@ -67,6 +67,14 @@ impl Ewma {
     }
 }
 
+impl Ewma {
+    /// Each feature's running mean over the windows scored so far: the first window's
+    /// value, then moved `alpha` of the way towards each next one.
+    pub fn means(&self) -> &[f32] {
+        &self.mean
+    }
+}
+
 impl Detector for Ewma {
     fn needs(&self) -> Needs {
         Needs {

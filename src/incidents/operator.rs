@@ -97,6 +97,7 @@ pub trait IncidentOps<'s> {
     ///             meta: FrameMeta { event_ms: Some(1_000 * seq as i64), ..FrameMeta::default() },
     ///             hits: if (2..=5).contains(&seq) { vec![Hit { feature: 1, score: 2.0 }] } else { vec![] },
     ///             peak: if (2..=5).contains(&seq) { 2.0 } else { 0.0 },
+    ///             evidence: vec![],
     ///         })
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FeatureNames, Model, ModelKind, ModelMeta, Params, Provenance};
+use crate::model::{FeatureNames, Model};
 use features::Sensors;
 use table::{LiveTable, TypeCode};
 
@@ -151,28 +151,13 @@ pub const FRAME_FIELDS: [&str; 6] = [
 /// trees are.
 pub fn frame_model(dir: &Path) -> anyhow::Result<Model> {
     let machines = MachinesModel::load(dir)?;
-    let n = FRAME_FIELDS.len();
-    Ok(Model {
-        meta: ModelMeta {
-            format: 1,
-            kind: ModelKind::Linear,
-            window: 1,
-            n_features: n,
-            features: FeatureNames::List(FRAME_FIELDS.iter().map(|s| s.to_string()).collect()),
-            nu: 0.0,
-            score: "machine failure probability of the XGBoost model in training.model_dir".into(),
-            threshold: machines.meta.threshold,
-            rff: None,
-            calibration: None,
-            training: serde_json::json!({ "model_dir": dir }),
-            provenance: Provenance::default(),
-        },
-        params: Params::Linear {
-            weight: vec![0.0; n],
-            bias: vec![0.0; n],
-        },
-        calibration: None,
-    })
+    Ok(Model::descriptive(
+        FeatureNames::List(FRAME_FIELDS.iter().map(|s| s.to_string()).collect()),
+        FRAME_FIELDS.len(),
+        "machine failure probability of the XGBoost model in training.model_dir".into(),
+        machines.meta.threshold,
+        serde_json::json!({ "model_dir": dir }),
+    ))
 }
 
 /// The machines model directory a [`frame_model`] names.

@@ -127,6 +127,7 @@ impl<'s> MachineOps<'s> for Stream<'s, Frame> {
                             meta: frame.meta,
                             hits,
                             peak: v.probability,
+                            evidence: Vec::new(),
                         });
                     }
                     // encodings whose frame went by (none, unless a frame was not a record)

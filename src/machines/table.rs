@@ -3,11 +3,11 @@
 //! reloaded while a run goes on when the file changes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::path::Path;
 
 use anyhow::{bail, Context};
+
+use crate::live_file::{FileContents, LiveFile};
 
 /// A machine type as the dataflow keys it: its one character's code point (`'L'` → 76).
 pub type TypeCode = u32;
@@ -58,89 +58,27 @@ fn parse(text: &str) -> anyhow::Result<Rows> {
     Ok(rows)
 }
 
-/// The table of a run: its rows now, and a version that grows with every change, so that
-/// the dataflow sends only what changed. Shared by the dataflow's workers and `serve`'s
-/// `/predict`.
-#[derive(Debug)]
-pub struct LiveTable {
-    path: Option<PathBuf>,
-    state: Mutex<State>,
-}
+/// The table of a run, followed while it goes on (see [`LiveFile`]); shared by the
+/// dataflow's workers and `serve`'s `/predict`.
+pub type LiveTable = LiveFile<Rows>;
 
-#[derive(Debug)]
-struct State {
-    version: u64,
-    rows: Arc<Rows>,
-    modified: Option<SystemTime>,
-}
+impl FileContents for Rows {
+    const WHAT: &'static str = "type table";
+    const UNIT: &'static str = "types";
 
-impl LiveTable {
-    /// The table in `path`, followed by [`LiveTable::refresh`].
-    pub fn open(path: &Path) -> anyhow::Result<LiveTable> {
-        let modified = modified(path);
-        Ok(LiveTable {
-            path: Some(path.to_path_buf()),
-            state: Mutex::new(State {
-                version: 0,
-                rows: Arc::new(read(path)?),
-                modified,
-            }),
-        })
+    fn read(path: &Path) -> anyhow::Result<Rows> {
+        read(path)
     }
 
-    /// A table of fixed `rows` with no file, changed by [`LiveTable::replace`] alone.
-    pub fn fixed(rows: Rows) -> LiveTable {
-        LiveTable {
-            path: None,
-            state: Mutex::new(State {
-                version: 0,
-                rows: Arc::new(rows),
-                modified: None,
-            }),
-        }
+    fn entries(&self) -> usize {
+        self.len()
     }
-
-    /// The version and the rows now.
-    pub fn current(&self) -> (u64, Arc<Rows>) {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        (s.version, Arc::clone(&s.rows))
-    }
-
-    /// New rows, as a new version.
-    pub fn replace(&self, rows: Rows) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.version += 1;
-        s.rows = Arc::new(rows);
-    }
-
-    /// Reads the file again if its modification time changed. A file that no longer
-    /// parses keeps the rows in force and is logged, once per change of the file.
-    pub fn refresh(&self) {
-        let Some(path) = &self.path else { return };
-        let now = modified(path);
-        {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if now == s.modified {
-                return;
-            }
-            s.modified = now;
-        }
-        match read(path) {
-            Ok(rows) => {
-                tracing::info!(path = %path.display(), types = rows.len(), "type table reloaded");
-                self.replace(rows)
-            }
-            Err(e) => tracing::warn!("{e:#}; the type table in force stays"),
-        }
-    }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
 
     #[test]

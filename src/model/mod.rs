@@ -173,6 +173,40 @@ pub const TENSORS_FILE: &str = "model.safetensors";
 pub const META_FILE: &str = "model.json";
 
 impl Model {
+    /// A model that only describes the frames (`n_features` values named by `features`)
+    /// and holds no one-class SVM (zero weights, never used): what the runtime holds for
+    /// a variant that scores with something of its own (the machines variant's trees, the
+    /// rules variant's rule file), which `training` names for it.
+    pub fn descriptive(
+        features: FeatureNames,
+        n_features: usize,
+        score: String,
+        threshold: f32,
+        training: serde_json::Value,
+    ) -> Model {
+        Model {
+            meta: ModelMeta {
+                format: 1,
+                kind: ModelKind::Linear,
+                window: 1,
+                n_features,
+                features,
+                nu: 0.0,
+                score,
+                threshold,
+                rff: None,
+                calibration: None,
+                training,
+                provenance: Provenance::default(),
+            },
+            params: Params::Linear {
+                weight: vec![0.0; n_features],
+                bias: vec![0.0; n_features],
+            },
+            calibration: None,
+        }
+    }
+
     /// Window length W.
     pub fn window(&self) -> usize {
         self.meta.window

@@ -5,7 +5,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{Parts, Stream, Time};
-use crate::types::{FrameMeta, FrameResult, Hit, PartHits, Seq};
+use crate::types::{Evidence, FrameMeta, FrameResult, Hit, PartHits, Seq};
 
 /// A frame waiting for its verdict: the earliest capability among what arrived about it,
 /// its metadata (from the split), and the partitions' reports so far.
@@ -17,6 +17,7 @@ struct Pending {
     scored_us: u64,
     hits: Vec<Hit>,
     peak: f32,
+    evidence: Vec<Evidence>,
 }
 
 /// Merges what every partition found in a frame into one verdict.
@@ -121,6 +122,7 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                                 p.scored_us = p.scored_us.max(part.scored_us);
                                 p.hits.extend(part.hits);
                                 p.peak = p.peak.max(part.peak);
+                                p.evidence.extend(part.evidence);
                             }
                         }
                     });
@@ -156,6 +158,7 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                             meta,
                             hits,
                             peak: p.peak,
+                            evidence: p.evidence,
                         });
                     }
                 }
@@ -174,6 +177,7 @@ impl Pending {
             scored_us: 0,
             hits: Vec::new(),
             peak: f32::NAN,
+            evidence: Vec::new(),
         }
     }
 }

@@ -290,6 +290,7 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
                                     scored_us: s.scored_us,
                                     hits,
                                     peak,
+                                    evidence: Vec::new(),
                                 });
                             }
                             if let Some(log) = log {

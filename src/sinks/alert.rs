@@ -70,6 +70,39 @@ pub struct Alert {
     /// A machine record's failure probability: its one hit's score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probability: Option<f32>,
+    /// The rules that fired (the `rules` variant), in rule-file order. (Alerts are JSON
+    /// only, never bincode: skipping is safe here, and keeps the other variants' bodies
+    /// as they were.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<AlertEvidence>,
+    /// The rules' score: their weights summed, capped at 1 ([`crate::rules::rule_score`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_score: Option<f64>,
+    /// `critical`, `warning` or `info` on the rule score ([`crate::rules::severity`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<&'static str>,
+}
+
+/// A rule that fired, as an alert lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertEvidence {
+    /// The rule's name.
+    pub rule: String,
+    /// The statistic it tests.
+    pub stat: String,
+    /// The model feature.
+    pub feature: u32,
+    /// The frame's entity, if it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// The statistic's value.
+    pub value: f64,
+    /// `above` or `below`: which side of the threshold fires.
+    pub condition: &'static str,
+    /// The rule's threshold.
+    pub threshold: f64,
+    /// What the rule adds to the rule score.
+    pub weight: f64,
 }
 
 impl Alert {
@@ -91,6 +124,8 @@ impl Alert {
         });
         features.truncate(max_features);
         let meta = &result.meta;
+        let score =
+            (!result.evidence.is_empty()).then(|| crate::rules::rule_score(&result.evidence));
         Alert {
             timestamp: iso_ms(meta.event_ms.unwrap_or(meta.received_ms)),
             anomaly_detected: true,
@@ -105,6 +140,22 @@ impl Alert {
                 .machine_id
                 .as_ref()
                 .and_then(|_| result.hits.first().map(|h| h.score)),
+            evidence: result
+                .evidence
+                .iter()
+                .map(|e| AlertEvidence {
+                    rule: e.rule.clone(),
+                    stat: e.stat.clone(),
+                    feature: e.feature,
+                    entity: meta.entity.as_deref().map(cap_id),
+                    value: e.value,
+                    condition: if e.above { "above" } else { "below" },
+                    threshold: e.threshold,
+                    weight: e.weight,
+                })
+                .collect(),
+            rule_score: score,
+            severity: score.map(crate::rules::severity),
         }
     }
 }
@@ -197,7 +248,7 @@ impl AlertBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{FrameMeta, Hit};
+    use crate::types::{Evidence, FrameMeta, Hit};
 
     #[test]
     fn alert_lists_highest_scores_first_and_keeps_the_true_count() {
@@ -215,6 +266,7 @@ mod tests {
                 })
                 .collect(),
             peak: 9.0,
+            evidence: Vec::new(),
         };
         let alert = Alert::new(&result, 3);
         assert_eq!(alert.num_anomalous_features, 10);
@@ -229,6 +281,53 @@ mod tests {
         assert_eq!(json["anomaly_detected"], true);
         assert_eq!(json["anomalous_features"][0]["feature_idx"], 9);
         assert_eq!(json["id"], "f-1");
+    }
+
+    /// A verdict without evidence (every variant but `rules`) gives the body it always
+    /// gave: no evidence, rule score or severity keys. One with evidence lists each rule
+    /// with the frame's entity, and the seed's score and severity.
+    #[test]
+    fn evidence_and_severity_only_where_rules_fired() {
+        let meta = FrameMeta {
+            entity: Some("A-1".into()),
+            ..FrameMeta::default()
+        };
+        let hits = vec![Hit {
+            feature: 0,
+            score: 0.5,
+        }];
+        let plain = FrameResult {
+            seq: 1,
+            meta: meta.clone(),
+            hits: hits.clone(),
+            peak: 0.5,
+            evidence: Vec::new(),
+        };
+        let json = serde_json::to_value(Alert::new(&plain, 10)).unwrap();
+        for key in ["evidence", "rule_score", "severity"] {
+            assert!(json.get(key).is_none(), "{json}");
+        }
+        let fired = |weight| Evidence {
+            rule: "hot".into(),
+            stat: "p95".into(),
+            feature: 0,
+            value: 2.5,
+            threshold: 1.0,
+            above: true,
+            weight,
+        };
+        let ruled = FrameResult {
+            evidence: vec![fired(0.5), fired(0.25)],
+            ..plain
+        };
+        let json = serde_json::to_value(Alert::new(&ruled, 10)).unwrap();
+        assert_eq!(json["rule_score"], 0.75);
+        assert_eq!(json["severity"], "warning");
+        assert_eq!(
+            json["evidence"][1],
+            serde_json::json!({"rule": "hot", "stat": "p95", "feature": 0, "entity": "A-1",
+                "value": 2.5, "condition": "above", "threshold": 1.0, "weight": 0.25})
+        );
     }
 
     #[test]

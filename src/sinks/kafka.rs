@@ -537,6 +537,7 @@ mod tests {
                 .map(|&(feature, score)| Hit { feature, score })
                 .collect(),
             peak: hits.iter().map(|h| h.1).fold(0.0, f32::max),
+            evidence: Vec::new(),
         }
     }
 

@@ -117,6 +117,7 @@ mod tests {
             },
             hits: vec![],
             peak: 0.25,
+            evidence: vec![],
         });
         hook(&FrameResult {
             seq: 1,
@@ -126,6 +127,7 @@ mod tests {
                 score: 2.5,
             }],
             peak: 2.5,
+            evidence: vec![],
         });
         drop(hook);
         lines.finish().unwrap();

@@ -1057,6 +1057,7 @@ mod tests {
                 })
                 .collect(),
             peak: 1.0 + n as f32 * 1.234_567e-3,
+            evidence: Vec::new(),
         }
     }
 

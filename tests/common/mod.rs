@@ -3,7 +3,7 @@
 
 pub mod serve;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -298,4 +298,33 @@ pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// `../shared/data/SMAP` (`$TIDEWATCH_SHARED/data/SMAP` where that is set), or `None`
+/// (after saying so) where it is absent.
+pub fn smap() -> Option<PathBuf> {
+    let shared = std::env::var_os("TIDEWATCH_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = shared.join("data/SMAP");
+    if dir.join("test").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("TIDEWATCH_REQUIRE_SHARED_DATA").is_none(),
+        "TIDEWATCH_REQUIRE_SHARED_DATA is set but {} is absent",
+        dir.display()
+    );
+    println!("skipped: {} is absent", dir.display());
+    None
+}
+
+/// A directory of links to the `names` files of `from`.
+pub fn smap_subset(from: &Path, names: &[&str], to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for name in names {
+        let file = format!("{name}.npy.gz");
+        std::os::unix::fs::symlink(from.join(&file), to.join(&file)).unwrap();
+    }
+    to.to_path_buf()
 }
