@@ -483,6 +483,9 @@ mod tests {
         stats.refused("bad_json");
         stats.record(Stage::Decode, 1200);
         stats.alert_sent(1, 0, 0);
+        stats.frame_late();
+        stats.frame_late();
+        stats.frame_untimed();
         let text = prometheus(
             &stats,
             &Extra {
@@ -506,6 +509,8 @@ mod tests {
             "tidewatch_http_ingest_answers_total{code=\"4xx\"} 1",
             "tidewatch_alerts_sent_total 1",
             "tidewatch_alerts_retried_total 1",
+            "tidewatch_frames_late_total 2",
+            "tidewatch_frames_untimed_total 1",
             "tidewatch_queue_depth 3",
             "tidewatch_http_connections_open 2",
             "tidewatch_http_connections_evicted_total 1",
