@@ -45,11 +45,12 @@ pub trait SplitOps<'s> {
 
 impl<'s> SplitOps<'s> for Stream<'s, Frame> {
     fn split_features(self, layout: Layout) -> Parts<'s, Slice> {
+        let route = slice_part;
         cut_frames(
             self,
             "SplitFeatures",
             layout.parts,
-            slice_part,
+            route,
             move |cut, give| {
                 assert_eq!(
                     cut.values.len(),
