@@ -91,7 +91,7 @@ fn replay(input: &Path, dir: &Path, name: &str, extra: &[&str]) -> (Output, Valu
         .args(extra)
         .output()
         .unwrap();
-    check(&run, name);
+    common::check(&run, name);
     let summary = serde_json::from_slice(&run.stdout).unwrap_or(Value::Null);
     (run, summary, alerts(&out))
 }
@@ -102,15 +102,6 @@ fn alerts(out: &Path) -> Vec<Value> {
         a.as_object_mut().unwrap().remove("seq");
     }
     lines
-}
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn ids(alerts: &[Value]) -> Vec<&str> {
@@ -269,8 +260,8 @@ fn event_time_verdicts_do_not_depend_on_workers_processes_or_format() {
     };
     let p1 = process("1", "unused.jsonl").spawn().unwrap();
     let p0 = process("0", "n2.jsonl").output().unwrap();
-    check(&p0, "process 0 of 2");
-    check(&p1.wait_with_output().unwrap(), "process 1 of 2");
+    common::check(&p0, "process 0 of 2");
+    common::check(&p1.wait_with_output().unwrap(), "process 1 of 2");
     assert_eq!(
         alerts(&tmp.path().join("n2.jsonl")),
         reference,
