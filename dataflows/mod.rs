@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 
 use crate::detect::Device;
-use crate::ops::Pacing;
+use crate::ops::{EventTime, Pacing};
 use crate::runtime::Settings;
 pub use crate::runtime::{Build, Pipeline};
 
@@ -92,6 +92,7 @@ impl Default for Settings {
             threshold: None,
             window: None,
             stride: None,
+            event_time: None,
             max_alert_features: crate::sinks::alert::DEFAULT_MAX_FEATURES,
             pacing: Pacing::Unpaced,
             stats: None,
@@ -126,13 +127,21 @@ pub struct PipelineArgs {
     /// rules`).
     #[arg(long, default_value = DEFAULT)]
     pub dataflow: String,
-    /// Frames per window; default: the detector's (a model's detector scores the model's
-    /// window length and refuses any other).
-    #[arg(long)]
-    pub window: Option<usize>,
-    /// Frames between windows; default: the variant's.
-    #[arg(long)]
-    pub stride: Option<usize>,
+    /// Frames per window (`30`); default: the detector's (a model's detector scores the
+    /// model's window length and refuses any other). Or a duration (`30s`, `1m`): windows
+    /// of event time per entity, scored when the entity's watermark passes their end,
+    /// resampled to the detector's window length (variant telemetry).
+    #[arg(long, value_parser = parse_span)]
+    pub window: Option<Span>,
+    /// Frames between windows; default: the variant's. With a duration `--window`, a
+    /// duration (`10s`): windows end on multiples of it since the Unix epoch; default:
+    /// the window's span (windows that do not overlap).
+    #[arg(long, value_parser = parse_span)]
+    pub stride: Option<Span>,
+    /// Event-time windows: how far behind its entity's latest timestamp a frame may be
+    /// and still be windowed (later ones are counted as late and left out).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lateness: Option<std::time::Duration>,
     /// Anomaly threshold on (calibrated) scores; default: the model's (or the variant's).
     #[arg(long, env = "THRESHOLD", allow_negative_numbers = true)]
     pub threshold: Option<f32>,
@@ -148,6 +157,7 @@ impl Default for PipelineArgs {
             dataflow: DEFAULT.to_string(),
             window: None,
             stride: None,
+            lateness: None,
             threshold: None,
             params: Vec::new(),
         }
@@ -158,14 +168,91 @@ impl PipelineArgs {
     /// The pipeline these flags name (its parameters are checked when it is built, by
     /// [`crate::runtime::check`]).
     pub fn pipeline(&self) -> anyhow::Result<Pipeline> {
-        if self.window == Some(0) {
+        if self.window == Some(Span::Frames(0)) {
             bail!("--window must be at least 1");
         }
-        if self.stride == Some(0) {
+        if self.stride == Some(Span::Frames(0)) {
             bail!("--stride must be at least 1");
         }
+        self.event_time()?;
         pipeline(&self.dataflow, &self.params)
     }
+
+    /// `--window` as a frame count; `None` for the detector's, or for event time.
+    pub fn frame_window(&self) -> Option<usize> {
+        match self.window {
+            Some(Span::Frames(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// `--stride` as a frame count; `None` for the variant's, or for event time.
+    pub fn frame_stride(&self) -> Option<usize> {
+        match self.stride {
+            Some(Span::Frames(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The event-time windows a duration `--window` asks for (stride: the window's span
+    /// unless given; lateness: [`DEFAULT_LATENESS`] unless given); `None` for windows of
+    /// frames. An error for a stride or lateness that does not fit the window's kind.
+    pub fn event_time(&self) -> anyhow::Result<Option<EventTime>> {
+        let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let span = match self.window {
+            Some(Span::Time(d)) => ms(d),
+            _ => {
+                if let Some(Span::Time(d)) = self.stride {
+                    bail!(
+                        "--stride {}: a duration needs --window as a duration too (30s)",
+                        humantime::format_duration(d)
+                    );
+                }
+                if self.lateness.is_some() {
+                    bail!("--lateness applies to windows of event time (--window 30s)");
+                }
+                return Ok(None);
+            }
+        };
+        let stride = match self.stride {
+            None => span,
+            Some(Span::Time(d)) => ms(d),
+            Some(Span::Frames(n)) => bail!(
+                "--stride {n}: with --window as a duration, give the stride as one too ({n}s)"
+            ),
+        };
+        if span < 1 || stride < 1 {
+            bail!("--window and --stride must be at least 1 ms");
+        }
+        Ok(Some(EventTime {
+            span_ms: span,
+            stride_ms: stride,
+            lateness_ms: ms(self.lateness.unwrap_or(DEFAULT_LATENESS)),
+        }))
+    }
+}
+
+/// The lateness bound of event-time windows unless `--lateness` says otherwise.
+pub const DEFAULT_LATENESS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A `--window` or `--stride`: a number of frames, or a span of event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    /// So many frames of an entity.
+    Frames(usize),
+    /// So much event time.
+    Time(std::time::Duration),
+}
+
+/// `30` → frames; `30s`, `1m 30s`, `500ms` → event time.
+fn parse_span(s: &str) -> Result<Span, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<usize>() {
+        return Ok(Span::Frames(n));
+    }
+    humantime::parse_duration(s)
+        .map(Span::Time)
+        .map_err(|e| format!("{s:?} is neither a frame count (30) nor a duration (30s): {e}"))
 }
 
 /// `KEY=VALUE` → `(KEY, VALUE)`.
@@ -202,5 +289,38 @@ mod tests {
             Ok(("alpha".into(), "0.1".into()))
         );
         assert!(parse_param("alpha").is_err() && parse_param("=1").is_err());
+    }
+
+    /// A plain number is a frame count; a duration asks for event time, with the stride
+    /// and lateness it gives or their defaults; mixing the two kinds is refused.
+    #[test]
+    fn windows_are_counts_or_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_span("30"), Ok(Span::Frames(30)));
+        assert_eq!(parse_span("30s"), Ok(Span::Time(Duration::from_secs(30))));
+        assert!(parse_span("thirty").unwrap_err().contains("neither"));
+        let args = |w: &str, s: Option<&str>, l: Option<&str>| PipelineArgs {
+            window: Some(parse_span(w).unwrap()),
+            stride: s.map(|s| parse_span(s).unwrap()),
+            lateness: l.map(|l| humantime::parse_duration(l).unwrap()),
+            ..PipelineArgs::default()
+        };
+        assert_eq!(args("30", Some("10"), None).event_time().unwrap(), None);
+        assert_eq!(args("30", None, None).frame_window(), Some(30));
+        let t = args("30s", Some("10s"), Some("2s"));
+        assert_eq!(
+            t.event_time().unwrap(),
+            Some(EventTime {
+                span_ms: 30_000,
+                stride_ms: 10_000,
+                lateness_ms: 2_000
+            })
+        );
+        assert_eq!((t.frame_window(), t.frame_stride()), (None, None));
+        let tumbling = args("1m", None, None).event_time().unwrap().unwrap();
+        assert_eq!((tumbling.stride_ms, tumbling.lateness_ms), (60_000, 5_000));
+        assert!(args("30s", Some("10"), None).pipeline().is_err());
+        assert!(args("30", Some("10s"), None).pipeline().is_err());
+        assert!(args("30", None, Some("5s")).pipeline().is_err());
     }
 }

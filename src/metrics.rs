@@ -131,7 +131,7 @@ pub fn with_process_label(text: &str, process: usize) -> String {
 pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let s = stats.snapshot();
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "tidewatch_frames_accepted_total",
             "frames that entered the dataflow",
@@ -171,6 +171,16 @@ pub fn prometheus(stats: &Stats, extra: &Extra) -> String {
             "tidewatch_records_undecodable_total",
             "records a source could not decode",
             s.frames_rejected,
+        ),
+        (
+            "tidewatch_frames_late_total",
+            "frames older than their entity's watermark, left out of every event-time window",
+            s.frames_late,
+        ),
+        (
+            "tidewatch_frames_untimed_total",
+            "frames without a timestamp, left out of every event-time window",
+            s.frames_untimed,
         ),
     ];
     for (name, help, value) in counters {
@@ -408,6 +418,8 @@ pub fn log_line(stats: &Stats) {
         frames_scored = s.frames_scored,
         anomalous_frames = s.anomalous_frames,
         records_undecodable = s.frames_rejected,
+        frames_late = s.frames_late,
+        frames_untimed = s.frames_untimed,
         alerts_sent = s.alerts_sent,
         alerts_retried = s.alerts_retried,
         alerts_dead_lettered = s.alerts_dead_lettered,
@@ -471,6 +483,9 @@ mod tests {
         stats.refused("bad_json");
         stats.record(Stage::Decode, 1200);
         stats.alert_sent(1, 0, 0);
+        stats.frame_late();
+        stats.frame_late();
+        stats.frame_untimed();
         let text = prometheus(
             &stats,
             &Extra {
@@ -494,6 +509,8 @@ mod tests {
             "tidewatch_http_ingest_answers_total{code=\"4xx\"} 1",
             "tidewatch_alerts_sent_total 1",
             "tidewatch_alerts_retried_total 1",
+            "tidewatch_frames_late_total 2",
+            "tidewatch_frames_untimed_total 1",
             "tidewatch_queue_depth 3",
             "tidewatch_http_connections_open 2",
             "tidewatch_http_connections_evicted_total 1",

@@ -22,7 +22,10 @@ use crate::incidents::{
 use crate::layout::Layout;
 use crate::model::entities::EntityModels;
 use crate::model::Model;
-use crate::ops::{frame_source, Cut, Pacing, Progress, StatsOps, Stream, Time, WindowConfig};
+use crate::ops::{
+    frame_source, Cut, EventTime, EventWindowConfig, Pacing, Progress, StatsOps, Stream, Time,
+    WindowConfig,
+};
 use crate::sinks::file::AlertLines;
 pub use crate::sinks::{IncidentHook, ResultHook, SinkSpec};
 use crate::sources::FrameSource;
@@ -191,6 +194,9 @@ pub struct Settings {
     pub window: Option<usize>,
     /// Window stride override; `None` lets the variant choose.
     pub stride: Option<usize>,
+    /// Windows of event time (`--window 30s`) instead of frame counts; `None`: counts.
+    /// Only a variant that reads them ([`Env::event_windows`]) runs with them.
+    pub event_time: Option<EventTime>,
     /// How many features an alert lists at most.
     pub max_alert_features: usize,
     /// How fast the source is read.
@@ -227,6 +233,9 @@ pub struct Env {
     source: Option<Box<dyn FrameSource>>,
     /// The parameters the variant read so far, to find the ones it never reads.
     read: RefCell<BTreeSet<String>>,
+    /// Whether the variant asked for event-time windows, to refuse them in one that
+    /// would ignore them.
+    read_event_time: std::cell::Cell<bool>,
 }
 
 impl Env {
@@ -244,6 +253,7 @@ impl Env {
             progress: Progress::new(),
             source,
             read: RefCell::new(BTreeSet::new()),
+            read_event_time: std::cell::Cell::new(false),
         }
     }
 
@@ -271,6 +281,12 @@ impl Env {
     /// the variant was built, so that a misspelt key stops the run instead of being
     /// ignored.
     pub fn check_params(&self) -> anyhow::Result<()> {
+        if self.settings.event_time.is_some() && !self.read_event_time.get() {
+            bail!(
+                "variant {:?} does not window by event time: give --window as a frame count",
+                self.pipeline_name()
+            );
+        }
         let read = self.read.borrow();
         let unknown: Vec<&String> = self
             .pipeline_params()
@@ -365,6 +381,12 @@ impl Env {
         detector: &D,
         default_stride: usize,
     ) -> anyhow::Result<WindowConfig> {
+        if self.settings.event_time.is_some() {
+            bail!(
+                "variant {:?} windows by frame count: event-time windows (--window 30s) run in a variant that reads them (telemetry)",
+                self.pipeline_name()
+            );
+        }
         let needs = detector.needs();
         if let Some(w) = self.settings.window.filter(|&w| w != needs.window) {
             bail!(
@@ -383,6 +405,28 @@ impl Env {
             size: needs.window,
             stride,
         })
+    }
+
+    /// The event-time windows `--window 30s` asks for, resampled to the window length
+    /// `detector` scores ([`Detector::needs`]); `None` when the run windows by frame
+    /// count (then use [`Env::windows`]). An error for a detector that needs a window at
+    /// every frame (a stride of its own), which time windows cannot give it.
+    pub fn event_windows<D: Detector + ?Sized>(
+        &self,
+        detector: &D,
+    ) -> anyhow::Result<Option<EventWindowConfig>> {
+        self.read_event_time.set(true);
+        let Some(time) = self.settings.event_time else {
+            return Ok(None);
+        };
+        let needs = detector.needs();
+        if let Some(s) = needs.stride {
+            bail!("event-time windows: the detector needs a window every {s} frame(s), which windows of time cannot give it");
+        }
+        Ok(Some(EventWindowConfig {
+            time,
+            buckets: needs.window,
+        }))
     }
 
     /// The model's one-class SVM for this worker's partition, on the device of the
@@ -692,11 +736,12 @@ fn describe(settings: &Settings, model: &Model, incidents: Option<&Incidents>) -
     };
     let p = &settings.pipeline;
     format!(
-        "variant {} {:?}, window {:?}, stride {:?}, {} features, {alerts}",
+        "variant {} {:?}, window {:?}, stride {:?}, event time {:?}, {} features, {alerts}",
         p.name,
         p.params,
         settings.window,
         settings.stride,
+        settings.event_time,
         model.n_features()
     )
 }

@@ -114,6 +114,8 @@ fn my_shard() -> usize {
 pub struct Stats {
     frames_in: AtomicU64,
     frames_rejected: AtomicU64,
+    frames_late: AtomicU64,
+    frames_untimed: AtomicU64,
     frames_scored: AtomicU64,
     anomalous_frames: AtomicU64,
     anomalous_pairs: AtomicU64,
@@ -133,6 +135,8 @@ impl Default for Stats {
         Stats {
             frames_in: AtomicU64::new(0),
             frames_rejected: AtomicU64::new(0),
+            frames_late: AtomicU64::new(0),
+            frames_untimed: AtomicU64::new(0),
             frames_scored: AtomicU64::new(0),
             anomalous_frames: AtomicU64::new(0),
             anomalous_pairs: AtomicU64::new(0),
@@ -181,6 +185,11 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Records that could not be decoded and were skipped.
     pub frames_rejected: u64,
+    /// Frames older than their entity's watermark under event-time windows: left out of
+    /// every window (counted in the process whose worker owns the entity).
+    pub frames_late: u64,
+    /// Frames without a timestamp under event-time windows: left out of every window.
+    pub frames_untimed: u64,
     /// Frames with a verdict (every frame that ends a window).
     pub frames_scored: u64,
     /// Frames with at least one feature over the threshold.
@@ -257,6 +266,16 @@ impl Stats {
     /// A record a source could not decode was skipped.
     pub fn frame_rejected(&self) {
         self.frame_rejected_for("undecodable_record");
+    }
+
+    /// A frame came later than its entity's watermark and was left out of every window.
+    pub fn frame_late(&self) {
+        self.frames_late.fetch_add(1, Relaxed);
+    }
+
+    /// A frame without a timestamp met event-time windows and was left out of them.
+    pub fn frame_untimed(&self) {
+        self.frames_untimed.fetch_add(1, Relaxed);
     }
 
     /// A frame got its verdict, with `pairs` anomalous features.
@@ -341,6 +360,8 @@ impl Stats {
         StatsSnapshot {
             frames_in: self.frames_in.load(Relaxed),
             frames_rejected: self.frames_rejected.load(Relaxed),
+            frames_late: self.frames_late.load(Relaxed),
+            frames_untimed: self.frames_untimed.load(Relaxed),
             frames_scored: self.frames_scored.load(Relaxed),
             anomalous_frames: self.anomalous_frames.load(Relaxed),
             anomalous_pairs: self.anomalous_pairs.load(Relaxed),

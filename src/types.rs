@@ -106,6 +106,21 @@ pub struct Slice {
     pub values: Vec<f32>,
 }
 
+/// A [`Slice`] on its way to event-time windows ([`crate::ops::EventWindowOps`]): with
+/// its frame's event time and entity name, which count windows never need and so never
+/// carry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timed {
+    /// The frame's event time ([`FrameMeta::event_ms`]), in Unix ms.
+    #[serde(default)]
+    pub event_ms: Option<i64>,
+    /// The frame's entity ([`FrameMeta::entity`]), for the log of a late frame.
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// The frame's values.
+    pub slice: Slice,
+}
+
 /// W consecutive slices of one partition, ending at frame `seq`, time-major `[W][F_part]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Window {

@@ -12,21 +12,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use tidewatch::sources::read_matrix;
 
 /// A handful of SMAP channels with labelled anomalies, for the runs repeated per layout.
 const SUBSET: &[&str] = &["A-1", "D-1", "E-1", "G-1", "P-1", "S-1"];
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn tidewatch(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
@@ -61,11 +52,11 @@ fn telemetry_verdicts_do_not_depend_on_workers_or_processes() {
     let w1 = telemetry(&shipped(), &input, &out("w1"), &["-w", "1"])
         .output()
         .unwrap();
-    check(&w1, "-w 1");
+    common::check(&w1, "-w 1");
     let w2 = telemetry(&shipped(), &input, &out("w2"), &["-w", "2"])
         .output()
         .unwrap();
-    check(&w2, "-w 2");
+    common::check(&w2, "-w 2");
     let hosts = tmp.path().join("hosts.txt");
     common::loopback_hostfile(&hosts, 2);
     let cluster = |p: &str| ["-n", "2", "-p", p, "-h", hosts.to_str().unwrap()].map(String::from);
@@ -77,8 +68,8 @@ fn telemetry_verdicts_do_not_depend_on_workers_or_processes() {
         .args(cluster("0"))
         .output()
         .unwrap();
-    check(&p0, "process 0 of 2");
-    check(&p1.wait_with_output().unwrap(), "process 1 of 2");
+    common::check(&p0, "process 0 of 2");
+    common::check(&p1.wait_with_output().unwrap(), "process 1 of 2");
 
     let reference = common::alert_lines(&out("w1"));
     assert!(reference.len() > 5, "{} alerts", reference.len());
@@ -127,7 +118,7 @@ fn telemetry_finds_labelled_smap_anomalies() {
     let run = telemetry(&shipped(), &smap.join("test"), &out, &["--json"])
         .output()
         .unwrap();
-    check(&run, "replay of SMAP test");
+    common::check(&run, "replay of SMAP test");
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let total: u64 = labels(&smap)
         .keys()
@@ -210,7 +201,7 @@ fn csv_and_jsonl_entities_give_the_verdicts_of_the_npy_directory() {
     let alerts = |input: &Path, name: &str, extra: &[&str]| {
         let out = tmp.path().join(format!("{name}.jsonl"));
         let run = telemetry(&shipped(), input, &out, extra).output().unwrap();
-        check(&run, name);
+        common::check(&run, name);
         let mut lines = common::alert_lines(&out);
         for a in &mut lines {
             a.as_object_mut().unwrap().remove("id");
@@ -265,7 +256,7 @@ fn train_writes_a_model_per_entity_that_replay_uses() {
     .arg("--quiet")
     .output()
     .unwrap();
-    check(&run, "train --data DIR");
+    common::check(&run, "train --data DIR");
     for name in names.iter().chain(&["default"]) {
         assert!(models.join(name).join("pca.json").is_file(), "{name}");
     }
@@ -278,12 +269,12 @@ fn train_writes_a_model_per_entity_that_replay_uses() {
     );
     let out = tmp.path().join("alerts.jsonl");
     let own = telemetry(&models, &input, &out, &[]).output().unwrap();
-    check(&own, "replay with the trained models");
+    common::check(&own, "replay with the trained models");
     // the same run with A-1's model removed: A-1's verdicts change, E-1's stay
     let before = common::alert_lines(&out);
     std::fs::remove_dir_all(models.join("A-1")).unwrap();
     let out2 = tmp.path().join("alerts2.jsonl");
-    check(
+    common::check(
         &telemetry(&models, &input, &out2, &[]).output().unwrap(),
         "replay without A-1",
     );

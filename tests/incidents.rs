@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tidewatch::model::FeatureIndex;
@@ -54,15 +54,6 @@ fn frames(
     }
     writer.finish().unwrap();
     path
-}
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `tidewatch replay` of `input` over `model`, alert lines to `output`.
@@ -123,7 +114,7 @@ fn level_shift_gives_one_open_and_one_resolve() {
     let input = frames(dir.path(), "shift.jsonl", 100, 0.1, shift);
 
     let frame_alerts = dir.path().join("frames.jsonl");
-    check(
+    common::check(
         &replay(&model, &input, &frame_alerts, &[]).output().unwrap(),
         "frame mode",
     );
@@ -141,7 +132,7 @@ fn level_shift_gives_one_open_and_one_resolve() {
     let run = replay(&model, &input, &out, &["--alerts", "incident"])
         .output()
         .unwrap();
-    check(&run, "incident mode");
+    common::check(&run, "incident mode");
     let e = events(&out);
     assert_eq!(
         summary(&e),
@@ -206,7 +197,7 @@ fn an_incident_open_at_the_end_of_the_input_resolves_there() {
         )
         .output()
         .unwrap();
-        check(&run, "incident mode");
+        common::check(&run, "incident mode");
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(
             err.contains("1 open at the end of the input (resolved there)"),
@@ -257,7 +248,7 @@ fn subsystem_departure_is_one_incident_for_the_group() {
 
     let grouped = dir.path().join("grouped.jsonl");
     let meta_flag = ["--feature-metadata", metadata.to_str().unwrap()];
-    check(
+    common::check(
         &replay(
             &model,
             &input,
@@ -288,7 +279,7 @@ fn subsystem_departure_is_one_incident_for_the_group() {
     assert_eq!(top, vec![5, 4, 3, 2, 1, 0], "highest peak score first");
 
     let ungrouped = dir.path().join("ungrouped.jsonl");
-    check(
+    common::check(
         &replay(&model, &input, &ungrouped, &["--alerts", "incident"])
             .output()
             .unwrap(),
@@ -319,7 +310,7 @@ fn severity_escalates_on_a_growing_departure() {
     let input = frames(dir.path(), "ramp.jsonl", 90, 0.05, ramp);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/incidents.example.json");
     let out = dir.path().join("ramp-incidents.jsonl");
-    check(
+    common::check(
         &replay(
             &model,
             &input,
@@ -406,9 +397,9 @@ fn incidents_are_the_same_for_threads_and_processes() {
         replay(&model, &input, out, &args)
     };
     let one = dir.path().join("w1.jsonl");
-    check(&run(&one, &["-w", "1"]).output().unwrap(), "-w 1");
+    common::check(&run(&one, &["-w", "1"]).output().unwrap(), "-w 1");
     let two = dir.path().join("w2.jsonl");
-    check(&run(&two, &["-w", "2"]).output().unwrap(), "-w 2");
+    common::check(&run(&two, &["-w", "2"]).output().unwrap(), "-w 2");
 
     let hosts = dir.path().join("hosts.txt");
     common::loopback_hostfile(&hosts, 2);
@@ -424,8 +415,8 @@ fn incidents_are_the_same_for_threads_and_processes() {
         .output()
         .unwrap();
     let p1 = p1.wait_with_output().unwrap();
-    check(&p0, "process 0 of 2");
-    check(&p1, "process 1 of 2");
+    common::check(&p0, "process 0 of 2");
+    common::check(&p1, "process 1 of 2");
 
     let reference = std::fs::read_to_string(&one).unwrap();
     let e = events(&one);

@@ -802,6 +802,91 @@ fn incident_events_reach_the_alert_topic_through_the_outbox() {
     );
 }
 
+/// With `--kafka-key-is-entity`, frames that name no entity take their message key as
+/// their entity: each key's frames are windowed apart, and alerts carry the key as
+/// `entity`. Two pumps' messages alternate on one partition; pump-a holds 2.0 on
+/// feature 7 for its frames 10..15, pump-b stays at 0. In windows of 5 of pump-a's own
+/// frames the mean passes 0.5 where a window holds two of them (frames 11 to 17); had the
+/// pumps shared one window, pump-b's frames would alert too, and 36 frames would end a
+/// window instead of 2 x 16.
+#[test]
+fn the_message_key_names_the_entity_of_frames_that_name_none() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mean-model");
+    common::window_mean_model(F, W, 0.5).save(&model).unwrap();
+    let (topic, group) = (unique("frames"), unique("g"));
+    let (results, alerts) = (unique("results"), unique("alerts"));
+    let n = 40u64;
+    let spec = ProduceSpec {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 1,
+        frames: Some(n),
+        duration: None,
+        rate: None,
+    };
+    let report = produce(&spec, |k| {
+        let (pump, i) = (["pump-a", "pump-b"][k as usize % 2], k / 2);
+        let values: Vec<f32> = (0..F)
+            .map(
+                |f| match pump == "pump-a" && f == 7 && (10..15).contains(&i) {
+                    true => 2.0,
+                    false => 0.0,
+                },
+            )
+            .collect();
+        let mut json = String::new();
+        client_json(&values, &mut json);
+        let json = format!("{{\"id\":\"{pump}:{i}\",{}", &json[1..]);
+        (pump.to_string(), json.into_bytes(), 0)
+    })
+    .unwrap();
+    assert_eq!(report.statuses.get("delivered"), Some(&n), "{report:?}");
+    let served = Served::start(
+        &model,
+        &brokers,
+        &topic,
+        &group,
+        &[
+            "--kafka-key-is-entity",
+            "--results-kafka-topic",
+            &results,
+            "--alerts-kafka-topic",
+            &alerts,
+        ],
+    );
+    let per_entity = 2 * (n as usize / 2 - (W - 1));
+    let verdicts = read_topic(&brokers, &results, Duration::from_secs(90), |m| {
+        m.len() >= per_entity
+    });
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(30), |m| m.len() >= 7);
+    // anything more would come within a moment
+    std::thread::sleep(Duration::from_millis(500));
+    let verdicts = read_topic(&brokers, &results, Duration::from_secs(5), |m| {
+        m.len() > verdicts.len()
+    });
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(5), |m| {
+        m.len() > got.len()
+    });
+    let (_, err) = served.stop();
+    assert_eq!(verdicts.len(), per_entity, "{err}");
+    let mut alerted: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let body = m.json();
+            let id = body["id"].as_str().unwrap().to_string();
+            let entity = body["entity"].as_str().unwrap_or_default().to_string();
+            (entity, id)
+        })
+        .collect();
+    alerted.sort_by_key(|(_, id)| id[id.find(':').unwrap() + 1..].parse::<u64>().unwrap());
+    let expected: Vec<(String, String)> = (11..=17)
+        .map(|i| ("pump-a".to_string(), format!("pump-a:{i}")))
+        .collect();
+    assert_eq!(alerted, expected, "{err}");
+}
+
 /// `loadgen --kafka` writes decodable frames round-robin over the partitions, and
 /// `bench --kafka` reads a topic through the dataflow and reports frames/s.
 #[test]

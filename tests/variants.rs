@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use tidewatch::dataflows;
 use tidewatch::model::Model;
@@ -17,15 +17,6 @@ use tidewatch::sources::Injection;
 /// Frames per run: enough spikes (rate x features x frames, about 3,000) to measure
 /// recall, few enough for six runs per variant.
 const FRAMES: u64 = 300;
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `replay` of `frames` generator frames (spikes only, with their ground truth) through
 /// `variant`, alerts to `output`.
@@ -59,7 +50,7 @@ fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
     )
     .output()
     .unwrap();
-    check(&w1, &format!("{variant} -w 1"));
+    common::check(&w1, &format!("{variant} -w 1"));
     let w2 = replay(
         variant,
         FRAMES,
@@ -69,7 +60,7 @@ fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
     )
     .output()
     .unwrap();
-    check(&w2, &format!("{variant} -w 2"));
+    common::check(&w2, &format!("{variant} -w 2"));
 
     let hosts = dir.join("hosts.txt");
     common::loopback_hostfile(&hosts, 2);
@@ -93,8 +84,8 @@ fn runs(variant: &str, dir: &Path) -> ([PathBuf; 3], PathBuf) {
     .output()
     .unwrap();
     let p1 = p1.wait_with_output().unwrap();
-    check(&p0, &format!("{variant} process 0 of 2"));
-    check(&p1, &format!("{variant} process 1 of 2"));
+    common::check(&p0, &format!("{variant} process 0 of 2"));
+    common::check(&p1, &format!("{variant} process 1 of 2"));
     ([out("w1"), out("w2"), out("n2")], truth)
 }
 
@@ -213,12 +204,12 @@ fn variant_parameters_are_checked_and_used() {
 
     // a z threshold no score reaches: no alerts at all
     let quiet = run(&["--param", "z=1e30", "--param", "warmup=5"]);
-    check(&quiet, "ewma with z=1e30");
+    common::check(&quiet, "ewma with z=1e30");
     assert!(common::alert_lines(&out).is_empty());
     // a threshold every score after warm-up reaches (those before are 0): every frame
     // after it alerts
     let loud = run(&["--param", "z=1e-30", "--param", "warmup=5"]);
-    check(&loud, "ewma with z=1e-30");
+    common::check(&loud, "ewma with z=1e-30");
     let seqs: Vec<u64> = common::alert_lines(&out)
         .iter()
         .map(|v| v["seq"].as_u64().unwrap())
@@ -243,7 +234,7 @@ fn windows_and_names_are_checked() {
     let strided = replay("default", 30, &truth, &out, &["--stride", "10", "--json"])
         .output()
         .unwrap();
-    check(&strided, "--stride 10");
+    common::check(&strided, "--stride 10");
     let stderr = String::from_utf8_lossy(&strided.stderr);
     let summary: serde_json::Value = serde_json::from_slice(&strided.stdout).unwrap();
     assert_eq!(summary["stats"]["frames_scored"], 3, "{stderr}");

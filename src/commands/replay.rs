@@ -32,6 +32,10 @@ pub struct ReplayArgs {
     /// entity, machine_id, source_id or channel, if there is one).
     #[arg(long, requires = "input")]
     pub entity_column: Option<String>,
+    /// CSV input: the column of each record's timestamp (ISO 8601 or epoch ms; default:
+    /// a column called timestamp, else time).
+    #[arg(long, requires = "input")]
+    pub timestamp_column: Option<String>,
     /// Replay this many frames from the synthetic generator instead of a file.
     #[arg(long, required_unless_present = "input")]
     pub generate: Option<u64>,
@@ -101,6 +105,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             "--rate must be a positive number of frames per second, not {rate}"
         );
     }
+    if let (Some(input), Some(_)) = (&args.input, args.pipeline.event_time()?) {
+        anyhow::ensure!(
+            sources::file::carries_timestamps(input),
+            "{}: .npy frames carry no timestamps, so they cannot be windowed by event time; give --window as a frame count",
+            input.display()
+        );
+    }
     let path = Model::resolve(&args.model);
     let model = Arc::new(
         crate::dataflows::load_model(&args.pipeline.dataflow, &path)
@@ -110,8 +121,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         pipeline: args.pipeline.pipeline()?.with_model_dir(path),
         batch_size: args.batch_size,
         threshold: args.pipeline.threshold,
-        window: args.pipeline.window,
-        stride: args.pipeline.stride,
+        window: args.pipeline.frame_window(),
+        stride: args.pipeline.frame_stride(),
+        event_time: args.pipeline.event_time()?,
         max_alert_features: args.max_alert_features,
         pacing: args.rate.map(Pacing::rate).unwrap_or(Pacing::Unpaced),
         stats: None,
@@ -171,6 +183,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             s.anomalous_frames,
             s.anomalous_pairs
         );
+        if s.frames_late + s.frames_untimed > 0 {
+            eprintln!(
+                "event-time windows left out {} late frames and {} without a timestamp",
+                s.frames_late, s.frames_untimed
+            );
+        }
         if args.alerts.mode == super::AlertMode::Incident {
             let i = &report.incidents;
             eprintln!(
@@ -205,6 +223,7 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
             // Process 0's workers share the file: each parses the records it takes.
             let path = path.clone();
             let entity_column = args.entity_column.clone();
+            let timestamp_column = args.timestamp_column.clone();
             // Paced (`--rate`), decoding is not what limits: one reader keeps the pace exact.
             let readers = match args.rate {
                 Some(_) => 1,
@@ -218,9 +237,12 @@ fn source_factory(args: &ReplayArgs, model: &Model) -> SourceFactory {
                 }
                 let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
                 if opened.is_none() {
-                    let column = entity_column.as_deref();
+                    let columns = sources::file::CsvColumns {
+                        entity: entity_column.as_deref(),
+                        timestamp: timestamp_column.as_deref(),
+                    };
                     let sources =
-                        sources::file::open_keyed(&path, &index, policy, readers, column)?;
+                        sources::file::open_keyed(&path, &index, policy, readers, columns)?;
                     // a format read by one source alone (NPY) leaves the other workers none
                     *opened = Some(sources.into_iter().map(Some).collect());
                 }

@@ -13,7 +13,7 @@ use super::{Parts, Stream};
 use crate::clock;
 use crate::detect::{Detector, Scores};
 use crate::stats::{Stage, Stats};
-use crate::types::{EntityKey, Frame, Scored, Slice, Window};
+use crate::types::{EntityKey, Frame, Scored, Slice, Timed, Window};
 
 /// The worker, of `peers`, that owns entity `key`.
 pub fn owner(key: EntityKey, peers: usize) -> usize {
@@ -47,14 +47,32 @@ pub trait SplitEntitiesOps<'s> {
     /// assert_eq!(*seen.lock().unwrap(), vec![(entity_key("P-1"), vec![1.0, 2.0])]);
     /// ```
     fn split_entities(self) -> Parts<'s, Slice>;
+
+    /// As [`SplitEntitiesOps::split_entities`], each slice with its frame's event time
+    /// and entity name: the input of [`crate::ops::EventWindowOps::event_window`].
+    fn split_entities_timed(self) -> Parts<'s, Timed>;
 }
 
 impl<'s> SplitEntitiesOps<'s> for Stream<'s, Frame> {
     fn split_entities(self) -> Parts<'s, Slice> {
         let peers = self.scope().peers();
-        super::split::cut_frames(self, "SplitEntities", 1, move |cut, give| {
+        let route = super::split::slice_part;
+        super::split::cut_frames(self, "SplitEntities", 1, route, move |cut, give| {
             let values = std::mem::take(&mut cut.values);
             give(cut.slice(owner(cut.entity, peers), values));
+        })
+    }
+
+    fn split_entities_timed(self) -> Parts<'s, Timed> {
+        let peers = self.scope().peers();
+        let route: super::split::Route<Timed> = |t| t.slice.part as u64;
+        super::split::cut_frames(self, "SplitEntitiesTimed", 1, route, move |cut, give| {
+            let values = std::mem::take(&mut cut.values);
+            give(Timed {
+                event_ms: cut.meta.event_ms,
+                entity: cut.meta.entity.clone(),
+                slice: cut.slice(owner(cut.entity, peers), values),
+            });
         })
     }
 }

@@ -14,6 +14,7 @@
 
 mod batch;
 mod entity;
+mod event_window;
 mod merge;
 mod score;
 mod source;
@@ -23,6 +24,7 @@ mod window;
 
 pub use batch::BatchOps;
 pub use entity::{owner, ScoreEntitiesOps, SplitEntitiesOps};
+pub use event_window::{EventTime, EventWindowConfig, EventWindowOps};
 pub use merge::MergeOps;
 pub use score::{Cut, ScoreOps, ThresholdOps};
 pub use source::{frame_source, Pacing, Progress, MAX_IN_FLIGHT};

@@ -8,6 +8,9 @@ use super::{Parts, Stream};
 use crate::layout::Layout;
 use crate::types::{key_of, EntityKey, Frame, FrameMeta, Seq, Slice};
 
+/// How [`cut_frames`] routes what it cuts: `part % peers` of the worker it goes to.
+pub(crate) type Route<T> = fn(&T) -> u64;
+
 /// Splits frames by feature partition and sends each slice to the worker that owns it.
 pub trait SplitOps<'s> {
     /// One [`Slice`] per partition of `layout`; slice `p` goes to worker `p`. The frames'
@@ -42,31 +45,46 @@ pub trait SplitOps<'s> {
 
 impl<'s> SplitOps<'s> for Stream<'s, Frame> {
     fn split_features(self, layout: Layout) -> Parts<'s, Slice> {
-        cut_frames(self, "SplitFeatures", layout.parts, move |cut, give| {
-            assert_eq!(
-                cut.values.len(),
-                layout.n_features,
-                "frame {} has the wrong number of values",
-                cut.seq
-            );
-            for part in 1..layout.parts {
-                give(cut.slice(part, cut.values[layout.range(part)].to_vec()));
-            }
-            // Partition 0 is the front of the frame: it keeps the frame's own buffer
-            // instead of a copy.
-            let mut values = std::mem::take(&mut cut.values);
-            values.truncate(layout.range(0).end);
-            give(cut.slice(0, values));
-        })
+        let route = slice_part;
+        cut_frames(
+            self,
+            "SplitFeatures",
+            layout.parts,
+            route,
+            move |cut, give| {
+                assert_eq!(
+                    cut.values.len(),
+                    layout.n_features,
+                    "frame {} has the wrong number of values",
+                    cut.seq
+                );
+                for part in 1..layout.parts {
+                    give(cut.slice(part, cut.values[layout.range(part)].to_vec()));
+                }
+                // Partition 0 is the front of the frame: it keeps the frame's own buffer
+                // instead of a copy.
+                let mut values = std::mem::take(&mut cut.values);
+                values.truncate(layout.range(0).end);
+                give(cut.slice(0, values));
+            },
+        )
     }
 }
 
-/// A frame being cut into slices: what every slice of it carries, and its values.
+/// The route of a slice: to the worker of its partition.
+pub(crate) fn slice_part(s: &Slice) -> u64 {
+    s.part as u64
+}
+
+/// A frame being cut into slices: what every slice of it carries, and its values. The
+/// metadata is the frame's own until the cut takes what it needs (event-time windows
+/// take the event time and entity name); what is left leaves on [`Parts::metas`].
 pub(crate) struct Cut {
     pub seq: Seq,
     pub received_us: u64,
     pub entity: EntityKey,
     pub values: Vec<f32>,
+    pub meta: FrameMeta,
 }
 
 impl Cut {
@@ -82,14 +100,19 @@ impl Cut {
     }
 }
 
-/// The operator both splits share: each frame's metadata leaves on [`Parts::metas`], and
-/// `cut` turns the rest into slices (handed to `give`), which go to worker `part % peers`.
-pub(crate) fn cut_frames<'s>(
+/// The operator the splits share: `cut` turns each frame into records (slices, handed to
+/// `give`), which go to worker `route(record) % peers`; then the frame's metadata leaves
+/// on [`Parts::metas`].
+pub(crate) fn cut_frames<'s, T>(
     frames: Stream<'s, Frame>,
     name: &str,
     parts: usize,
-    mut cut: impl FnMut(&mut Cut, &mut dyn FnMut(Slice)) + 'static,
-) -> Parts<'s, Slice> {
+    route: Route<T>,
+    mut cut: impl FnMut(&mut Cut, &mut dyn FnMut(T)) + 'static,
+) -> Parts<'s, T>
+where
+    T: timely::ExchangeData,
+{
     let mut builder = OperatorBuilder::new(name.to_owned(), frames.scope());
     let mut input = builder.new_input(frames, Pipeline);
     builder.set_notify_for(0, FrontierInterest::Never);
@@ -111,9 +134,10 @@ pub(crate) fn cut_frames<'s>(
                             received_us: frame.meta.received_us,
                             entity: key_of(&frame.meta),
                             values: frame.values,
+                            meta: frame.meta,
                         };
-                        metas.give((frame.seq, frame.meta));
                         cut(&mut c, &mut |s| slices.give(s));
+                        metas.give((c.seq, c.meta));
                     }
                 }
             });
@@ -122,7 +146,7 @@ pub(crate) fn cut_frames<'s>(
     let metas: Stream<'s, (Seq, FrameMeta)> = metas;
     Parts {
         // Routing is `part % peers` (or `part & (peers-1)`): part p lands on worker p.
-        data: slices.exchange(|s: &Slice| s.part as u64),
+        data: slices.exchange(route),
         metas,
         parts,
     }

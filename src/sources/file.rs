@@ -35,6 +35,12 @@ enum Format {
 }
 
 /// The format from the file name, and whether it is gzip-compressed (`.gz` suffix).
+/// Whether records read from `path` can carry timestamps: JSONL and CSV can, `.npy`
+/// files (and directories of them) hold values alone.
+pub fn carries_timestamps(path: &Path) -> bool {
+    !path.is_dir() && !matches!(format_of(path), Ok((Format::Npy, _)))
+}
+
 fn format_of(path: &Path) -> anyhow::Result<(Format, bool)> {
     let name = path
         .file_name()
@@ -111,19 +117,30 @@ pub fn open_split(
     policy: KeyPolicy,
     parts: usize,
 ) -> anyhow::Result<Vec<Box<dyn FrameSource>>> {
-    open_keyed(path, index, policy, parts, None)
+    open_keyed(path, index, policy, parts, CsvColumns::default())
 }
 
-/// As [`open_split`], with entities: a CSV file's entity is column `entity_column` (by
-/// default the first column named like one of [`ENTITY_KEYS`]), a JSONL record's is its
-/// own (see [`crate::sources::decode_frame`]), and a directory is read as one entity per
-/// file ([`npy_dir`]).
+/// The CSV columns that name a record's entity and its timestamp, when not the default
+/// ones (see [`open_keyed`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CsvColumns<'a> {
+    /// The entity column (`--entity-column`).
+    pub entity: Option<&'a str>,
+    /// The timestamp column (`--timestamp-column`).
+    pub timestamp: Option<&'a str>,
+}
+
+/// As [`open_split`], with entities: a CSV file's entity is column `columns.entity` (by
+/// default the first column named like one of [`ENTITY_KEYS`]) and its timestamp column
+/// `columns.timestamp` (by default one called `timestamp`, else `time`); a JSONL
+/// record's are its own (see [`crate::sources::decode_frame`]), and a directory is read
+/// as one entity per file ([`npy_dir`]).
 pub fn open_keyed(
     path: &Path,
     index: &FeatureIndex,
     policy: KeyPolicy,
     parts: usize,
-    entity_column: Option<&str>,
+    columns: CsvColumns<'_>,
 ) -> anyhow::Result<Vec<Box<dyn FrameSource>>> {
     if path.is_dir() {
         return Ok(vec![Box::new(npy_dir(path, index.len())?)]);
@@ -148,7 +165,7 @@ pub fn open_keyed(
                 .collect()
         }
         Format::Csv => {
-            let first = CsvSource::new(reader, name, index, policy, entity_column)?;
+            let first = CsvSource::new(reader, name, index, policy, columns)?;
             let mut sources: Vec<Box<dyn FrameSource>> = (1..parts)
                 .map(|_| Box::new(first.sibling()) as Box<dyn FrameSource>)
                 .collect();
@@ -379,7 +396,7 @@ impl CsvSource {
         name: String,
         index: &FeatureIndex,
         policy: KeyPolicy,
-        entity_column: Option<&str>,
+        named: CsvColumns<'_>,
     ) -> anyhow::Result<Self> {
         let mut buf = Vec::new();
         let mut line = 0;
@@ -397,7 +414,7 @@ impl CsvSource {
         let mut unknown = Vec::new();
         // the named entity column, else the first column named like an entity key
         let entity_at =
-            match entity_column {
+            match named.entity {
                 Some(want) => Some(header.iter().position(|c| c == want).ok_or_else(|| {
                     anyhow!("{name}:{line}: no column {want:?} for --entity-column")
                 })?),
@@ -405,9 +422,23 @@ impl CsvSource {
                     .iter()
                     .position(|c| index.index_of(c).is_none() && ENTITY_KEYS.contains(&c.as_str())),
             };
+        // the named timestamp column, else one called `timestamp`, else `time`
+        let not_feature = |c: &str| index.index_of(c).is_none();
+        let timestamp_at = match named.timestamp {
+            Some(want) => Some(header.iter().position(|c| c == want).ok_or_else(|| {
+                anyhow!("{name}:{line}: no column {want:?} for --timestamp-column")
+            })?),
+            None => ["timestamp", "time"]
+                .iter()
+                .find_map(|t| header.iter().position(|c| c == t && not_feature(c))),
+        };
         for (at, col) in header.iter().enumerate() {
             if Some(at) == entity_at {
                 columns.push(Column::Entity);
+                continue;
+            }
+            if Some(at) == timestamp_at {
+                columns.push(Column::Timestamp);
                 continue;
             }
             let c = match (index.index_of(col), col.as_str()) {
@@ -418,7 +449,6 @@ impl CsvSource {
                     Column::Feature(i)
                 }
                 (None, "id") => Column::Id,
-                (None, "timestamp") => Column::Timestamp,
                 (None, _) => {
                     unknown.push(col.as_str());
                     Column::Skip

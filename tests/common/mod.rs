@@ -237,6 +237,16 @@ pub fn loopback_hostfile(path: &Path, n: usize) {
     std::fs::write(path, lines).unwrap();
 }
 
+/// Fails the test, with the command's stderr, unless `out` (of `what`) exited 0.
+pub fn check(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The alert lines of a JSONL file, with their (nondeterministic) receive times removed,
 /// for comparing runs.
 pub fn alert_lines(path: &Path) -> Vec<serde_json::Value> {
