@@ -40,8 +40,8 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         let model = Arc::clone(models.get(key));
         Box::new(Pca::new(model, 0..values)) as Box<dyn Detector>
     };
-    Ok(env
-        .frames(scope)
+    let (frames, live) = env.controlled_frames(scope);
+    Ok(frames
         .split_entities()
         .map(|slices| {
             slices
@@ -53,6 +53,6 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         })
         .window(windows)
         .score_entities(detector_for, env.stats())
-        .threshold(env.cut_or(1.0))
+        .threshold(env.cut_or(live.as_ref(), 1.0))
         .merge_frames())
 }

@@ -1,20 +1,25 @@
 //! What an operator may change while a pipeline runs: the model, the threshold and the
-//! muted features ([`Controls`]). `serve`'s admin routes and SIGHUP write them; the score
-//! and threshold operators read them once per batch through a [`Watch`], which costs one
-//! atomic load while nothing changes, so scoring takes no lock per frame or per batch.
+//! muted features ([`Controls`]). `serve`'s admin routes and SIGHUP ask for a [`Change`];
+//! it becomes a message in the dataflow, stamped with the frame from which it applies,
+//! that reaches every worker of every process ([`relay`], [`crate::ops::control`]).
 //!
-//! A change takes effect between batches: windows are cut upstream of the scorer, so a
-//! new model scores the very next batch of the windows already filled, and no frame or
-//! window is lost or scored twice.
+//! The score and threshold operators hold a frame until every change that could apply to
+//! it has arrived (the control stream's frontier has passed it), then score and cut it
+//! wholly with the settings in force from that frame on: every frame is scored by one
+//! version, whatever `-w`/`-n`, and no frame or window is lost or scored twice. Windows
+//! are cut upstream of the scorer, so a new model scores the windows already filled.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Model;
+
+pub mod relay;
+
+pub use relay::{Msg, Relay};
 
 /// The settings in force, as one immutable value: a change makes a new one.
 #[derive(Clone, Debug, Serialize)]
@@ -51,27 +56,96 @@ impl Knobs {
     pub fn is_muted(&self, feature: u32) -> bool {
         self.muted.binary_search(&feature).is_ok()
     }
+
+    /// The settings after `change`, the next version; `model` is the model a
+    /// [`Change::Model`] loaded (on this process).
+    ///
+    /// # Panics
+    /// On a model change without its model: every process loads (and agrees on) a model
+    /// before the change is committed, so this is a bug.
+    pub fn after(&self, change: &Change, model: Option<Arc<Model>>) -> Knobs {
+        let mut next = self.clone();
+        let now = crate::clock::unix_ms();
+        match change {
+            Change::Model { path } => {
+                next.model = model.expect("a committed model change has its model loaded");
+                next.model_path = Some(path.clone());
+                next.model_version += 1;
+                next.reloaded_at_ms = Some(now);
+            }
+            Change::Threshold(t) => next.threshold = *t,
+            Change::Mutes(features) => {
+                let set: BTreeSet<u32> = features.iter().copied().collect();
+                next.muted = Arc::new(set.into_iter().collect());
+            }
+        }
+        next.version += 1;
+        next.changed_at_ms = Some(now);
+        next
+    }
 }
 
-/// Why a model cannot replace the one scoring: frames are decoded, split and windowed
-/// for the old one's features and window length, which must stay the same.
+/// One change an operator asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// Load the model in this directory (on every process) and score with it.
+    Model {
+        /// The model directory, readable at the same path on every process.
+        path: PathBuf,
+    },
+    /// Set (or, with `None`, clear) the threshold override.
+    Threshold(Option<f32>),
+    /// Mute exactly these features (none: unmute all).
+    Mutes(Vec<u32>),
+}
+
+/// Why a change cannot be made: a model that does not load, or cannot replace the one
+/// scoring (frames are decoded, split and windowed for the old one's features and window
+/// length, which must stay the same), a feature that does not exist, a threshold that is
+/// not a number.
 #[derive(Debug, thiserror::Error)]
-#[error("the new model does not fit the running pipeline: {0}")]
+#[error("{0}")]
 pub struct Mismatch(pub String);
 
-/// The shared, versioned settings of a run (see the module's docs).
+/// The settings of a run on one process: the version in force (for `/health/ready` and
+/// the dashboard), and the [`Relay`] that carries changes to every worker.
 #[derive(Debug)]
 pub struct Controls {
-    version: AtomicU64,
     current: RwLock<Arc<Knobs>>,
+    relay: Relay,
+}
+
+/// Where a process sits in its cluster, for the [`Relay`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// This process's index.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Worker threads per process.
+    pub threads: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            process: 0,
+            processes: 1,
+            threads: 1,
+        }
+    }
 }
 
 impl Controls {
     /// Controls starting from `model` (loaded from `path`, if any) and a threshold
-    /// override.
-    pub fn new(model: Arc<Model>, path: Option<PathBuf>, threshold: Option<f32>) -> Controls {
+    /// override, for process `shape.process` of a cluster.
+    pub fn new(
+        model: Arc<Model>,
+        path: Option<PathBuf>,
+        threshold: Option<f32>,
+        shape: Shape,
+    ) -> Controls {
         Controls {
-            version: AtomicU64::new(0),
             current: RwLock::new(Arc::new(Knobs {
                 version: 0,
                 model,
@@ -82,72 +156,70 @@ impl Controls {
                 muted: Arc::default(),
                 changed_at_ms: None,
             })),
+            relay: Relay::new(shape),
         }
     }
 
-    /// The version in force: one atomic load.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    /// The settings in force.
+    /// The settings in force on this process.
     pub fn current(&self) -> Arc<Knobs> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Applies `change` to a copy of the settings and publishes it as the next version.
-    fn update(&self, change: impl FnOnce(&mut Knobs)) -> Arc<Knobs> {
-        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = Knobs::clone(&slot);
-        change(&mut next);
-        next.version += 1;
-        next.changed_at_ms = Some(crate::clock::unix_ms());
-        let next = Arc::new(next);
-        *slot = Arc::clone(&next);
-        // Published after the new value is in place, so a reader that sees the version
-        // reads the value.
-        self.version.store(next.version, Ordering::Release);
-        next
+    /// Publishes `knobs` as the settings in force on this process.
+    fn publish(&self, knobs: Arc<Knobs>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = knobs;
     }
 
-    /// Replaces the model with `model` (from `path`) if it has the same features, in the
-    /// same order, and the same window length; otherwise the old one keeps scoring.
-    pub fn swap_model(
-        &self,
-        model: Arc<Model>,
-        path: Option<PathBuf>,
-    ) -> Result<Arc<Knobs>, Mismatch> {
-        let old = self.current();
-        fits(&old.model, &model)?;
-        Ok(self.update(|k| {
-            k.model = model;
-            k.model_path = path;
-            k.model_version += 1;
-            k.reloaded_at_ms = Some(crate::clock::unix_ms());
-        }))
+    /// The messages between this process's workers and the other processes'.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
     }
 
-    /// Sets (or, with `None`, clears) the threshold override.
-    pub fn set_threshold(&self, threshold: Option<f32>) -> Arc<Knobs> {
-        self.update(|k| k.threshold = threshold)
-    }
-
-    /// Mutes exactly `features` (an empty list unmutes all); each must be a feature of the
-    /// model.
-    pub fn set_muted(&self, features: &[u32]) -> Result<Arc<Knobs>, Mismatch> {
-        let n = self.current().model.n_features();
-        if let Some(f) = features.iter().find(|&&f| f as usize >= n) {
-            return Err(Mismatch(format!(
-                "feature {f} does not exist (the model has {n})"
-            )));
+    /// Checks `change` against the settings in force, loading the model of a
+    /// [`Change::Model`] (which blocks for as long as loading takes): the model, if any,
+    /// or why the change cannot be made.
+    pub fn validate(&self, change: &Change) -> Result<Option<Arc<Model>>, Mismatch> {
+        let current = self.current();
+        match change {
+            Change::Model { path } => {
+                let model = Model::load(path)
+                    .map_err(|e| Mismatch(format!("loading model {}: {e}", path.display())))?;
+                fits(&current.model, &model)?;
+                Ok(Some(Arc::new(model)))
+            }
+            Change::Threshold(Some(t)) if !t.is_finite() => Err(Mismatch(
+                "the threshold must be a finite number (or null)".into(),
+            )),
+            Change::Threshold(_) => Ok(None),
+            Change::Mutes(features) => {
+                let n = current.model.n_features();
+                match features.iter().find(|&&f| f as usize >= n) {
+                    Some(f) => Err(Mismatch(format!(
+                        "feature {f} does not exist (the model has {n})"
+                    ))),
+                    None => Ok(None),
+                }
+            }
         }
-        let set: BTreeSet<u32> = features.iter().copied().collect();
-        Ok(self.update(|k| k.muted = Arc::new(set.into_iter().collect())))
+    }
+
+    /// Asks for `change`, already validated on this process (`model`: the model
+    /// [`Controls::validate`] loaded): the answer comes once every worker of every process
+    /// has it in force from one frame on, or once a process refused it.
+    pub fn request(&self, change: Change, model: Option<Arc<Model>>) -> relay::Answer {
+        self.relay.request(change, model)
     }
 }
-
 /// Whether `new` can replace `old` in a running pipeline.
 fn fits(old: &Model, new: &Model) -> Result<(), Mismatch> {
+    fits_layout(old, new).map_err(|Mismatch(why)| {
+        Mismatch(format!(
+            "the new model does not fit the running pipeline: {why}"
+        ))
+    })
+}
+
+fn fits_layout(old: &Model, new: &Model) -> Result<(), Mismatch> {
     if new.n_features() != old.n_features() {
         return Err(Mismatch(format!(
             "it has {} features, the running model {}",
@@ -168,31 +240,6 @@ fn fits(old: &Model, new: &Model) -> Result<(), Mismatch> {
         )));
     }
     Ok(())
-}
-
-/// One reader's view of [`Controls`]: re-reads the settings only when their version
-/// moved, so that checking once per batch costs one atomic load.
-#[derive(Clone, Debug)]
-pub struct Watch {
-    controls: Arc<Controls>,
-    knobs: Arc<Knobs>,
-}
-
-impl Watch {
-    /// A view of `controls`, reading the settings in force now.
-    pub fn new(controls: Arc<Controls>) -> Watch {
-        let knobs = controls.current();
-        Watch { controls, knobs }
-    }
-
-    /// The settings in force, and whether they changed since the last call.
-    pub fn get(&mut self) -> (&Arc<Knobs>, bool) {
-        let changed = self.controls.version() != self.knobs.version;
-        if changed {
-            self.knobs = self.controls.current();
-        }
-        (&self.knobs, changed)
-    }
 }
 
 /// A model for unit tests here and in the operators that read [`Controls`].
@@ -231,33 +278,42 @@ mod tests {
     use super::test_model::tiny;
     use super::*;
 
-    /// A swap of a model with the same layout takes; one with other features or another
-    /// window is refused and leaves the old one in force; mutes are kept sorted and
-    /// checked against the model; a watch sees each change once.
+    /// A model with the running one's layout is accepted; one with other features or
+    /// another window, a feature that does not exist or a threshold that is not a
+    /// number are refused; each change makes the next version, and mutes are kept sorted.
     #[test]
-    fn swaps_check_the_layout_and_watches_see_changes() {
-        let controls = Arc::new(Controls::new(Arc::new(tiny(4, 2)), None, None));
-        let mut watch = Watch::new(Arc::clone(&controls));
-        assert!(!watch.get().1);
-        let err = controls.swap_model(Arc::new(tiny(5, 2)), None).unwrap_err();
+    fn changes_are_checked_and_make_the_next_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let controls = Controls::new(Arc::new(tiny(4, 2)), None, None, Shape::default());
+        let model = |name: &str, m: Model| {
+            let path = dir.path().join(name);
+            m.save(&path).unwrap();
+            Change::Model { path }
+        };
+        let err = controls.validate(&model("wide", tiny(5, 2))).unwrap_err();
         assert!(err.to_string().contains("5 features"), "{err}");
-        let err = controls.swap_model(Arc::new(tiny(4, 3)), None).unwrap_err();
+        let err = controls.validate(&model("long", tiny(4, 3))).unwrap_err();
         assert!(err.to_string().contains("window"), "{err}");
-        assert!(!watch.get().1, "a refused swap changes nothing");
-        let k = controls
-            .swap_model(Arc::new(tiny(4, 2)), Some("x".into()))
-            .unwrap();
-        assert_eq!((k.model_version, k.version), (1, 1));
-        assert!(k.reloaded_at_ms.is_some());
-        let (seen, changed) = watch.get();
-        assert!(changed && seen.model_version == 1);
-        assert!(!watch.get().1);
-        controls.set_threshold(Some(2.5));
-        assert_eq!(watch.get().0.threshold_or(None), 2.5);
-        controls.set_muted(&[3, 1, 3]).unwrap();
-        let (k, _) = watch.get();
-        assert_eq!(*k.muted, vec![1, 3]);
-        assert!(k.is_muted(3) && !k.is_muted(2));
-        assert!(controls.set_muted(&[4]).is_err());
+        let missing = Change::Model {
+            path: dir.path().join("missing"),
+        };
+        assert!(controls.validate(&missing).is_err());
+        assert!(controls.validate(&Change::Mutes(vec![4])).is_err());
+        assert!(controls
+            .validate(&Change::Threshold(Some(f32::NAN)))
+            .is_err());
+
+        let swap = model("same", tiny(4, 2));
+        let loaded = controls.validate(&swap).unwrap();
+        let k0 = controls.current();
+        let k1 = k0.after(&swap, loaded);
+        assert_eq!((k1.model_version, k1.version), (1, 1));
+        assert!(k1.reloaded_at_ms.is_some());
+        let k2 = k1.after(&Change::Threshold(Some(2.5)), None);
+        assert_eq!((k2.threshold_or(None), k2.version), (2.5, 2));
+        let k3 = k2.after(&Change::Mutes(vec![3, 1, 3]), None);
+        assert_eq!(*k3.muted, vec![1, 3]);
+        assert!(k3.is_muted(3) && !k3.is_muted(2));
+        assert_eq!(k3.model_version, 1);
     }
 }

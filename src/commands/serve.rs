@@ -82,6 +82,16 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
         crate::dataflows::load_model(&config.settings.pipeline.name, dir)
             .with_context(|| format!("loading model {}", dir.display()))?,
     );
+    // Its workers follow the cluster's run-time changes as process 0's do (every process
+    // builds the same operators); it has no admin routes of its own.
+    let dir = dir.clone();
+    let mut config = config;
+    config.settings.controls = Some(Arc::new(crate::controls::Controls::new(
+        Arc::clone(&model),
+        Some(dir),
+        config.settings.threshold,
+        args.cluster.shape(),
+    )));
     let sinks = SinkSpec::default();
     let Some(kafka) = &config.kafka else {
         runtime::run(

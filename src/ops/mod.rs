@@ -13,6 +13,7 @@
 //! same with [`Parts::map`], and cannot lose a verdict by forgetting to carry metadata.
 
 mod batch;
+pub mod control;
 mod entity;
 mod merge;
 mod score;
@@ -22,6 +23,7 @@ mod stats;
 mod window;
 
 pub use batch::BatchOps;
+pub use control::{control_tap, Changes, Live};
 pub use entity::{owner, ScoreEntitiesOps, SplitEntitiesOps};
 pub use merge::MergeOps;
 pub use score::{Cut, ScoreOps, ThresholdOps};
