@@ -315,7 +315,7 @@ impl Controls {
             Msg::Abort { id, reason } if first => {
                 let mut state = relay.state();
                 state.loaded.remove(id);
-                tracing::error!(reason = %reason, process = id.0, "a change was refused by a process of the cluster; the old settings stay in force everywhere");
+                tracing::error!(reason = %reason, asked_of_process = id.0, "a change was refused by a process of the cluster; the old settings stay in force everywhere");
                 if let Some(asked) = state.asked.remove(id) {
                     let _ = asked.reply.send(Err(reason.clone()));
                 }
