@@ -462,10 +462,12 @@ fn workers_share_a_files_records_and_keep_its_order() {
 }
 
 /// A `serve` cluster of two processes: process 0's `/metrics` labels every sample with
-/// `process="0"` (so one Prometheus can scrape every process and keep them apart).
+/// `process="0"` (so one Prometheus can scrape every process and keep them apart); and
+/// SIGHUP to process 1, which serves no HTTP, reloads the model on both (process 0's
+/// `/health/ready` names model version 1).
 #[cfg(unix)]
 #[test]
-fn a_served_cluster_labels_metrics_by_process() {
+fn a_served_cluster_labels_metrics_by_process_and_reloads_on_sighup_to_any() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = fixture(dir.path());
     let hosts = dir.path().join("hosts.txt");
@@ -500,6 +502,15 @@ fn a_served_cluster_labels_metrics_by_process() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
+    // SIGHUP to process 1, which serves no HTTP, reloads the model on the whole cluster
+    let hup = Command::new("kill")
+        .args(["-HUP", &p1.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::serve::wait_until("SIGHUP to process 1 reloading the model", || {
+        client.get(addr, "/health/ready").body["model"]["version"] == 1
+    });
     common::sigterm(&p0);
     assert!(p0.wait().unwrap().success());
     assert!(p1.wait().unwrap().success());

@@ -159,13 +159,7 @@ async fn apply(
     kind: &'static str,
 ) -> Result<Arc<Knobs>, Refused> {
     let started = std::time::Instant::now();
-    let checking = Arc::clone(&controls);
-    let checked = change.clone();
     let refused = |why: String| Refused(StatusCode::BAD_REQUEST, kind, why);
-    let model = tokio::task::spawn_blocking(move || checking.validate(&checked))
-        .await
-        .map_err(|e| refused(format!("loading the model failed: {e}")))?
-        .map_err(|e| refused(e.to_string()))?;
     let stopped = || {
         Refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,11 +167,12 @@ async fn apply(
             "the pipeline stopped before the change was made".into(),
         )
     };
-    let knobs = match controls
-        .request(change.clone(), model)
+    let asked = change.clone();
+    let answer = tokio::task::spawn_blocking(move || controls.make(asked))
         .await
-        .map_err(|_| stopped())?
-    {
+        .map_err(|e| refused(format!("loading the model failed: {e}")))?
+        .map_err(|e| refused(e.to_string()))?;
+    let knobs = match answer.await.map_err(|_| stopped())? {
         Ok(k) => k,
         Err(why) if why == crate::controls::relay::STOPPED => return Err(stopped()),
         Err(why) => return Err(refused(why)),

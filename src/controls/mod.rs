@@ -203,6 +203,14 @@ impl Controls {
         }
     }
 
+    /// Checks `change` on this process ([`Controls::validate`], which blocks while a model
+    /// loads), then asks for it everywhere ([`Controls::request`]): the answer to wait for,
+    /// or why this process refuses it.
+    pub fn make(&self, change: Change) -> Result<relay::Answer, Mismatch> {
+        let model = self.validate(&change)?;
+        Ok(self.request(change, model))
+    }
+
     /// Asks for `change`, already validated on this process (`model`: the model
     /// [`Controls::validate`] loaded): the answer comes once every worker of every process
     /// has it in force from one frame on, or once a process refused it.
