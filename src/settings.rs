@@ -165,6 +165,10 @@ pub struct ServeArgs {
     /// `PUT|DELETE /admin/mutes`); unset or empty: those routes do not exist (404).
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Push every scored frame's score and flag to this metrics store, by the
+    /// VictoriaMetrics import API (e.g. `http://127.0.0.1:8428`).
+    #[arg(long, env = "METRICS_STORE_URL")]
+    pub metrics_store: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
@@ -333,6 +337,7 @@ impl ServeArgs {
         }
         config.webhook = (!self.no_webhook && leader).then_some(webhook);
         config.admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
+        config.metrics_store = self.metrics_store.clone().filter(|_| leader);
         config.sinks = SinkSpec {
             alerts_path: self.output.clone().filter(|_| leader),
             stdout: self.stdout && leader,

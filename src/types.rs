@@ -203,6 +203,9 @@ pub struct PartHits {
     pub scored_us: u64,
     /// Features of this partition over the threshold.
     pub hits: Vec<Hit>,
+    /// The largest score among this partition's unmuted features in the window (NaN when
+    /// not known: a GPU that returned only the scores over its threshold, none of them).
+    pub peak: f32,
 }
 
 /// The verdict on one scored frame, merged over all partitions.
@@ -214,6 +217,10 @@ pub struct FrameResult {
     pub meta: FrameMeta,
     /// Every feature over the threshold, in ascending feature order.
     pub hits: Vec<Hit>,
+    /// The frame's score: the largest of its features' scores (unmuted), whether or not
+    /// it is over the threshold, as written by `replay --scores` and pushed to a metrics
+    /// store. NaN when no partition knew it (see [`PartHits::peak`]).
+    pub peak: f32,
 }
 
 impl FrameResult {

@@ -251,12 +251,7 @@ fn the_grafana_dashboard_queries_exported_metrics() {
 /// Debian's chromium and its chromedriver, if installed; otherwise a visible skip (or,
 /// with `TIDEWATCH_REQUIRE_BROWSER=1`, a failure).
 fn browser() -> Option<(PathBuf, PathBuf)> {
-    let find = |name: &str| {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    };
-    match (find("chromium"), find("chromedriver")) {
+    match (common::on_path("chromium"), common::on_path("chromedriver")) {
         (Some(c), Some(d)) => Some((c, d)),
         _ if std::env::var("TIDEWATCH_REQUIRE_BROWSER").as_deref() == Ok("1") => {
             panic!("TIDEWATCH_REQUIRE_BROWSER=1 but chromium or chromedriver is not on PATH")

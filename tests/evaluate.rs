@@ -4,6 +4,8 @@
 //! same figures in both, the injected anomalies are found, the context column is not
 //! scored, and the scores file holds every test row.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -55,23 +57,7 @@ fn entities() -> Vec<Entity> {
 }
 
 fn write_npy(path: &Path, rows: &[[f64; 2]]) {
-    let mut header = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, 2), }}",
-        rows.len()
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    for r in rows {
-        for v in r {
-            bytes.extend(v.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).unwrap();
+    common::write_npy(path, 2, rows.as_flattened());
 }
 
 fn write_csv(path: &Path, header: &str, rows: impl Iterator<Item = String>) {

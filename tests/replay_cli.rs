@@ -130,3 +130,77 @@ fn replay_scores_on_the_device_asked_for() {
         }
     }
 }
+
+/// The (seq, score, flag) rows of a `--scores` file, checking its header.
+fn score_rows(path: &Path) -> Vec<(u64, f32, bool)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("seq,id,entity,score,flag"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 5, "{l}");
+            (f[0].parse().unwrap(), f[3].parse().unwrap(), f[4] == "1")
+        })
+        .collect()
+}
+
+/// `replay --scores` writes every scored frame's score, alerting or not: one line per
+/// verdict, in frame order, the same with one worker or two; a frame is flagged exactly
+/// when its score reaches the threshold, and the flagged frames are the alert file's.
+#[test]
+fn scores_file_has_every_verdict_and_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_rff_model(F, W, 3)
+        .save(&dir.path().join("model"))
+        .unwrap();
+    let first = dir.path().join("first.csv");
+    let out = replay(
+        dir.path(),
+        &["-w", "1", "--scores", first.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = score_rows(&first);
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (W as u64 - 1..FRAMES).collect::<Vec<_>>());
+    assert!(rows.iter().all(|r| r.1.is_finite()), "{rows:?}");
+
+    // a threshold between the scores: some frames alert and some do not
+    let mut sorted: Vec<f32> = rows.iter().map(|r| r.1).collect();
+    sorted.sort_by(f32::total_cmp);
+    let threshold = sorted[sorted.len() / 2].to_string();
+    let second = dir.path().join("second.csv");
+    let alerts = dir.path().join("alerts.jsonl");
+    let out = replay(
+        dir.path(),
+        &[
+            "-w",
+            "2",
+            "--threshold",
+            &threshold,
+            "--scores",
+            second.to_str().unwrap(),
+            "--output",
+            alerts.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = score_rows(&second);
+    let scores = |r: &[(u64, f32, bool)]| r.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+    assert_eq!(scores(&again), scores(&rows), "-w 2 scores as -w 1");
+    let t: f32 = threshold.parse().unwrap();
+    for (seq, score, flag) in &again {
+        assert_eq!(*flag, *score >= t, "frame {seq}: {score} against {t}");
+    }
+    let flagged: Vec<u64> = again.iter().filter(|r| r.2).map(|r| r.0).collect();
+    assert!(!flagged.is_empty() && flagged.len() < again.len());
+    let alerted: Vec<u64> = common::alert_lines(&alerts)
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(alerted, flagged);
+}

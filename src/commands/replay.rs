@@ -10,6 +10,8 @@ use crate::dataflows::PipelineArgs;
 use crate::model::Model;
 use crate::ops::Pacing;
 use crate::runtime::{self, ClusterArgs, Settings, SinkSpec, SourceFactory};
+use crate::sinks::metrics_store::MetricsStore;
+use crate::sinks::scores::ScoreLines;
 use crate::sources::{
     self, FrameSource, Generator, GeneratorSource, KeyPolicy, MissingKeys, UnknownKeys,
 };
@@ -57,6 +59,14 @@ pub struct ReplayArgs {
     /// Print alert lines on stdout.
     #[arg(long)]
     pub stdout: bool,
+    /// Write every scored frame's score to this CSV file (`seq,id,entity,score,flag`;
+    /// `score` is the frame's largest feature score, `flag` 1 if it alerted).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Push every scored frame's score and flag to this metrics store, by the
+    /// VictoriaMetrics import API (e.g. `http://127.0.0.1:8428`).
+    #[arg(long, env = "METRICS_STORE_URL")]
+    pub metrics_store: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub alerts: super::AlertArgs,
@@ -113,13 +123,31 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         controls: None,
     };
     let make_source = source_factory(args, &model);
+    // the process that merges verdicts writes the scores; no other one opens the file
+    let scores = match &args.scores {
+        Some(path) if args.cluster.is_leader() => Some(ScoreLines::create(path)?),
+        _ => None,
+    };
+    let store = match &args.metrics_store {
+        Some(url) if args.cluster.is_leader() => {
+            Some(MetricsStore::start(url, &args.pipeline.dataflow)?)
+        }
+        _ => None,
+    };
     let sinks = SinkSpec {
         alerts_path: args.output.clone(),
         stdout: args.stdout,
-        on_result: None,
+        on_result: crate::sinks::combine(
+            scores.as_ref().map(ScoreLines::hook),
+            store.as_ref().map(MetricsStore::hook),
+        ),
         on_incident: None,
     };
     let report = runtime::run(&args.cluster, model, settings, make_source, sinks)?;
+    if let Some(scores) = scores {
+        scores.finish()?;
+    }
+    let pushed = store.map(MetricsStore::finish);
     if !args.cluster.is_leader() {
         return Ok(());
     }
@@ -127,6 +155,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["frames_per_second"] = report.frames_per_second().into();
+        if let Some(p) = &pushed {
+            v["metrics_store"] = serde_json::to_value(p)?;
+        }
         // the summary is the command's result: stdout, apart from the logs on stderr
         println!("{v}");
     } else {
@@ -145,6 +176,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             eprintln!(
                 "incidents: {} reached info, {} warning, {} critical; {} open at the end of the input (resolved there)",
                 i.info, i.warning, i.critical, i.ended
+            );
+        }
+        if let Some(p) = &pushed {
+            eprintln!(
+                "metrics store: {} verdicts pushed, {} dropped",
+                p.pushed, p.dropped
             );
         }
         eprint!("{}", crate::metrics::latency_table(&report.latencies));

@@ -96,6 +96,7 @@ pub trait IncidentOps<'s> {
     ///             seq,
     ///             meta: FrameMeta { event_ms: Some(1_000 * seq as i64), ..FrameMeta::default() },
     ///             hits: if (2..=5).contains(&seq) { vec![Hit { feature: 1, score: 2.0 }] } else { vec![] },
+    ///             peak: if (2..=5).contains(&seq) { 2.0 } else { 0.0 },
     ///         })
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()

@@ -126,6 +126,7 @@ impl<'s> MachineOps<'s> for Stream<'s, Frame> {
                             seq,
                             meta: frame.meta,
                             hits,
+                            peak: v.probability,
                         });
                     }
                     // encodings whose frame went by (none, unless a frame was not a record)

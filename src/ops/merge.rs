@@ -16,6 +16,7 @@ struct Pending {
     began_us: u64,
     scored_us: u64,
     hits: Vec<Hit>,
+    peak: f32,
 }
 
 /// Merges what every partition found in a frame into one verdict.
@@ -119,6 +120,7 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                                 };
                                 p.scored_us = p.scored_us.max(part.scored_us);
                                 p.hits.extend(part.hits);
+                                p.peak = p.peak.max(part.peak);
                             }
                         }
                     });
@@ -149,7 +151,12 @@ impl<'s> MergeOps<'s> for Parts<'s, PartHits> {
                         // what keeps verdicts (and alert lines) in frame order when several
                         // are waiting at once.
                         let cap = p.cap.delayed(&seq.max(*p.cap.time()));
-                        output.session(&cap).give(FrameResult { seq, meta, hits });
+                        output.session(&cap).give(FrameResult {
+                            seq,
+                            meta,
+                            hits,
+                            peak: p.peak,
+                        });
                     }
                 }
             },
@@ -166,6 +173,7 @@ impl Pending {
             began_us: 0,
             scored_us: 0,
             hits: Vec::new(),
+            peak: f32::NAN,
         }
     }
 }

@@ -388,38 +388,51 @@ fn cut_scored<'k>(
                 c.threshold
             );
         }
-        let mut hits: Vec<Hit> = match &mut device_hits {
+        let live_feature = |f: u32| muted.is_none_or(|k| !k.is_muted(f));
+        let (hits, peak): (Vec<Hit>, f32) = match &mut device_hits {
             Some(rest) => {
                 let n = rest.iter().take_while(|h| h.0 as usize == i).count();
                 let (mine, later) = rest.split_at(n);
                 *rest = later;
-                mine.iter()
+                let mine = mine.iter().filter(|h| live_feature(s.lo + h.1));
+                // the device kept only scores over its threshold: below it, the peak is
+                // not known (NaN)
+                let peak = mine.clone().map(|h| h.2).fold(f32::NAN, f32::max);
+                let hits = mine
                     .filter(|h| h.2 >= threshold)
                     .map(|&(_, j, score)| Hit {
                         feature: s.lo + j,
                         score,
                     })
-                    .collect()
+                    .collect();
+                (hits, peak)
             }
-            None => s.scores[i * width..(i + 1) * width]
-                .iter()
-                .enumerate()
-                .filter(|(_, &score)| score >= threshold)
-                .map(|(j, &score)| Hit {
-                    feature: s.lo + j as u32,
-                    score,
-                })
-                .collect(),
+            None => {
+                let row = &s.scores[i * width..(i + 1) * width];
+                let mut hits = Vec::new();
+                let mut peak = f32::NAN;
+                // One pass makes the cut and finds the frame's largest score; mutes are
+                // rare, and checked only when set.
+                for (j, &score) in row.iter().enumerate() {
+                    let feature = s.lo + j as u32;
+                    if muted.is_some() && !live_feature(feature) {
+                        continue;
+                    }
+                    peak = peak.max(score);
+                    if score >= threshold {
+                        hits.push(Hit { feature, score });
+                    }
+                }
+                (hits, peak)
+            }
         };
-        if let Some(k) = muted {
-            hits.retain(|h| !k.is_muted(h.feature));
-        }
         anomalous += hits.len();
         emit(PartHits {
             seq,
             began_us: s.began_us,
             scored_us: s.scored_us,
             hits,
+            peak,
         });
     }
     if let Some(log) = log {

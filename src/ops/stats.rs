@@ -24,8 +24,8 @@ pub trait StatsOps<'s> {
     /// let stats = Arc::new(Stats::default());
     /// let counted = Arc::clone(&stats);
     /// timely::example(move |scope| {
-    ///     let quiet = FrameResult { seq: 0, meta: FrameMeta::default(), hits: vec![] };
-    ///     let loud = FrameResult { seq: 1, meta: FrameMeta::default(), hits: vec![Hit { feature: 2, score: 5.0 }] };
+    ///     let quiet = FrameResult { seq: 0, meta: FrameMeta::default(), hits: vec![], peak: 0.0 };
+    ///     let loud = FrameResult { seq: 1, meta: FrameMeta::default(), hits: vec![Hit { feature: 2, score: 5.0 }], peak: 5.0 };
     ///     vec![quiet, loud].to_stream(scope).container::<Vec<_>>().count_into(counted);
     /// });
     /// let s = stats.snapshot();

@@ -37,6 +37,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::model::Model;
 use crate::runtime::{self, ClusterArgs, ResultHook, RunReport, Settings, SinkSpec, SourceFactory};
 use crate::sinks::kafka::{Outbox, ResultTopics};
+use crate::sinks::metrics_store::{MetricsStore, PushReport};
 use crate::sinks::webhook::{Webhook, WebhookConfig, WebhookStats};
 use crate::sources::http::IngestSource;
 use crate::sources::kafka::KafkaInput;
@@ -107,6 +108,9 @@ pub struct ServeConfig {
     pub kafka: Option<KafkaServeConfig>,
     /// The bearer token of the admin routes (`ADMIN_TOKEN`); `None`: they do not exist.
     pub admin_token: Option<String>,
+    /// Push every verdict's score to this metrics store (`METRICS_STORE_URL`; see
+    /// [`crate::sinks::metrics_store`]); set on the process that merges verdicts only.
+    pub metrics_store: Option<String>,
 }
 
 impl ServeConfig {
@@ -136,6 +140,7 @@ impl ServeConfig {
             min_body_rate: 16 << 10,
             kafka: None,
             admin_token: None,
+            metrics_store: None,
         }
     }
 }
@@ -248,6 +253,9 @@ pub struct ServeReport {
     /// Kafka input and output, if frames came from Kafka.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaReport>,
+    /// What reached the metrics store, if scores were pushed to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_store: Option<PushReport>,
 }
 
 /// Ends a server's drain at once (see [`ServerHandle::hurry`]).
@@ -288,6 +296,8 @@ pub struct ServerHandle {
     outbox: Option<Arc<Outbox>>,
     /// Whether frames come from Kafka.
     kafka: bool,
+    /// The metrics store's pusher, if scores go to one.
+    metrics_store: Option<MetricsStore>,
 }
 
 /// Binds the address, starts answering, and starts loading the model and the dataflow
@@ -425,6 +435,12 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         ),
         config.sinks.on_result.clone(),
     );
+    let metrics_store = config
+        .metrics_store
+        .as_deref()
+        .map(|url| MetricsStore::start(url, &config.settings.pipeline.name))
+        .transpose()?;
+    let hook = crate::sinks::combine(hook, metrics_store.as_ref().map(MetricsStore::hook));
     let incident_events = |w: &Option<Webhook>| -> Option<crate::sinks::IncidentHook> {
         match w {
             Some(w) if incident_mode => {
@@ -486,6 +502,7 @@ pub fn start(mut config: ServeConfig) -> anyhow::Result<ServerHandle> {
         drain_timeout,
         outbox,
         kafka,
+        metrics_store,
     })
 }
 
@@ -829,6 +846,8 @@ impl ServerHandle {
             Some(Err(panic)) => Err(anyhow!("the dataflow thread panicked: {panic:?}")),
             None => Err(anyhow!("no dataflow")),
         };
+        // every verdict is in: push the last scores
+        let metrics_store = self.metrics_store.take().map(MetricsStore::finish);
         let webhook = self
             .webhook
             .take()
@@ -872,6 +891,7 @@ impl ServerHandle {
             webhook,
             kafka_alerts,
             kafka,
+            metrics_store,
         };
         tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "stopped");
         Ok(report)

@@ -214,6 +214,7 @@ mod tests {
                     score: i as f32,
                 })
                 .collect(),
+            peak: 9.0,
         };
         let alert = Alert::new(&result, 3);
         assert_eq!(alert.num_anomalous_features, 10);

@@ -103,8 +103,8 @@ impl AlertLines {
     ///
     /// let buffer = Arc::new(Mutex::new(Vec::new()));
     /// let hook = AlertLines::new(Box::new(Shared(Arc::clone(&buffer))), 10).hook();
-    /// let quiet = FrameResult { seq: 0, meta: FrameMeta::default(), hits: vec![] };
-    /// let loud = FrameResult { seq: 1, meta: FrameMeta::default(), hits: vec![Hit { feature: 2, score: 5.0 }] };
+    /// let quiet = FrameResult { seq: 0, meta: FrameMeta::default(), hits: vec![], peak: 0.0 };
+    /// let loud = FrameResult { seq: 1, meta: FrameMeta::default(), hits: vec![Hit { feature: 2, score: 5.0 }], peak: 5.0 };
     /// for r in [quiet, loud] {
     ///     hook(&r);
     /// }

@@ -536,6 +536,7 @@ mod tests {
                 .iter()
                 .map(|&(feature, score)| Hit { feature, score })
                 .collect(),
+            peak: hits.iter().map(|h| h.1).fold(0.0, f32::max),
         }
     }
 

@@ -15,7 +15,9 @@ pub mod alert;
 pub mod event;
 pub mod file;
 pub mod kafka;
+pub mod metrics_store;
 pub mod outbox;
+pub mod scores;
 pub mod webhook;
 
 /// Called on worker 0 with every verdict, in frame order. Must not block: hand work to

@@ -1056,6 +1056,7 @@ mod tests {
                     score: 1.0 + i as f32 * 1.234_567e-3,
                 })
                 .collect(),
+            peak: 1.0 + n as f32 * 1.234_567e-3,
         }
     }
 

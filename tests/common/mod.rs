@@ -153,6 +153,7 @@ pub const SETTINGS: &[&str] = &[
     "MAX_INFLATED_BYTES",
     "MAX_RETRIES",
     "METRICS_INTERVAL",
+    "METRICS_STORE_URL",
     "MIN_BODY_RATE",
     "NESTJS_ANOMALY_ENDPOINT",
     "NESTJS_TIMEOUT",
@@ -279,4 +280,34 @@ pub fn counter(text: &str, name: &str) -> u64 {
     let value = sample(text, name);
     assert!(value >= 0.0 && value.fract() == 0.0, "{name} is {value}");
     value as u64
+}
+
+/// Writes `values` (row-major, `cols` to a row) as a little-endian f64 `.npy` file, the
+/// format of SMAP's arrays.
+#[allow(dead_code)]
+pub fn write_npy(path: &Path, cols: usize, values: &[f64]) {
+    assert_eq!(values.len() % cols, 0, "whole rows");
+    let mut header = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {cols}), }}",
+        values.len() / cols
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for v in values {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The program `name` on `PATH`, if there is one.
+#[allow(dead_code)]
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
