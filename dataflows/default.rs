@@ -15,12 +15,12 @@ pub const NAME: &str = "default";
 pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Results<'s>> {
     let detector = env.ocsvm(scope);
     let windows = env.windows(&detector, 1)?;
-    Ok(env
-        .frames(scope)
+    let (frames, live) = env.controlled_frames(scope);
+    Ok(frames
         .split_features(env.layout(scope))
         .window(windows)
         .batch(env.batch_size())
-        .score(detector, env.stats())
-        .threshold(env.cut())
+        .score_under(detector, env.stats(), live.as_ref())
+        .threshold(env.cut(live.as_ref()))
         .merge_frames())
 }

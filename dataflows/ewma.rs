@@ -29,12 +29,12 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
     let z = env.param("z", 6.0)?;
     let detector = Ewma::new(env.features(scope), config);
     let windows = env.windows(&detector, 1)?;
-    Ok(env
-        .frames(scope)
+    let (frames, live) = env.controlled_frames(scope);
+    Ok(frames
         .split_features(env.layout(scope))
         .window(windows)
         .batch(env.batch_size())
         .score(detector, env.stats())
-        .threshold(env.cut_or(z))
+        .threshold(env.cut_or(live.as_ref(), z))
         .merge_frames())
 }

@@ -45,10 +45,10 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
         let model = Arc::clone(models.get(key));
         Box::new(Pca::new(model, 0..values)) as Box<dyn Detector>
     };
+    let (frames, live) = env.controlled_frames(scope);
     // chosen once, here: the count-window chain never looks at timestamps
     let windows = match env.event_windows(&detector)? {
-        Some(time) => env
-            .frames(scope)
+        Some(time) => frames
             .split_entities_timed()
             .map(|timed| {
                 timed
@@ -61,7 +61,7 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
             .event_window(time, env.stats()),
         None => {
             let counts = env.windows(&detector, STRIDE)?;
-            env.frames(scope)
+            frames
                 .split_entities()
                 .map(|slices| {
                     slices
@@ -76,6 +76,6 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
     };
     Ok(windows
         .score_entities(detector_for, env.stats())
-        .threshold(env.cut_or(1.0))
+        .threshold(env.cut_or(live.as_ref(), 1.0))
         .merge_frames())
 }

@@ -23,8 +23,8 @@ use crate::layout::Layout;
 use crate::model::entities::EntityModels;
 use crate::model::Model;
 use crate::ops::{
-    frame_source, Cut, EventTime, EventWindowConfig, Pacing, Progress, StatsOps, Stream, Time,
-    WindowConfig,
+    control_tap, frame_source, Cut, EventTime, EventWindowConfig, Live, Pacing, Progress, StatsOps,
+    Stream, Time, WindowConfig,
 };
 use crate::sinks::file::AlertLines;
 pub use crate::sinks::{IncidentHook, ResultHook, SinkSpec};
@@ -59,6 +59,15 @@ impl ClusterArgs {
     /// Total number of workers, and so of feature partitions.
     pub fn peers(&self) -> usize {
         self.threads.max(1) * self.processes.max(1)
+    }
+
+    /// Where this process sits in the cluster, for its [`Controls`].
+    pub fn shape(&self) -> crate::controls::Shape {
+        crate::controls::Shape {
+            process: self.process,
+            processes: self.processes.max(1),
+            threads: self.threads.max(1),
+        }
     }
 
     /// Whether this process hosts worker 0 (the source and the sinks).
@@ -316,15 +325,34 @@ impl Env {
         &self.settings.pipeline.name
     }
 
-    /// The input frames (on this worker, if it reads input; empty otherwise).
+    /// The input frames (on this worker, if it reads input; empty otherwise). A variant
+    /// that scores with the run's model or cuts at its threshold reads them with
+    /// [`Env::controlled_frames`] instead, to follow changes made while it runs.
     pub fn frames<'s>(&mut self, scope: Scope<'s, Time>) -> Stream<'s, Frame> {
-        frame_source(
+        self.controlled_frames(scope).0
+    }
+
+    /// The input frames, and when the run's settings may change while it runs (`serve`'s
+    /// admin routes), those changes, to score ([`crate::ops::ScoreOps::score_under`]) and
+    /// cut ([`Env::cut`]) each frame with the settings in force for it.
+    pub fn controlled_frames<'s>(
+        &mut self,
+        scope: Scope<'s, Time>,
+    ) -> (Stream<'s, Frame>, Option<Live<'s>>) {
+        let frames = frame_source(
             scope,
             self.source.take(),
             self.settings.pacing,
             Arc::clone(&self.stats),
             Some(self.progress.clone()),
-        )
+        );
+        match &self.settings.controls {
+            Some(c) => {
+                let (frames, live) = control_tap(frames, Arc::clone(c));
+                (frames, Some(live))
+            }
+            None => (frames, None),
+        }
     }
 
     /// The per-entity models of the run's model directory
@@ -446,7 +474,7 @@ impl Env {
             d => d,
         };
         let detector = match &self.settings.controls {
-            Some(c) => crate::detect::Reloading::new(Arc::clone(c), device, range.clone())
+            Some(c) => crate::detect::Reloading::new(&c.current(), device, range.clone())
                 .map(|d| Box::new(d) as Box<dyn Detector>),
             None => crate::detect::ocsvm(device, &self.model, range.clone(), self.threshold()),
         };
@@ -454,11 +482,12 @@ impl Env {
     }
 
     /// Where the model's scores are cut: the threshold in force (see [`Env::threshold`]),
-    /// which follows the run's [`Controls`] when it has them, as do muted features.
-    pub fn cut(&self) -> Cut {
-        match &self.settings.controls {
-            Some(c) => Cut::Live {
-                controls: Arc::clone(c),
+    /// which follows the changes `live` brings ([`Env::controlled_frames`]), as do muted
+    /// features.
+    pub fn cut<'s>(&self, live: Option<&Live<'s>>) -> Cut<'s> {
+        match live {
+            Some(l) => Cut::Live {
+                changes: l.clone(),
                 fallback: None,
             },
             None => Cut::Fixed(self.threshold()),
@@ -467,10 +496,10 @@ impl Env {
 
     /// [`Env::cut`] for a detector whose scores are not the model's: `default` unless an
     /// override is set.
-    pub fn cut_or(&self, default: f32) -> Cut {
-        match &self.settings.controls {
-            Some(c) => Cut::Live {
-                controls: Arc::clone(c),
+    pub fn cut_or<'s>(&self, live: Option<&Live<'s>>, default: f32) -> Cut<'s> {
+        match live {
+            Some(l) => Cut::Live {
+                changes: l.clone(),
                 fallback: Some(default),
             },
             None => Cut::Fixed(self.threshold_or(default)),
@@ -735,8 +764,12 @@ fn describe(settings: &Settings, model: &Model, incidents: Option<&Incidents>) -
         }
     };
     let p = &settings.pipeline;
+    let settings_change = match settings.controls {
+        Some(_) => "settings that change at run time",
+        None => "fixed settings",
+    };
     format!(
-        "variant {} {:?}, window {:?}, stride {:?}, event time {:?}, {} features, {alerts}",
+        "variant {} {:?}, window {:?}, stride {:?}, event time {:?}, {} features, {alerts}, {settings_change}",
         p.name,
         p.params,
         settings.window,

@@ -8,24 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::serve::{self as s, Client, Receiver, PATIENCE};
+use common::shifted;
 use serde_json::{json, Value};
-use tidewatch::model::{Model, Params};
 use tidewatch::server::{ModelSpec, ServeConfig};
 
 const TOKEN: &str = "s3cret-token";
 const F: usize = 8;
-
-/// `base` with every bias moved by `shift`: a large negative shift makes every feature of
-/// every frame score far over the threshold, a large positive one far under it.
-fn shifted(base: &Model, shift: f32) -> Model {
-    let mut m = base.clone();
-    match &mut m.params {
-        Params::Rff { bias, .. } | Params::Linear { bias, .. } => {
-            bias.iter_mut().for_each(|b| *b += shift)
-        }
-    }
-    m
-}
 
 fn with_admin(mut c: ServeConfig) -> ServeConfig {
     c.admin_token = Some(TOKEN.into());
@@ -310,6 +298,67 @@ fn a_model_swap_loses_no_frame_and_a_misfit_is_refused() {
         switch,
         swapped_after - 2,
         "the old model scored every frame before the swap, the new one every frame after"
+    );
+}
+
+/// With two workers, frames sent while a model that alerts on every feature is swapped
+/// for one that alerts on none each get a verdict wholly of one model, and the verdicts
+/// switch at one frame: no frame has some of its features scored by the old model and
+/// others by the new, though each worker scores its own features.
+#[test]
+fn with_two_workers_every_frame_is_scored_wholly_by_one_model() {
+    let rt = s::runtime();
+    let rx = Receiver::like_client(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::random_rff_model(F, 1, 11);
+    let (loud, quiet) = (dir.path().join("loud"), dir.path().join("quiet"));
+    shifted(&base, -1e6).save(&loud).unwrap();
+    shifted(&base, 1e6).save(&quiet).unwrap();
+    let client = Client::new();
+    let (mut c, verdicts) = s::config(s::model(F), &rx.base_url(), &dir);
+    c.model = ModelSpec::Dir(loud);
+    c.settings.threshold = None;
+    c.webhook = None;
+    c.cluster.threads = 2;
+    let h = s::start(with_admin(c));
+    let addr = h.addr();
+    let (mut seqs, answer) = s::send_around(&[addr], F, 0, (20, 20), || {
+        admin(
+            &client,
+            reqwest::Method::POST,
+            addr,
+            "/admin/model",
+            Some(TOKEN),
+            json!({ "path": quiet }),
+        )
+    });
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["controls"]["model_version"], 1);
+    s::wait_until("every verdict", || {
+        verdicts.lock().unwrap().len() >= seqs.len()
+    });
+    h.shutdown().unwrap();
+    let mut v = verdicts.lock().unwrap().clone();
+    v.sort_by_key(|r| r.seq);
+    seqs.sort_unstable();
+    assert_eq!(v.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    let old: Vec<bool> = v
+        .iter()
+        .map(|r| {
+            assert!(
+                r.hits.len() == F || r.hits.is_empty(),
+                "frame {} has {} of its {F} features anomalous: scored partly by each model",
+                r.seq,
+                r.hits.len()
+            );
+            r.hits.len() == F
+        })
+        .collect();
+    let switch = old.iter().position(|o| !o).expect("the new model scored");
+    assert!(switch > 0, "the old model scored the first frames");
+    assert!(
+        old[switch..].iter().all(|o| !o),
+        "the verdicts switch models at one frame: {old:?}"
     );
 }
 

@@ -462,11 +462,12 @@ fn workers_share_a_files_records_and_keep_its_order() {
 }
 
 /// A `serve` cluster of two processes: process 0's `/metrics` labels every sample with
-/// `process="0"` (so one Prometheus can scrape every process and keep them apart), and
-/// the admin routes answer 409, since they cannot reach process 1's copy of the settings.
+/// `process="0"` (so one Prometheus can scrape every process and keep them apart); and
+/// SIGHUP to process 1, which serves no HTTP, reloads the model on both (process 0's
+/// `/health/ready` names model version 1).
 #[cfg(unix)]
 #[test]
-fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
+fn a_served_cluster_labels_metrics_by_process_and_reloads_on_sighup_to_any() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = fixture(dir.path());
     let hosts = dir.path().join("hosts.txt");
@@ -485,7 +486,6 @@ fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
         .arg(&model)
         .args(["-n", "2", "-p", p, "-h"])
         .arg(&hosts)
-        .env("ADMIN_TOKEN", "t0ken")
         .env("LOG_LEVEL", "warn")
         .stdout(std::process::Stdio::piped());
         c
@@ -502,16 +502,214 @@ fn a_served_cluster_labels_metrics_by_process_and_refuses_run_time_changes() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
-    let answer = client.send(
-        client
-            .http
-            .put(format!("http://{addr}/admin/threshold"))
-            .bearer_auth("t0ken")
-            .json(&serde_json::json!({"threshold": 1.0})),
-    );
-    assert_eq!(answer.status, 409, "{:?}", answer.body);
-    assert_eq!(answer.body["error"], "cluster");
+    // SIGHUP to process 1, which serves no HTTP, reloads the model on the whole cluster
+    let hup = Command::new("kill")
+        .args(["-HUP", &p1.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::serve::wait_until("SIGHUP to process 1 reloading the model", || {
+        client.get(addr, "/health/ready").body["model"]["version"] == 1
+    });
     common::sigterm(&p0);
     assert!(p0.wait().unwrap().success());
     assert!(p1.wait().unwrap().success());
+}
+
+/// Each frame's anomalous features, by seq, from an alert file (a frame with none has no
+/// alert).
+fn features_by_seq(path: &Path) -> std::collections::BTreeMap<u64, Vec<u64>> {
+    common::alert_lines(path)
+        .into_iter()
+        .map(|a| {
+            let mut features: Vec<u64> = a["anomalous_features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["feature_idx"].as_u64().unwrap())
+                .collect();
+            features.sort_unstable();
+            (a["seq"].as_u64().unwrap(), features)
+        })
+        .collect()
+}
+
+/// Asserts that the frames `seqs` (in any order) have, in seq order, the anomalous
+/// features `old` up to one frame and `new` from it on (`None`: no alert).
+fn switches_once(
+    what: &str,
+    seqs: &[u64],
+    alerts: &std::collections::BTreeMap<u64, Vec<u64>>,
+    old: Option<&Vec<u64>>,
+    new: Option<&Vec<u64>>,
+) {
+    let mut seqs = seqs.to_vec();
+    seqs.sort_unstable();
+    let is_new: Vec<bool> = seqs
+        .iter()
+        .map(|seq| {
+            let got = alerts.get(seq);
+            assert!(
+                got == old || got == new,
+                "{what}: frame {seq} has anomalous features {got:?}, neither {old:?} nor {new:?}"
+            );
+            got == new
+        })
+        .collect();
+    let switch = is_new.iter().position(|&n| n).expect("the change took");
+    assert!(
+        switch > 0,
+        "{what}: the old settings scored the first frames"
+    );
+    assert!(
+        is_new[switch..].iter().all(|&n| n),
+        "{what}: the verdicts switch at one frame: {is_new:?}"
+    );
+}
+
+/// Run-time changes in a `serve` cluster of two processes, each taking frames and admin
+/// requests of its own, while frames keep coming to both: a model swap asked of process
+/// 0, a threshold asked of process 1 and mutes each switch every frame's verdict at one
+/// frame (no frame with a feature set partly old and partly new), and `/health/ready` on
+/// both processes names the new version once the request is answered. A model that
+/// process 1 cannot load is refused (400) and the old one stays in force everywhere; and
+/// SIGHUP to process 1 reloads the model on both.
+#[cfg(unix)]
+#[test]
+fn run_time_changes_reach_every_process_at_one_frame() {
+    use common::serve::{send_around, Client};
+    use serde_json::json;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = 8;
+    let base = random_rff_model(f, 1, 11);
+    let (loud, quiet) = (dir.path().join("loud"), dir.path().join("quiet"));
+    common::shifted(&base, -1e6).save(&loud).unwrap();
+    common::shifted(&base, 1e6).save(&quiet).unwrap();
+    // "next" names a different directory on each process: one that fits on process 0, one
+    // with another feature count on process 1
+    let cwd = [dir.path().join("p0"), dir.path().join("p1")];
+    common::shifted(&base, 1e6)
+        .save(&cwd[0].join("next"))
+        .unwrap();
+    random_rff_model(f + 1, 1, 11)
+        .save(&cwd[1].join("next"))
+        .unwrap();
+    let hosts = dir.path().join("hosts.txt");
+    let ingest = dir.path().join("ingest.txt");
+    for path in [&hosts, &ingest] {
+        common::loopback_hostfile(path, 2);
+    }
+    let alerts = dir.path().join("alerts.jsonl");
+    let serve = |p: usize| {
+        common::tidewatch(dir.path())
+            .current_dir(&cwd[p])
+            .args(["serve", "--model"])
+            .arg(&loud)
+            .args(["--ingest", "every-process", "--ingest-addrs"])
+            .arg(&ingest)
+            .args(["-n", "2", "-p", &p.to_string(), "-h"])
+            .arg(&hosts)
+            .args(["--no-webhook", "--output"])
+            .arg(&alerts)
+            .env("ADMIN_TOKEN", "t0ken")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut procs = Cluster(vec![serve(0), serve(1)]);
+    let (addrs, _stdouts): (Vec<_>, Vec<_>) = procs.0.iter_mut().map(common::ready_addr).unzip();
+    let client = Client::new();
+    let admin = |p: usize, method: reqwest::Method, path: &str, body: serde_json::Value| {
+        let req = client
+            .http
+            .request(method, format!("http://{}{path}", addrs[p]))
+            .bearer_auth("t0ken")
+            .json(&body);
+        let answer = client.send(req);
+        (answer.status, answer.body)
+    };
+    let versions = || -> Vec<(serde_json::Value, serde_json::Value)> {
+        addrs
+            .iter()
+            .map(|&a| {
+                let ready = client.get(a, "/health/ready").body;
+                (
+                    ready["controls"]["version"].clone(),
+                    ready["model"]["version"].clone(),
+                )
+            })
+            .collect()
+    };
+
+    let (swapped, (status, body)) = send_around(&addrs, f, 0, (20, 20), || {
+        admin(
+            0,
+            reqwest::Method::POST,
+            "/admin/model",
+            json!({"path": quiet}),
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(versions(), vec![(json!(1), json!(1)); 2]);
+
+    let (status, body) = admin(
+        0,
+        reqwest::Method::POST,
+        "/admin/model",
+        json!({"path": "next"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("process 1"),
+        "{body}"
+    );
+    assert_eq!(versions(), vec![(json!(1), json!(1)); 2], "nothing changed");
+
+    let (lowered, (status, body)) = send_around(&addrs, f, 1000, (20, 20), || {
+        admin(
+            1,
+            reqwest::Method::PUT,
+            "/admin/threshold",
+            json!({"threshold": -1e9}),
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(versions(), vec![(json!(2), json!(1)); 2]);
+
+    let (muted, (status, body)) = send_around(&addrs, f, 2000, (20, 20), || {
+        admin(
+            0,
+            reqwest::Method::PUT,
+            "/admin/mutes",
+            json!({"features": [0, 5]}),
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(versions(), vec![(json!(3), json!(1)); 2]);
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &procs.0[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::serve::wait_until("SIGHUP's reload on both processes", || {
+        versions() == vec![(json!(4), json!(2)); 2]
+    });
+
+    for child in &procs.0 {
+        common::sigterm(child);
+    }
+    for (p, child) in std::mem::take(&mut procs.0).into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "process {p} of 2: {}", out.status);
+    }
+    let by_seq = features_by_seq(&alerts);
+    let all: Vec<u64> = (0..f as u64).collect();
+    let unmuted: Vec<u64> = all.iter().copied().filter(|&i| i != 0 && i != 5).collect();
+    switches_once("model swap", &swapped, &by_seq, Some(&all), None);
+    switches_once("threshold", &lowered, &by_seq, None, Some(&all));
+    switches_once("mutes", &muted, &by_seq, Some(&all), Some(&unmuted));
 }

@@ -82,6 +82,19 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
         crate::dataflows::load_model(&config.settings.pipeline.name, dir)
             .with_context(|| format!("loading model {}", dir.display()))?,
     );
+    // Its workers follow the cluster's run-time changes as process 0's do (every process
+    // builds the same operators); it has no admin routes of its own.
+    let dir = dir.clone();
+    let controls = Arc::new(crate::controls::Controls::new(
+        Arc::clone(&model),
+        Some(dir.clone()),
+        config.settings.threshold,
+        args.cluster.shape(),
+    ));
+    #[cfg(unix)]
+    reload_on_hangup(Arc::clone(&controls), dir)?;
+    let mut config = config;
+    config.settings.controls = Some(controls);
     let sinks = SinkSpec::default();
     let Some(kafka) = &config.kafka else {
         runtime::run(
@@ -115,6 +128,48 @@ fn run_follower(args: &ServeArgs, config: server::ServeConfig) -> anyhow::Result
         input: input.counters().snapshot(),
         output: outbox.map(|o| o.stats()),
     });
+    Ok(())
+}
+
+/// On SIGHUP, reloads the model directory the cluster started with on every process, as
+/// SIGHUP to a process that serves HTTP does (see [`crate::controls`]); a thread of its
+/// own waits for the signal and the cluster's answer.
+#[cfg(unix)]
+fn reload_on_hangup(
+    controls: Arc<crate::controls::Controls>,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the SIGHUP runtime")?;
+    let mut hangup = {
+        let _context = runtime.enter();
+        signal(SignalKind::hangup()).context("catching SIGHUP")?
+    };
+    std::thread::Builder::new()
+        .name("tidewatch-sighup".into())
+        .spawn(move || {
+            while runtime.block_on(hangup.recv()).is_some() {
+                tracing::info!("SIGHUP: reloading the model");
+                let change = crate::controls::Change::Model { path: dir.clone() };
+                let answer = controls.make(change).map_err(|e| e.to_string());
+                match answer.and_then(|a| a.blocking_recv().map_err(|e| e.to_string())) {
+                    Ok(Ok(k)) => tracing::info!(
+                        model_version = k.model_version,
+                        version = k.version,
+                        by = "SIGHUP",
+                        "change made on every process"
+                    ),
+                    Ok(Err(why)) | Err(why) => tracing::error!(
+                        reason = %why,
+                        "SIGHUP: the model was not reloaded; the old one keeps scoring"
+                    ),
+                }
+            }
+        })
+        .context("starting the SIGHUP thread")?;
     Ok(())
 }
 

@@ -139,6 +139,10 @@ pub trait Detector: Send {
     fn device(&self) -> Device {
         Device::Cpu
     }
+
+    /// Takes the run's new settings (a hot reload) before scoring the windows they
+    /// apply to; a detector that does not score with the run's model ignores them.
+    fn follow(&mut self, _knobs: &crate::controls::Knobs) {}
 }
 
 impl<D: Detector + ?Sized> Detector for Box<D> {
@@ -152,6 +156,10 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
 
     fn score(&mut self, windows: &[f32]) -> Scores {
         (**self).score(windows)
+    }
+
+    fn follow(&mut self, knobs: &crate::controls::Knobs) {
+        (**self).follow(knobs)
     }
 
     fn device(&self) -> Device {

@@ -13,6 +13,7 @@
 //! same with [`Parts::map`], and cannot lose a verdict by forgetting to carry metadata.
 
 mod batch;
+pub mod control;
 mod entity;
 mod event_window;
 mod merge;
@@ -23,6 +24,7 @@ mod stats;
 mod window;
 
 pub use batch::BatchOps;
+pub use control::{control_tap, Changes, Live};
 pub use entity::{owner, ScoreEntitiesOps, SplitEntitiesOps};
 pub use event_window::{EventTime, EventWindowConfig, EventWindowOps};
 pub use merge::MergeOps;

@@ -3,9 +3,10 @@ use timely::dataflow::operators::generic::Operator;
 
 use std::sync::Arc;
 
+use super::control::{Gate, Live, Schedule};
 use super::{Parts, Stream};
 use crate::clock;
-use crate::controls::{Controls, Knobs, Watch};
+use crate::controls::Knobs;
 use crate::detect::{Detector, Scores};
 use crate::stats::{Stage, Stats};
 use crate::types::{Batch, Hit, PartHits, Scored, Seq};
@@ -58,6 +59,17 @@ pub trait ScoreOps<'s> {
     /// assert_eq!(*scored.lock().unwrap(), vec![(4, vec![2, 3], vec![6.0, 9.0])]);
     /// ```
     fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Self::Output;
+
+    /// [`ScoreOps::score`], with the settings changes of `live`: each window is scored by
+    /// the model in force for its frame ([`Detector::follow`]), and a batch waits until
+    /// every change that applies to its frames has arrived. Without changes (`None`), the
+    /// same as [`ScoreOps::score`].
+    fn score_under<D: Detector + 'static>(
+        self,
+        detector: D,
+        stats: Arc<Stats>,
+        live: Option<&Live<'s>>,
+    ) -> Self::Output;
 }
 
 impl<'s> ScoreOps<'s> for Parts<'s, Batch> {
@@ -66,55 +78,167 @@ impl<'s> ScoreOps<'s> for Parts<'s, Batch> {
     fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Parts<'s, Scored> {
         self.map(|s| s.score(detector, stats))
     }
+
+    fn score_under<D: Detector + 'static>(
+        self,
+        detector: D,
+        stats: Arc<Stats>,
+        live: Option<&Live<'s>>,
+    ) -> Parts<'s, Scored> {
+        self.map(|s| s.score_under(detector, stats, live))
+    }
 }
 
 impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
     type Output = Stream<'s, Scored>;
 
     fn score<D: Detector + 'static>(self, detector: D, stats: Arc<Stats>) -> Stream<'s, Scored> {
-        let mut detector = detector;
-        let lo = detector.features().start as u32;
-        let stateful = detector.needs().stateful;
+        let mut scorer = Scorer::new(detector, stats);
         self.unary(Pipeline, "Score", move |_cap, _info| {
-            // the last window scored, for a stateful detector's order check
-            let mut last: Option<Seq> = None;
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
                     let mut session = output.session(&cap);
                     for batch in data {
                         for b in batch.drain(..) {
-                            if stateful {
-                                for &seq in &b.seqs {
-                                    assert!(
-                                        last.is_none_or(|l| l < seq),
-                                        "a stateful detector got window {seq} after {last:?}: windows must come once, in frame order"
-                                    );
-                                    last = Some(seq);
-                                }
-                            }
-                            let began = clock::now_us();
-                            let (scores, compacted) = match detector.score(&b.data) {
-                                Scores::All(scores) => (scores, None),
-                                Scores::Compacted(c) => (Vec::new(), Some(c)),
-                            };
-                            let done = clock::now_us();
-                            stats.record(Stage::Score, done - began);
-                            session.give(Scored {
-                                part: b.part,
-                                lo,
-                                seqs: b.seqs,
-                                received_us: b.received_us,
-                                began_us: began,
-                                scored_us: done,
-                                scores,
-                                compacted,
-                            });
+                            session.give(scorer.score(b));
                         }
                     }
                 });
             }
         })
     }
+
+    fn score_under<D: Detector + 'static>(
+        self,
+        detector: D,
+        stats: Arc<Stats>,
+        live: Option<&Live<'s>>,
+    ) -> Stream<'s, Scored> {
+        let Some(Live { changes, initial }) = live.cloned() else {
+            return self.score(detector, stats);
+        };
+        let mut scorer = Scorer::new(detector, stats);
+        let mut followed = initial.version;
+        let mut gate = Gate::new(initial);
+        self.binary_frontier(
+            changes,
+            Pipeline,
+            Pipeline,
+            "ScoreLive",
+            move |_cap, _info| {
+                move |(input, frontier), (changes, changed), output| {
+                    gate.changes(changes);
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        for b in data.drain(..) {
+                            gate.hold(cap.clone(), b);
+                        }
+                    });
+                    gate.release(changed, frontier, |cap, b, schedule| {
+                        let mut session = output.session(cap);
+                        let mut score = |b: Batch, knobs: &Arc<Knobs>| {
+                            if knobs.version != followed {
+                                scorer.detector.follow(knobs);
+                                followed = knobs.version;
+                            }
+                            session.give(scorer.score(b));
+                        };
+                        let first = b.seqs.first().map_or(0, |&s| schedule.span(s));
+                        if b.seqs.iter().all(|&s| schedule.span(s) == first) {
+                            score(b, schedule.knobs(first));
+                        } else {
+                            for (span, piece) in split_at_changes(b, schedule) {
+                                score(piece, schedule.knobs(span));
+                            }
+                        }
+                    });
+                }
+            },
+        )
+    }
+}
+
+/// A detector and what scoring with it records.
+struct Scorer<D> {
+    detector: D,
+    stats: Arc<Stats>,
+    lo: u32,
+    stateful: bool,
+    /// the last window scored, for a stateful detector's order check
+    last: Option<Seq>,
+}
+
+impl<D: Detector> Scorer<D> {
+    fn new(detector: D, stats: Arc<Stats>) -> Scorer<D> {
+        Scorer {
+            lo: detector.features().start as u32,
+            stateful: detector.needs().stateful,
+            detector,
+            stats,
+            last: None,
+        }
+    }
+
+    fn score(&mut self, b: Batch) -> Scored {
+        if self.stateful {
+            for &seq in &b.seqs {
+                let last = self.last;
+                assert!(
+                    last.is_none_or(|l| l < seq),
+                    "a stateful detector got window {seq} after {last:?}: windows must come once, in frame order"
+                );
+                self.last = Some(seq);
+            }
+        }
+        let began = clock::now_us();
+        let (scores, compacted) = match self.detector.score(&b.data) {
+            Scores::All(scores) => (scores, None),
+            Scores::Compacted(c) => (Vec::new(), Some(c)),
+        };
+        let done = clock::now_us();
+        self.stats.record(Stage::Score, done - began);
+        Scored {
+            part: b.part,
+            lo: self.lo,
+            seqs: b.seqs,
+            received_us: b.received_us,
+            began_us: began,
+            scored_us: done,
+            scores,
+            compacted,
+        }
+    }
+}
+
+/// `b` cut into runs of windows whose frames have the same settings, each with its span
+/// of `schedule`: only a batch that straddles a change is cut, so this allocates once
+/// per change and partition.
+fn split_at_changes(b: Batch, schedule: &Schedule) -> Vec<(usize, Batch)> {
+    let width = b.data.len().checked_div(b.seqs.len()).unwrap_or(0);
+    let mut pieces: Vec<(usize, Batch)> = Vec::new();
+    for (i, &seq) in b.seqs.iter().enumerate() {
+        let span = schedule.span(seq);
+        if pieces.last().is_none_or(|(s, _)| *s != span) {
+            pieces.push((
+                span,
+                Batch {
+                    part: b.part,
+                    ..Batch::default()
+                },
+            ));
+        }
+        let piece = &mut pieces.last_mut().expect("pushed").1;
+        piece.seqs.push(seq);
+        if let Some(&r) = b.received_us.get(i) {
+            piece.received_us.push(r);
+        }
+        piece
+            .data
+            .extend_from_slice(&b.data[i * width..(i + 1) * width]);
+    }
+    pieces
 }
 
 /// Turns scores into the features over a threshold.
@@ -149,66 +273,35 @@ pub trait ThresholdOps<'s> {
     /// });
     /// assert_eq!(*hits.lock().unwrap(), vec![(7, 1), (8, 0)]);
     /// ```
-    fn threshold(self, threshold: impl Into<Cut>) -> Self::Output;
+    fn threshold(self, threshold: impl Into<Cut<'s>>) -> Self::Output;
 }
 
-/// Where a batch's scores are cut: at a fixed threshold, or at the one in force in a
-/// run's [`Controls`] (read once per batch), which also mutes features.
-#[derive(Clone, Debug)]
-pub enum Cut {
+/// Where a batch's scores are cut: at a fixed threshold, or at the one in force for each
+/// frame in a run's changing settings, which also mute features.
+#[derive(Clone)]
+pub enum Cut<'s> {
     /// Scores `>= threshold` are anomalies.
     Fixed(f32),
-    /// The threshold and mutes of `controls`; `fallback` is the variant's own threshold
-    /// when no override is set (`None`: the model's).
+    /// The threshold and mutes in force for each frame, as `changes` say; `fallback` is
+    /// the variant's own threshold when no override is set (`None`: the model's).
     Live {
-        /// The run's controls.
-        controls: Arc<Controls>,
+        /// The run's settings and their changes.
+        changes: Live<'s>,
         /// The threshold without an override.
         fallback: Option<f32>,
     },
 }
 
-impl From<f32> for Cut {
-    fn from(threshold: f32) -> Cut {
+impl From<f32> for Cut<'_> {
+    fn from(threshold: f32) -> Self {
         Cut::Fixed(threshold)
-    }
-}
-
-/// A [`Cut`] as one operator reads it: the threshold and muted features for each batch.
-enum Cutter {
-    Fixed(f32),
-    Live(Watch, Option<f32>),
-}
-
-impl Cutter {
-    fn new(cut: Cut) -> Cutter {
-        match cut {
-            Cut::Fixed(t) => Cutter::Fixed(t),
-            Cut::Live { controls, fallback } => Cutter::Live(Watch::new(controls), fallback),
-        }
-    }
-
-    /// The threshold for the next batch, and the muted features (`None`: none).
-    fn next(&mut self) -> (f32, Option<Arc<Knobs>>) {
-        match self {
-            Cutter::Fixed(t) => (*t, None),
-            Cutter::Live(watch, fallback) => {
-                let (knobs, _) = watch.get();
-                let muted = (!knobs.muted.is_empty()).then(|| Arc::clone(knobs));
-                (knobs.threshold_or(*fallback), muted)
-            }
-        }
-    }
-
-    fn live(&self) -> bool {
-        matches!(self, Cutter::Live(..))
     }
 }
 
 impl<'s> ThresholdOps<'s> for Parts<'s, Scored> {
     type Output = Parts<'s, PartHits>;
 
-    fn threshold(self, threshold: impl Into<Cut>) -> Parts<'s, PartHits> {
+    fn threshold(self, threshold: impl Into<Cut<'s>>) -> Parts<'s, PartHits> {
         let cut = threshold.into();
         self.map(|s| s.threshold(cut.clone()))
     }
@@ -217,90 +310,134 @@ impl<'s> ThresholdOps<'s> for Parts<'s, Scored> {
 impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
     type Output = Stream<'s, PartHits>;
 
-    fn threshold(self, threshold: impl Into<Cut>) -> Stream<'s, PartHits> {
-        let mut cutter = Cutter::new(threshold.into());
-        self.unary(Pipeline, "Threshold", move |_cap, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for s in batch.drain(..) {
-                            let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
-                            let log = BatchLog::start(&s);
-                            let mut anomalous = 0usize;
-                            let (mut threshold, muted) = cutter.next();
-                            if let Some(c) = &s.compacted {
-                                if cutter.live() {
-                                    // Scored on the device just before the threshold was
-                                    // lowered: cut this batch where the device did, the
-                                    // next one at the new threshold.
-                                    threshold = threshold.max(c.threshold);
+    fn threshold(self, threshold: impl Into<Cut<'s>>) -> Stream<'s, PartHits> {
+        let (Live { changes, initial }, fallback) = match threshold.into() {
+            Cut::Fixed(t) => {
+                return self.unary(Pipeline, "Threshold", move |_cap, _info| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let mut session = output.session(&cap);
+                            for batch in data {
+                                for s in batch.drain(..) {
+                                    cut_scored(s, |_| (t, None), false, |p| session.give(p));
                                 }
-                                assert!(
-                                    c.threshold <= threshold,
-                                    "scores were thresholded at {} on the device, above the threshold {threshold}",
-                                    c.threshold
-                                );
                             }
-                            // the device's hits, by window: a cursor over them
-                            let mut device_hits = s.compacted.as_ref().map(|c| c.hits.as_slice());
-                            for (i, seq) in s.seqs.into_iter().enumerate() {
-                                let live = |f: u32| muted.as_ref().is_none_or(|k| !k.is_muted(f));
-                                let (hits, peak): (Vec<Hit>, f32) = match &mut device_hits {
-                                    Some(rest) => {
-                                        let n = rest.iter().take_while(|h| h.0 as usize == i).count();
-                                        let (mine, later) = rest.split_at(n);
-                                        *rest = later;
-                                        let mine = mine.iter().filter(|h| live(s.lo + h.1));
-                                        // the device kept only scores over its threshold:
-                                        // below it, the peak is not known (NaN)
-                                        let peak = mine.clone().map(|h| h.2).fold(f32::NAN, f32::max);
-                                        let hits = mine
-                                            .filter(|h| h.2 >= threshold)
-                                            .map(|&(_, j, score)| Hit {
-                                                feature: s.lo + j,
-                                                score,
-                                            })
-                                            .collect();
-                                        (hits, peak)
-                                    }
-                                    None => {
-                                        let row = &s.scores[i * width..(i + 1) * width];
-                                        let mut hits = Vec::new();
-                                        let mut peak = f32::NAN;
-                                        // One pass makes the cut and finds the frame's largest
-                                        // score; mutes are rare, and checked only when set.
-                                        for (j, &score) in row.iter().enumerate() {
-                                            let feature = s.lo + j as u32;
-                                            if muted.is_some() && !live(feature) {
-                                                continue;
-                                            }
-                                            peak = peak.max(score);
-                                            if score >= threshold {
-                                                hits.push(Hit { feature, score });
-                                            }
-                                        }
-                                        (hits, peak)
-                                    }
-                                };
-                                anomalous += hits.len();
-                                session.give(PartHits {
-                                    seq,
-                                    began_us: s.began_us,
-                                    scored_us: s.scored_us,
-                                    hits,
-                                    peak,
-                                    evidence: Vec::new(),
-                                });
-                            }
-                            if let Some(log) = log {
-                                log.finish(anomalous);
-                            }
-                        }
+                        });
                     }
-                });
+                })
             }
-        })
+            Cut::Live { changes, fallback } => (changes, fallback),
+        };
+        let mut gate = Gate::new(initial);
+        self.binary_frontier(
+            changes,
+            Pipeline,
+            Pipeline,
+            "ThresholdLive",
+            move |_cap, _info| {
+                move |(input, frontier), (changes, changed), output| {
+                    gate.changes(changes);
+                    input.for_each(|cap, data| {
+                        let Some(cap) = cap.retain_least(0) else {
+                            return;
+                        };
+                        for s in data.drain(..) {
+                            gate.hold(cap.clone(), s);
+                        }
+                    });
+                    gate.release(changed, frontier, |cap, s, schedule| {
+                        let mut session = output.session(cap);
+                        let knobs_for = |seq| {
+                            let k = schedule.at(seq);
+                            let muted = (!k.muted.is_empty()).then_some(&**k);
+                            (k.threshold_or(fallback), muted)
+                        };
+                        cut_scored(s, knobs_for, true, |p| session.give(p));
+                    });
+                }
+            },
+        )
+    }
+}
+
+/// One [`PartHits`] for each window of `s`, handed to `emit`; `knobs_for` gives each
+/// window's threshold and the settings that mute features (`None`: none muted). `live`:
+/// the threshold may have changed since the device compacted at its own.
+fn cut_scored<'k>(
+    s: Scored,
+    mut knobs_for: impl FnMut(Seq) -> (f32, Option<&'k Knobs>),
+    live: bool,
+    mut emit: impl FnMut(PartHits),
+) {
+    let width = s.scores.len().checked_div(s.seqs.len()).unwrap_or(0);
+    let log = BatchLog::start(&s);
+    let mut anomalous = 0usize;
+    // the device's hits, by window: a cursor over them
+    let mut device_hits = s.compacted.as_ref().map(|c| c.hits.as_slice());
+    for (i, seq) in s.seqs.into_iter().enumerate() {
+        let (mut threshold, muted) = knobs_for(seq);
+        if let Some(c) = &s.compacted {
+            if live {
+                // Scored on the device at another threshold (a GPU detector follows the
+                // threshold between batches): cut where the device did, if higher.
+                threshold = threshold.max(c.threshold);
+            }
+            assert!(
+                c.threshold <= threshold,
+                "scores were thresholded at {} on the device, above the threshold {threshold}",
+                c.threshold
+            );
+        }
+        let live_feature = |f: u32| muted.is_none_or(|k| !k.is_muted(f));
+        let (hits, peak): (Vec<Hit>, f32) = match &mut device_hits {
+            Some(rest) => {
+                let n = rest.iter().take_while(|h| h.0 as usize == i).count();
+                let (mine, later) = rest.split_at(n);
+                *rest = later;
+                let mine = mine.iter().filter(|h| live_feature(s.lo + h.1));
+                // the device kept only scores over its threshold: below it, the peak is
+                // not known (NaN)
+                let peak = mine.clone().map(|h| h.2).fold(f32::NAN, f32::max);
+                let hits = mine
+                    .filter(|h| h.2 >= threshold)
+                    .map(|&(_, j, score)| Hit {
+                        feature: s.lo + j,
+                        score,
+                    })
+                    .collect();
+                (hits, peak)
+            }
+            None => {
+                let row = &s.scores[i * width..(i + 1) * width];
+                let mut hits = Vec::new();
+                let mut peak = f32::NAN;
+                // One pass makes the cut and finds the frame's largest score; mutes are
+                // rare, and checked only when set.
+                for (j, &score) in row.iter().enumerate() {
+                    let feature = s.lo + j as u32;
+                    if muted.is_some() && !live_feature(feature) {
+                        continue;
+                    }
+                    peak = peak.max(score);
+                    if score >= threshold {
+                        hits.push(Hit { feature, score });
+                    }
+                }
+                (hits, peak)
+            }
+        };
+        anomalous += hits.len();
+        emit(PartHits {
+            seq,
+            began_us: s.began_us,
+            scored_us: s.scored_us,
+            hits,
+            peak,
+            evidence: Vec::new(),
+        });
+    }
+    if let Some(log) = log {
+        log.finish(anomalous);
     }
 }
 
@@ -371,56 +508,51 @@ impl BatchLog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use timely::dataflow::operators::{Inspect, ToStream};
+    use std::sync::Arc;
 
     use super::*;
+    use crate::controls::{Change, Controls, Shape};
     use crate::types::Compacted;
 
-    /// Runs one scored batch through the threshold operator cut by `cut`; returns each
-    /// window's anomalous features.
-    fn cut_batch(scored: Scored, cut: Cut) -> Vec<Vec<u32>> {
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&out);
-        timely::example(move |scope| {
-            Some(scored)
-                .to_stream(scope)
-                .container::<Vec<_>>()
-                .threshold(cut)
-                .inspect(move |p| {
-                    sink.lock()
-                        .unwrap()
-                        .push(p.hits.iter().map(|h| h.feature).collect())
-                });
+    /// Each window's anomalous features when `s` is cut with `knobs_for`.
+    fn cut<'k>(s: Scored, knobs_for: impl FnMut(Seq) -> (f32, Option<&'k Knobs>)) -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        cut_scored(s, knobs_for, true, |p| {
+            out.push(p.hits.iter().map(|h| h.feature).collect())
         });
-        let v = out.lock().unwrap().clone();
-        v
+        out
     }
 
-    /// A live cut follows the controls' threshold and mutes; a batch thresholded on the
-    /// device just before the threshold was lowered is cut where the device cut it
-    /// (rather than failing), and muted features drop out of device hits too.
+    /// A live cut takes each window's threshold and mutes from the settings for its
+    /// frame; a batch thresholded on the device at a higher threshold is cut where the
+    /// device cut it (rather than failing), and muted features drop out of device hits.
     #[test]
-    fn a_live_cut_follows_threshold_and_mutes() {
+    fn a_live_cut_takes_each_frames_threshold_and_mutes() {
         let model = Arc::new(crate::controls::test_model::tiny(4, 1));
-        let controls = Arc::new(Controls::new(model, None, Some(1.0)));
-        let live = || Cut::Live {
-            controls: Arc::clone(&controls),
-            fallback: None,
-        };
-        let scored = || Scored {
+        let controls = Controls::new(model, None, Some(1.0), Shape::default());
+        let k0 = controls.current();
+        let k1 = k0.after(&Change::Threshold(Some(3.0)), None);
+        let k2 = k1
+            .after(&Change::Threshold(Some(0.0)), None)
+            .after(&Change::Mutes(vec![2]), None);
+        let scored = Scored {
             lo: 0,
-            seqs: vec![7],
-            scores: vec![0.5, 1.5, 2.5, 3.5],
+            seqs: vec![7, 8, 9],
+            scores: [0.5, 1.5, 2.5, 3.5].repeat(3),
             ..Scored::default()
         };
-        assert_eq!(cut_batch(scored(), live()), vec![vec![1, 2, 3]]);
-        controls.set_threshold(Some(3.0));
-        assert_eq!(cut_batch(scored(), live()), vec![vec![3]]);
-        controls.set_threshold(Some(0.0));
-        controls.set_muted(&[2]).unwrap();
-        assert_eq!(cut_batch(scored(), live()), vec![vec![0, 1, 3]]);
+        let by_frame = |seq: Seq| {
+            let k = match seq {
+                7 => &*k0,
+                8 => &k1,
+                _ => &k2,
+            };
+            (k.threshold_or(None), (!k.muted.is_empty()).then_some(k))
+        };
+        assert_eq!(
+            cut(scored, by_frame),
+            vec![vec![1, 2, 3], vec![3], vec![0, 1, 3]]
+        );
         let device = Scored {
             lo: 0,
             seqs: vec![7],
@@ -430,6 +562,6 @@ mod tests {
             }),
             ..Scored::default()
         };
-        assert_eq!(cut_batch(device, live()), vec![vec![3]]);
+        assert_eq!(cut(device, |_| (0.0, Some(&k2))), vec![vec![3]]);
     }
 }

@@ -7,8 +7,11 @@
 //! They exist only when a token is configured (`ADMIN_TOKEN`); without one they answer
 //! 404 like any unknown path. With one, a request without `Authorization: Bearer <token>`
 //! gets 401. Every change is logged and shown on `/health/ready` and the dashboard.
-//! In a cluster of several processes they answer 409: the other processes score their
-//! features with their own copy of the settings, which these routes cannot reach.
+//!
+//! A change is checked here first (a model is loaded, and must fit the pipeline), then
+//! carried to every worker of every process through the dataflow
+//! ([`crate::controls::relay`]); the answer comes once it is in force everywhere, from
+//! one frame on, or once another process refused it (the old settings stay everywhere).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,8 +22,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::Reply;
 
 use super::{error_reply, Phase, Shared};
-use crate::controls::{Controls, Knobs};
-use crate::model::Model;
+use crate::controls::{Change, Controls, Knobs};
 
 /// Largest admin request body.
 pub(super) const MAX_BODY: u64 = 64 << 10;
@@ -82,13 +84,6 @@ impl Refused {
 
 /// The run's controls, or why there are none to change.
 fn controls(shared: &Shared) -> Result<Arc<Controls>, Refused> {
-    if shared.processes > 1 {
-        return Err(Refused(
-            StatusCode::CONFLICT,
-            "cluster",
-            "run-time changes work in a single process only; restart the cluster to change its model or threshold".into(),
-        ));
-    }
     match shared.phase() {
         Phase::Ready(r) => Ok(Arc::clone(&r.controls)),
         _ => Err(Refused(
@@ -130,61 +125,83 @@ pub(super) async fn handle(
 
 async fn change(action: Action, shared: &Shared, body: &[u8]) -> Result<Arc<Knobs>, Refused> {
     let controls = controls(shared)?;
-    match action {
-        Action::Model => {
-            let path = parse::<ModelBody>(body)?.path;
-            tokio::task::spawn_blocking(move || swap_from(&controls, &path, "POST /admin/model"))
-                .await
-                .unwrap_or_else(|e| Err(format!("loading the model failed: {e}")))
-                .map_err(|why| Refused(StatusCode::BAD_REQUEST, "model_refused", why))
-        }
-        Action::Threshold => match parse::<ThresholdBody>(body)?.threshold {
-            Some(t) if !t.is_finite() => Err(Refused::bad(
-                "the threshold must be a finite number (or null)",
-            )),
-            t => {
-                let k = controls.set_threshold(t);
-                tracing::info!(threshold = ?t, in_force = k.threshold_or(None), version = k.version, "threshold changed");
-                Ok(k)
-            }
-        },
-        Action::Mute => mute(&controls, &parse::<MuteBody>(body)?.features),
-        Action::Unmute => mute(&controls, &[]),
-    }
+    let (change, by) = match action {
+        Action::Model => (
+            Change::Model {
+                path: parse::<ModelBody>(body)?.path,
+            },
+            "POST /admin/model",
+        ),
+        Action::Threshold => (
+            Change::Threshold(parse::<ThresholdBody>(body)?.threshold),
+            "PUT /admin/threshold",
+        ),
+        Action::Mute => (
+            Change::Mutes(parse::<MuteBody>(body)?.features),
+            "PUT /admin/mutes",
+        ),
+        Action::Unmute => (Change::Mutes(Vec::new()), "DELETE /admin/mutes"),
+    };
+    let kind = match action {
+        Action::Model => "model_refused",
+        _ => "bad_request",
+    };
+    apply(controls, change, by, kind).await
 }
 
-fn mute(controls: &Controls, features: &[u32]) -> Result<Arc<Knobs>, Refused> {
-    let k = controls
-        .set_muted(features)
-        .map_err(|e| Refused::bad(e.to_string()))?;
-    tracing::info!(muted = ?k.muted, version = k.version, "muted features changed");
-    Ok(k)
-}
-
-/// Loads the model in `dir` and swaps it in; the error says why the old one stays.
-fn swap_from(controls: &Controls, dir: &std::path::Path, by: &str) -> Result<Arc<Knobs>, String> {
+/// Checks `change` on this process, then has it made everywhere; the error says why
+/// the old settings stay.
+/// `kind` is the error kind of a refusal.
+async fn apply(
+    controls: Arc<Controls>,
+    change: Change,
+    by: &str,
+    kind: &'static str,
+) -> Result<Arc<Knobs>, Refused> {
     let started = std::time::Instant::now();
-    let model = Model::load(dir).map_err(|e| format!("loading model {}: {e}", dir.display()))?;
-    let k = controls
-        .swap_model(Arc::new(model), Some(dir.to_path_buf()))
-        .map_err(|e| e.to_string())?;
+    let refused = |why: String| Refused(StatusCode::BAD_REQUEST, kind, why);
+    let stopped = || {
+        Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the pipeline stopped before the change was made".into(),
+        )
+    };
+    let asked = change.clone();
+    let answer = tokio::task::spawn_blocking(move || controls.make(asked))
+        .await
+        .map_err(|e| refused(format!("loading the model failed: {e}")))?
+        .map_err(|e| refused(e.to_string()))?;
+    let knobs = match answer.await.map_err(|_| stopped())? {
+        Ok(k) => k,
+        Err(why) if why == crate::controls::relay::STOPPED => return Err(stopped()),
+        Err(why) => return Err(refused(why)),
+    };
     tracing::info!(
-        model = %dir.display(),
-        model_version = k.model_version,
-        version = k.version,
-        load_ms = started.elapsed().as_secs_f64() * 1000.0,
+        change = ?change,
+        version = knobs.version,
+        model_version = knobs.model_version,
+        took_ms = started.elapsed().as_secs_f64() * 1000.0,
         by,
-        "model swapped"
+        "change made on every process"
     );
-    Ok(k)
+    Ok(knobs)
 }
 
-/// On SIGHUP: reloads the model directory the server started with.
-pub(super) fn reload_on_hangup(shared: &Shared) {
-    let result = match (&shared.model_dir, controls(shared)) {
+/// On SIGHUP: reloads the model directory the server started with, on every process.
+pub(super) async fn reload_on_hangup(shared: Arc<Shared>) {
+    let result = match (&shared.model_dir, controls(&shared)) {
         (None, _) => Err("the server was given a loaded model, not a directory".to_string()),
         (_, Err(Refused(_, _, why))) => Err(why),
-        (Some(dir), Ok(c)) => swap_from(&c, dir, "SIGHUP"),
+        (Some(dir), Ok(c)) => apply(
+            c,
+            Change::Model { path: dir.clone() },
+            "SIGHUP",
+            "model_refused",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|Refused(_, _, why)| why),
     };
     if let Err(why) = result {
         tracing::error!(reason = %why, "SIGHUP: the model was not reloaded; the old one keeps scoring");

@@ -538,6 +538,7 @@ fn run_dataflow(
         Arc::clone(&model),
         model_path,
         config.settings.threshold,
+        config.cluster.shape(),
     ));
     let board = Arc::new(dashboard::Board::new(&model));
     let hook = crate::sinks::combine(Some(board.hook()), hook);
@@ -702,9 +703,7 @@ impl ServerHandle {
             runtime.spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading the model");
-                    let shared = Arc::clone(&shared);
-                    let _ =
-                        tokio::task::spawn_blocking(move || admin::reload_on_hangup(&shared)).await;
+                    admin::reload_on_hangup(Arc::clone(&shared)).await;
                 }
             });
             Ok(Signals {

@@ -24,6 +24,18 @@ impl Lcg {
     }
 }
 
+/// `base` with every bias moved by `shift`: a large negative shift makes every feature of
+/// every frame score far over the threshold, a large positive one far under it.
+pub fn shifted(base: &Model, shift: f32) -> Model {
+    let mut m = base.clone();
+    match &mut m.params {
+        Params::Rff { bias, .. } | Params::Linear { bias, .. } => {
+            bias.iter_mut().for_each(|b| *b += shift)
+        }
+    }
+    m
+}
+
 /// A random RFF model of `f` features over windows of `w` (D = 8), threshold 0.5.
 pub fn random_rff_model(f: usize, w: usize, seed: u64) -> Model {
     let d = 8;

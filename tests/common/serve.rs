@@ -341,3 +341,46 @@ pub fn dead_letters(dir: &tempfile::TempDir) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Sends frames of `f` features (seeds `seed`, `seed + 1`, ...) to `addrs` in turn from
+/// another thread, and runs `change` once `before` of them were accepted, while the
+/// frames keep coming; the sender stops `after` frames after `change` returned. Returns
+/// the seq of every frame sent (each must be accepted), in the order sent, and what
+/// `change` returned: frames in flight on both sides of a run-time change.
+pub fn send_around<T>(
+    addrs: &[SocketAddr],
+    f: usize,
+    seed: u64,
+    (before, after): (usize, usize),
+    change: impl FnOnce() -> T,
+) -> (Vec<u64>, T) {
+    let sent = AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let client = Client::new();
+            let mut seqs = Vec::new();
+            let mut left = after;
+            for i in 0.. {
+                if done.load(Ordering::Acquire) {
+                    if left == 0 {
+                        break;
+                    }
+                    left -= 1;
+                }
+                let addr = addrs[i % addrs.len()];
+                let a = client.enqueue(addr, frame_json(f, seed + i as u64, "").into_bytes(), &[]);
+                assert_eq!(a.status, 202, "frame {i}: {:?}", a.body);
+                seqs.push(a.body["seq"].as_u64().expect("the answer's seq"));
+                sent.fetch_add(1, Ordering::Release);
+            }
+            seqs
+        });
+        wait_until("frames before the change", || {
+            sent.load(Ordering::Acquire) >= before
+        });
+        let changed = change();
+        done.store(true, Ordering::Release);
+        (sender.join().unwrap(), changed)
+    })
+}
