@@ -976,3 +976,71 @@ fn without_process_label(text: &str) -> String {
     }
     out
 }
+
+/// `serve --dataflow machines` reads seed 002's machine records from a topic and sends
+/// each failing one's alert, with its machine id and failure probability, to the alert
+/// topic (through the outbox), keyed by the record's id; a record that does not decode
+/// is skipped and reported, the others still scored.
+#[test]
+fn machine_records_from_a_topic_alert_to_the_alert_topic() {
+    let Some(brokers) = brokers() else { return };
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/machines");
+    let (topic, group, alerts) = (unique("records"), unique("g"), unique("alerts"));
+    // AI4I record 4 (normal) and 51 (a power failure), alternating, and one broken
+    let normal = r#"{"machine_id":"L47183","type":"L","airTemperature":298.2,"processTemperature":308.6,"rotationalSpeed":1433,"torque":39.5,"toolWear":7"#;
+    let failing = r#"{"machine_id":"L47230","type":"L","airTemperature":298.9,"processTemperature":309.1,"rotationalSpeed":2861,"torque":4.6,"toolWear":143"#;
+    let n = 10u64;
+    let spec = ProduceSpec {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 1,
+        frames: Some(n),
+        duration: None,
+        rate: None,
+    };
+    let report = produce(&spec, |k| {
+        let body = match k {
+            5 => r#"{"machine_id":"x","type":"L"}"#.to_string(),
+            k if k % 2 == 1 => format!(r#"{failing},"id":"r{k}"}}"#),
+            k => format!(r#"{normal},"id":"r{k}"}}"#),
+        };
+        (format!("r{k}"), body.into_bytes(), 0)
+    })
+    .unwrap();
+    assert_eq!(report.statuses.get("delivered"), Some(&n), "{report:?}");
+    let served = Served::start(
+        &models,
+        &brokers,
+        &topic,
+        &group,
+        &["--dataflow", "machines", "--alerts-kafka-topic", &alerts],
+    );
+    // records 1, 3, 7 and 9 fail; 5 does not decode
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(90), |m| m.len() >= 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = read_topic(&brokers, &alerts, Duration::from_secs(5), |m| {
+        m.len() > got.len()
+    });
+    let (_, err) = served.stop();
+    let mut alerted: Vec<(String, String, String)> = got
+        .iter()
+        .map(|m| {
+            let body = m.json();
+            assert!(body["probability"].as_f64().unwrap() > 0.5, "{body}");
+            let id = body["id"].as_str().unwrap().to_string();
+            (
+                m.key.clone(),
+                id,
+                body["machine_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    alerted.sort();
+    let expected: Vec<(String, String, String)> = [1, 3, 7, 9]
+        .iter()
+        .map(|k| (format!("r{k}"), format!("r{k}"), "L47230".to_string()))
+        .collect();
+    assert_eq!(alerted, expected, "{err}");
+    let skipped = events(&err, "skipped a Kafka message that does not decode");
+    assert_eq!(skipped.len(), 1, "{err}");
+}
