@@ -4,7 +4,9 @@
 //! statistics (mean, std, p50/p95/p99, last value, and the stream's EWMA and CUSUM), and
 //! the rules of the model directory's `rules.toml` test them. A frame whose window fires
 //! a rule alerts with the rules' evidence and a severity (see [`crate::rules`]); the rule
-//! file is reloaded while the run goes on when it changes. Parameters: `alpha` (the
+//! file is reloaded while the run goes on when it changes. `--window 300s --stride 60s`
+//! windows each entity by its frames' timestamps instead, as the seed does, each window
+//! resampled to 30 slots (the last value before each slot's end). Parameters: `alpha` (the
 //! EWMA's weight, the seed's 0.3), `cusum_alpha`, `cusum_k` and `cusum_warmup` (the
 //! CUSUM's baseline weight, slack and warm-up, [`CusumConfig`]'s defaults).
 
@@ -14,7 +16,7 @@ use timely::dataflow::Scope;
 
 use crate::detect::CusumConfig;
 use crate::live_file::LiveFile;
-use crate::ops::{MergeOps, SplitEntitiesOps, Time, WindowConfig, WindowOps};
+use crate::ops::{EventWindowOps, MergeOps, SplitEntitiesOps, Time, WindowConfig, WindowOps};
 use crate::rules::{rules_file, RuleSet, RulesConfig, RulesOps};
 use crate::runtime::{Env, Results};
 
@@ -52,10 +54,16 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
     }
     let k = config.cusum.k;
     anyhow::ensure!(k >= 0.0 && k.is_finite(), "--param cusum_k={k}: must be at least 0");
-    Ok(env
-        .frames(scope)
-        .split_entities()
-        .window(config.window)
+    // chosen once, here: by event time (the seed's 300 s every 60 s, `--window 300s
+    // --stride 60s`), resampled to the window's slots, or by frame count
+    let frames = env.frames(scope);
+    let windows = match env.event_windows_of(config.window.size) {
+        Some(time) => frames
+            .split_entities_timed()
+            .event_window(time, env.stats()),
+        None => frames.split_entities().window(config.window),
+    };
+    Ok(windows
         .evaluate_rules(rules, config, env.stats())
         .merge_frames())
 }

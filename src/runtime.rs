@@ -411,7 +411,7 @@ impl Env {
     ) -> anyhow::Result<WindowConfig> {
         if self.settings.event_time.is_some() {
             bail!(
-                "variant {:?} windows by frame count: event-time windows (--window 30s) run in a variant that reads them (telemetry)",
+                "variant {:?} windows by frame count: event-time windows (--window 30s) run in a variant that reads them (telemetry, rules)",
                 self.pipeline_name()
             );
         }
@@ -443,18 +443,21 @@ impl Env {
         &self,
         detector: &D,
     ) -> anyhow::Result<Option<EventWindowConfig>> {
-        self.read_event_time.set(true);
-        let Some(time) = self.settings.event_time else {
-            return Ok(None);
-        };
         let needs = detector.needs();
-        if let Some(s) = needs.stride {
+        if let (Some(s), Some(_)) = (needs.stride, self.settings.event_time) {
             bail!("event-time windows: the detector needs a window every {s} frame(s), which windows of time cannot give it");
         }
-        Ok(Some(EventWindowConfig {
-            time,
-            buckets: needs.window,
-        }))
+        Ok(self.event_windows_of(needs.window))
+    }
+
+    /// Event-time windows of `buckets` slots each, if `--window` asked for them (a
+    /// duration): for a variant whose stage takes windows of any fixed length, such as
+    /// `rules`' statistics. Reading them marks the variant as one that honours event time.
+    pub fn event_windows_of(&self, buckets: usize) -> Option<EventWindowConfig> {
+        self.read_event_time.set(true);
+        self.settings
+            .event_time
+            .map(|time| EventWindowConfig { time, buckets })
     }
 
     /// The model's one-class SVM for this worker's partition, on the device of the

@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,15 +24,6 @@ use tidewatch::ops::WindowConfig;
 use tidewatch::rules::{Evaluator, RulesConfig, Stat};
 
 use common::serve::{wait_until, Client, Receiver};
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `replay --dataflow rules` of `input` against the rules model in `model`.
 fn replay(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Command {
@@ -132,7 +123,7 @@ fn replay_alerts_with_evidence_and_severity() {
     std::fs::write(&input, golden_frames()).unwrap();
     let out = |name: &str| tmp.path().join(format!("{name}.jsonl"));
     let windows = ["--window", "4", "--stride", "2"];
-    check(
+    common::check(
         &replay(&model, &input, &out("w1"), &windows)
             .output()
             .unwrap(),
@@ -196,7 +187,7 @@ fn replay_alerts_with_evidence_and_severity() {
         assert_eq!(a["anomaly_detected"], true);
     }
 
-    check(
+    common::check(
         &replay(
             &model,
             &input,
@@ -232,8 +223,8 @@ fn replay_alerts_with_evidence_and_severity() {
     )
     .output()
     .unwrap();
-    check(&p0, "process 0 of 2");
-    check(&p1.wait_with_output().unwrap(), "process 1 of 2");
+    common::check(&p0, "process 0 of 2");
+    common::check(&p1.wait_with_output().unwrap(), "process 1 of 2");
     assert_eq!(common::alert_lines(&out("n2")), alerts, "-n 2 differs");
 }
 
@@ -533,7 +524,7 @@ fn shipped_rules_on_smap() {
     let run = replay(&shipped, &test, &out("all"), &["--json"])
         .output()
         .unwrap();
-    check(&run, "replay of SMAP test");
+    common::check(&run, "replay of SMAP test");
     let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
     let mut rows = 0u64;
     let mut windows = 0u64;
@@ -582,7 +573,7 @@ fn shipped_rules_on_smap() {
     let names = ["A-1", "D-3", "E-1", "P-1", "S-1"];
     let subset = common::smap_subset(&test, &names, &tmp.path().join("subset"));
     let sub = |name: &str, extra: &[&str]| {
-        check(
+        common::check(
             &replay(&shipped, &subset, &out(name), extra)
                 .output()
                 .unwrap(),
@@ -593,4 +584,79 @@ fn shipped_rules_on_smap() {
     let one = sub("w1", &[]);
     assert!(!one.is_empty());
     assert_eq!(sub("w2", &["-w", "2"]), one, "-w 2 differs");
+}
+
+/// `--window 300s --stride 60s` windows each entity by its frames' timestamps, as seed 004
+/// does (300 s of metrics every 60 s): frames 10 s apart, a spike on A's frames 60–65;
+/// the windows end on the minute (the 20th second of the first frame's minute, so after
+/// frames 3, 9, ... 63), each holding the last 30 frames, and the alerts name the last
+/// frame of each window that saw the spike, with its p95, the same with two workers.
+#[test]
+fn rules_window_by_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = rules_model(
+        dir.path(),
+        "features = 2\n[[rule]]\nname = \"spike\"\nstat = \"p95\"\nfeature = 0\nabove = 5.0\n",
+    );
+    let t0: i64 = 1_796_600_000_000; // 20 s past a minute
+    let mut lines = String::new();
+    for i in 0..120 {
+        for entity in ["A", "B"] {
+            let f0 = if entity == "A" && (60..66).contains(&i) {
+                10.0
+            } else {
+                0.0
+            };
+            let frame = json!({"id": format!("{entity}{i}"), "entity": entity,
+                "timestamp": t0 + 10_000 * i, "data": {"feature_0": f0, "feature_1": 0.0}});
+            lines.push_str(&format!("{frame}\n"));
+        }
+    }
+    let input = dir.path().join("timed.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let mut runs = Vec::new();
+    for workers in ["1", "2"] {
+        let output = dir.path().join(format!("alerts-{workers}.jsonl"));
+        let out = replay(
+            &model,
+            &input,
+            &output,
+            &["--window", "300s", "--stride", "60s", "-w", workers],
+        )
+        .output()
+        .unwrap();
+        common::check(&out, "replay --window 300s --stride 60s");
+        let alerts: Vec<(String, f64)> = common::alert_lines(&output)
+            .iter()
+            .map(|a| {
+                assert_eq!(a["entity"], "A", "{a}");
+                let e = &a["evidence"][0];
+                (
+                    a["id"].as_str().unwrap().to_string(),
+                    e["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        runs.push(alerts);
+    }
+    let expected: Vec<(String, f64)> = [
+        (63, 10.0),
+        (69, 10.0),
+        (75, 10.0),
+        (81, 10.0),
+        (87, 10.0),
+        (93, 5.5),
+    ]
+    .iter()
+    .map(|&(i, p95)| (format!("A{i}"), p95))
+    .collect();
+    let close = |got: &[(String, f64)]| {
+        got.len() == expected.len()
+            && got
+                .iter()
+                .zip(&expected)
+                .all(|(g, w)| g.0 == w.0 && (g.1 - w.1).abs() < 1e-9)
+    };
+    assert!(close(&runs[0]), "{:?}", runs[0]);
+    assert_eq!(runs[1], runs[0], "-w 2");
 }
