@@ -112,6 +112,25 @@ fn produce_frames(
     );
 }
 
+/// Produces `n` messages to a new one-partition `topic`: message k is `message(k)`, a
+/// (key, payload) pair; checks every one was delivered.
+fn produce_keyed(brokers: &str, topic: &str, n: u64, message: impl Fn(u64) -> (String, Vec<u8>)) {
+    let spec = ProduceSpec {
+        brokers: brokers.to_string(),
+        topic: topic.to_string(),
+        partitions: 1,
+        frames: Some(n),
+        duration: None,
+        rate: None,
+    };
+    let report = produce(&spec, |k| {
+        let (key, payload) = message(k);
+        (key, payload, 0)
+    })
+    .unwrap();
+    assert_eq!(report.statuses.get("delivered"), Some(&n), "{report:?}");
+}
+
 /// One message read back.
 #[derive(Clone, Debug)]
 struct Msg {
@@ -818,15 +837,7 @@ fn the_message_key_names_the_entity_of_frames_that_name_none() {
     let (topic, group) = (unique("frames"), unique("g"));
     let (results, alerts) = (unique("results"), unique("alerts"));
     let n = 40u64;
-    let spec = ProduceSpec {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 1,
-        frames: Some(n),
-        duration: None,
-        rate: None,
-    };
-    let report = produce(&spec, |k| {
+    produce_keyed(&brokers, &topic, n, |k| {
         let (pump, i) = (["pump-a", "pump-b"][k as usize % 2], k / 2);
         let values: Vec<f32> = (0..F)
             .map(
@@ -839,10 +850,8 @@ fn the_message_key_names_the_entity_of_frames_that_name_none() {
         let mut json = String::new();
         client_json(&values, &mut json);
         let json = format!("{{\"id\":\"{pump}:{i}\",{}", &json[1..]);
-        (pump.to_string(), json.into_bytes(), 0)
-    })
-    .unwrap();
-    assert_eq!(report.statuses.get("delivered"), Some(&n), "{report:?}");
+        (pump.to_string(), json.into_bytes())
+    });
     let served = Served::start(
         &model,
         &brokers,
@@ -990,24 +999,14 @@ fn machine_records_from_a_topic_alert_to_the_alert_topic() {
     let normal = r#"{"machine_id":"L47183","type":"L","airTemperature":298.2,"processTemperature":308.6,"rotationalSpeed":1433,"torque":39.5,"toolWear":7"#;
     let failing = r#"{"machine_id":"L47230","type":"L","airTemperature":298.9,"processTemperature":309.1,"rotationalSpeed":2861,"torque":4.6,"toolWear":143"#;
     let n = 10u64;
-    let spec = ProduceSpec {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 1,
-        frames: Some(n),
-        duration: None,
-        rate: None,
-    };
-    let report = produce(&spec, |k| {
+    produce_keyed(&brokers, &topic, n, |k| {
         let body = match k {
             5 => r#"{"machine_id":"x","type":"L"}"#.to_string(),
             k if k % 2 == 1 => format!(r#"{failing},"id":"r{k}"}}"#),
             k => format!(r#"{normal},"id":"r{k}"}}"#),
         };
-        (format!("r{k}"), body.into_bytes(), 0)
-    })
-    .unwrap();
-    assert_eq!(report.statuses.get("delivered"), Some(&n), "{report:?}");
+        (format!("r{k}"), body.into_bytes())
+    });
     let served = Served::start(
         &models,
         &brokers,
