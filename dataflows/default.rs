@@ -19,7 +19,7 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
     Ok(frames
         .split_features(env.layout(scope))
         .window(windows)
-        .batch(env.batch_size())
+        .batch(env.batch_size_for(&detector, windows))
         .score_under(detector, env.stats(), live.as_ref())
         .threshold(env.cut(live.as_ref()))
         .merge_frames())

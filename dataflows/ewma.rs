@@ -33,7 +33,7 @@ pub fn build<'s>(scope: Scope<'s, Time>, env: &mut Env) -> anyhow::Result<Result
     Ok(frames
         .split_features(env.layout(scope))
         .window(windows)
-        .batch(env.batch_size())
+        .batch(env.batch_size_for(&detector, windows))
         .score(detector, env.stats())
         .threshold(env.cut_or(live.as_ref(), z))
         .merge_frames())

@@ -520,11 +520,43 @@ impl Env {
         self.settings.threshold.unwrap_or(default)
     }
 
-    /// Windows per scoring call at most.
+    /// Windows per scoring call at most: `INFERENCE_BATCH_SIZE` as set. A variant that
+    /// knows its detector asks [`Env::batch_size_for`] instead.
     pub fn batch_size(&self) -> usize {
         self.settings.batch_size
     }
+
+    /// Windows per scoring call for `detector` scoring `windows`: `INFERENCE_BATCH_SIZE`
+    /// on a GPU, where one transfer and one launch per batch pay for themselves; on the
+    /// CPU also no more than [`CPU_BATCH_BYTES`] of windows (one window at least). The
+    /// CPU scorers take one window at a time whatever the batch, so a bigger batch buys
+    /// nothing but a copy of every window into it and a buffer too big for the cache,
+    /// which the scorer then reads back from memory: at 25,000 features and W = 5 (a
+    /// 0.5 MB window) batches of 64 ran at 0.71–0.79 of the floor and batches of one at
+    /// 0.87–0.88 (`bench --model LINEAR --floor 2s -w 1`, alternated, `INFERENCE_BATCH_SIZE`
+    /// 64 against 1).
+    pub fn batch_size_for<D: Detector + ?Sized>(
+        &self,
+        detector: &D,
+        windows: WindowConfig,
+    ) -> usize {
+        let window_bytes = windows.size * detector.features().len() * std::mem::size_of::<f32>();
+        batch_windows(self.batch_size(), detector.device(), window_bytes)
+    }
 }
+
+/// [`Env::batch_size_for`] from the setting `max`, the device and a window's size.
+fn batch_windows(max: usize, device: Device, window_bytes: usize) -> usize {
+    match device {
+        Device::Cpu => max.min(CPU_BATCH_BYTES / window_bytes.max(1)).max(1),
+        _ => max,
+    }
+}
+
+/// The most window data a CPU batch holds (see [`Env::batch_size_for`]): well inside a
+/// core's L2 cache, and big enough that small windows (a telemetry entity's 30 × 25
+/// values) still go 64 to a call.
+pub const CPU_BATCH_BYTES: usize = 256 * 1024;
 
 /// Which worker a source is made for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -840,3 +872,22 @@ impl Incidents {
 
 /// The results stream type variants return.
 pub type Results<'s> = Stream<'s, FrameResult>;
+
+#[cfg(test)]
+mod tests {
+    use super::{batch_windows, CPU_BATCH_BYTES};
+    use crate::detect::Device;
+
+    /// On the CPU a batch holds the windows that fit in [`CPU_BATCH_BYTES`] (one at
+    /// least, `INFERENCE_BATCH_SIZE` at most); on a GPU the setting alone counts.
+    #[test]
+    fn cpu_batches_stay_within_the_cache_budget() {
+        // a 25,000-feature window of 5 frames: 500 kB, one to a batch
+        assert_eq!(batch_windows(64, Device::Cpu, 500_000), 1);
+        // a telemetry entity's 30 x 25 values: 3 kB, the setting's 64
+        assert_eq!(batch_windows(64, Device::Cpu, 3_000), 64);
+        assert_eq!(batch_windows(64, Device::Cpu, CPU_BATCH_BYTES / 4), 4);
+        assert_eq!(batch_windows(64, Device::Cuda, 500_000), 64);
+        assert_eq!(batch_windows(1, Device::Cpu, 0), 1);
+    }
+}

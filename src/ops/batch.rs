@@ -76,6 +76,11 @@ impl<'s> BatchOps<'s> for Stream<'s, Window> {
                                 // a lone window (the common case at low rates) moves in
                                 b.data = window.data;
                             } else {
+                                if b.data.capacity() - b.data.len() < window.data.len() {
+                                    // room for the rest of the batch at once: growing by
+                                    // doubling copies a batch of large windows again and again
+                                    b.data.reserve((max - b.len() + 1) * window.data.len());
+                                }
                                 b.data.extend_from_slice(&window.data);
                             }
                             if b.len() >= max {
