@@ -409,16 +409,6 @@ fn cut_scored<'k>(
             }
             None => {
                 let row = &s.scores[i * width..(i + 1) * width];
-                let hits: Vec<Hit> = row
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &score)| score >= threshold)
-                    .map(|(j, &score)| Hit {
-                        feature: s.lo + j as u32,
-                        score,
-                    })
-                    .filter(|h| live_feature(h.feature))
-                    .collect();
                 // mutes are rare: only then is the peak taken feature by feature
                 let peak = match muted {
                     None => row_max(row),
@@ -427,6 +417,21 @@ fn cut_scored<'k>(
                         .enumerate()
                         .filter(|(j, _)| live_feature(s.lo + *j as u32))
                         .fold(f32::NAN, |m, (_, &x)| m.max(x)),
+                };
+                // A clean window (the common case) has no score at the threshold: the
+                // SIMD peak says so, and the scalar scan for hits is skipped.
+                let hits: Vec<Hit> = if peak >= threshold {
+                    row.iter()
+                        .enumerate()
+                        .filter(|(_, &score)| score >= threshold)
+                        .map(|(j, &score)| Hit {
+                            feature: s.lo + j as u32,
+                            score,
+                        })
+                        .filter(|h| live_feature(h.feature))
+                        .collect()
+                } else {
+                    Vec::new()
                 };
                 (hits, peak)
             }
