@@ -22,11 +22,10 @@ pub struct LinearOcSvm {
 /// ([`DEPARTURE_SIGMAS`]).
 pub struct RffOcSvm {
     scorer: Scorer,
-    /// Training mean and 1/std of each of its features.
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
     /// The verdict threshold the guard's scores are relative to.
     threshold: f32,
+    /// The last batch's largest standardised distances, a buffer kept between batches.
+    reach: Vec<f32>,
 }
 
 /// A value this many training standard deviations from its feature's training mean is
@@ -63,14 +62,10 @@ impl RffOcSvm {
                 model.meta.kind
             );
         }
-        let Params::Rff { mean, inv_std, .. } = &model.params else {
-            unreachable!("checked above")
-        };
         Ok(RffOcSvm {
-            scorer: Scorer::new(model, range.clone()),
-            mean: mean[range.clone()].to_vec(),
-            inv_std: inv_std[range].to_vec(),
+            scorer: Scorer::new(model, range),
             threshold: model.meta.threshold,
+            reach: Vec::new(),
         })
     }
 
@@ -81,38 +76,17 @@ impl RffOcSvm {
         self
     }
 
-    /// Raises the scores of windows `[B][W][F_part]` that hold a value over
-    /// [`DEPARTURE_SIGMAS`] from its training mean to the guard's score.
-    fn guard(&self, windows: &[f32], scores: &mut [f32]) {
-        let width = self.mean.len();
-        let per_window = self.scorer.window() * width;
-        if per_window == 0 {
-            return;
-        }
-        // Row by row, so that the pass reads the batch in memory order and vectorises: it
-        // runs on every window the kernel scores.
-        let mut zmax = vec![0f32; width];
-        for (x, out) in windows
-            .chunks_exact(per_window)
-            .zip(scores.chunks_exact_mut(width))
-        {
-            zmax.fill(0.0);
-            for row in x.chunks_exact(width) {
-                for ((z, &v), (&m, &inv)) in zmax
-                    .iter_mut()
-                    .zip(row)
-                    .zip(self.mean.iter().zip(&self.inv_std))
-                {
-                    *z = z.max(((v - m) * inv).abs());
-                }
-            }
-            let floor = self.threshold.abs().max(f32::MIN_POSITIVE);
-            for (s, &z) in out.iter_mut().zip(&zmax) {
-                if z > DEPARTURE_SIGMAS {
-                    let g = floor * (z / DEPARTURE_SIGMAS);
-                    if g > *s || s.is_nan() {
-                        *s = g;
-                    }
+    /// Raises the scores of windows that hold a value over [`DEPARTURE_SIGMAS`] from its
+    /// training mean to the guard's score, from `reach`, each window's largest
+    /// standardised distance per feature (`[B][F_part]`, computed by the kernel as it
+    /// scored them: [`Scorer::score_and_reach`]).
+    fn guard(&self, reach: &[f32], scores: &mut [f32]) {
+        let floor = self.threshold.abs().max(f32::MIN_POSITIVE);
+        for (s, &z) in scores.iter_mut().zip(reach) {
+            if z > DEPARTURE_SIGMAS {
+                let g = floor * (z / DEPARTURE_SIGMAS);
+                if g > *s || s.is_nan() {
+                    *s = g;
                 }
             }
         }
@@ -121,13 +95,17 @@ impl RffOcSvm {
 
 /// Every score of a batch from the CPU scorer.
 fn score_all(scorer: &Scorer, windows: &[f32]) -> Scores {
-    let b = windows
-        .len()
-        .checked_div(scorer.window() * scorer.width())
-        .unwrap_or(0);
-    let mut scores = vec![0f32; b * scorer.width()];
+    let mut scores = vec![0f32; batch_len(scorer, windows) * scorer.width()];
     scorer.score(windows, &mut scores);
     Scores::All(scores)
+}
+
+/// Windows in a batch `[B][W][F_part]`.
+fn batch_len(scorer: &Scorer, windows: &[f32]) -> usize {
+    windows
+        .len()
+        .checked_div(scorer.window() * scorer.width())
+        .unwrap_or(0)
 }
 
 fn features(scorer: &Scorer) -> Range<usize> {
@@ -166,10 +144,14 @@ impl Detector for RffOcSvm {
     }
 
     fn score(&mut self, windows: &[f32]) -> Scores {
-        let Scores::All(mut scores) = score_all(&self.scorer, windows) else {
-            unreachable!("the CPU scorer keeps every score")
-        };
-        self.guard(windows, &mut scores);
+        let n = batch_len(&self.scorer, windows) * self.scorer.width();
+        let mut scores = vec![0f32; n];
+        let mut reach = std::mem::take(&mut self.reach);
+        reach.resize(n, 0.0);
+        self.scorer
+            .score_and_reach(windows, &mut scores, Some(&mut reach));
+        self.guard(&reach, &mut scores);
+        self.reach = reach;
         Scores::All(scores)
     }
 }

@@ -202,6 +202,16 @@ impl Scorer {
 
     /// Scores `windows` (`[B][W][F_part]`) into `out` (`[B][F_part]`, overwritten).
     pub fn score(&self, windows: &[f32], out: &mut [f32]) {
+        self.score_and_reach(windows, out, None)
+    }
+
+    /// [`Scorer::score`], and for the kernel model also each window's largest
+    /// standardised distance per feature, `max_k |(x_k - mean) · inv_std|` (NaN values
+    /// left out, 0 for none), into `reach` (`[B][F_part]`): the kernel computes every
+    /// standardised value anyway, so the departure guard ([`crate::detect::RffOcSvm`])
+    /// gets them without a second pass over the batch. A linear model leaves `reach`
+    /// as it is.
+    pub fn score_and_reach(&self, windows: &[f32], out: &mut [f32], reach: Option<&mut [f32]>) {
         let per_window = self.window * self.width;
         assert!(per_window > 0 || windows.is_empty());
         let b = windows.len().checked_div(per_window).unwrap_or(0);
@@ -220,13 +230,16 @@ impl Scorer {
                 }
             }
             Kind::Rff(rff) => {
+                if let Some(reach) = &reach {
+                    assert_eq!(reach.len(), out.len(), "reach is not [B][F_part]");
+                }
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
-                    unsafe { rff_avx2(rff, self.window, self.width, windows, out) };
+                    unsafe { rff_avx2(rff, self.window, self.width, windows, out, reach) };
                     return;
                 }
-                rff_kernel::<trig::Portable>(rff, self.window, self.width, windows, out)
+                rff_kernel::<trig::Portable>(rff, self.window, self.width, windows, out, reach)
             }
         }
     }
@@ -238,14 +251,28 @@ impl Scorer {
 /// round differently from the portable code and from training (see the module doc).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn rff_avx2(rff: &Rff, w: usize, width: usize, windows: &[f32], out: &mut [f32]) {
-    rff_kernel::<trig::Avx2>(rff, w, width, windows, out)
+fn rff_avx2(
+    rff: &Rff,
+    w: usize,
+    width: usize,
+    windows: &[f32],
+    out: &mut [f32],
+    reach: Option<&mut [f32]>,
+) {
+    rff_kernel::<trig::Avx2>(rff, w, width, windows, out, reach)
 }
 
 /// Scores whole windows `[B][W][width]` into `[B][width]`, block of features by block of
 /// features, every window against a block while its parameters are in L1.
 #[inline(always)]
-fn rff_kernel<V: Block>(rff: &Rff, w: usize, width: usize, windows: &[f32], out: &mut [f32]) {
+fn rff_kernel<V: Block>(
+    rff: &Rff,
+    w: usize,
+    width: usize,
+    windows: &[f32],
+    out: &mut [f32],
+    mut reach: Option<&mut [f32]>,
+) {
     let d = rff.phase.len();
     let per_window = w * width;
     let n_freq = rff.pairs.unwrap_or(d);
@@ -265,10 +292,14 @@ fn rff_kernel<V: Block>(rff: &Rff, w: usize, width: usize, windows: &[f32], out:
         let bias = V::load(lanes(bias));
         let f0 = blk * LANES;
         let n = LANES.min(width - f0);
-        for (x, o) in windows
+        let magnitude = V::splat(f32::from_bits(!trig::SIGN));
+        for (b, (x, o)) in windows
             .chunks_exact(per_window)
             .zip(out.chunks_exact_mut(width))
+            .enumerate()
         {
+            // `a.max(b)` is `b` when `a` is NaN: a NaN value does not reach anywhere
+            let mut far = V::splat(0.0);
             for (zk, row) in z.iter_mut().zip(x.chunks_exact(width)) {
                 let row = &row[f0..f0 + n];
                 let xk = match <&[f32; LANES]>::try_from(row) {
@@ -281,6 +312,11 @@ fn rff_kernel<V: Block>(rff: &Rff, w: usize, width: usize, windows: &[f32], out:
                     }
                 };
                 *zk = xk.sub(mean).mul(inv_std);
+                far = zk.and(magnitude).max(far);
+            }
+            if let Some(reach) = reach.as_deref_mut() {
+                far.store(&mut tail);
+                reach[b * width + f0..b * width + f0 + n].copy_from_slice(&tail[..n]);
             }
             let acc = match rff.pairs {
                 Some(n_freq) => paired(rff, &z, weight, n_freq, &mut sines),
@@ -573,7 +609,44 @@ mod tests {
                 unreachable!("an rff model")
             };
             let mut portable = vec![0f32; n * f];
-            rff_kernel::<trig::Portable>(rff, w, f, &windows, &mut portable);
+            rff_kernel::<trig::Portable>(rff, w, f, &windows, &mut portable, None);
+            // the guard's reach, with a NaN and a huge value in the batch: the plain
+            // fold's, from both kernels, scores unchanged
+            let mut odd = windows.clone();
+            odd[3] = f32::NAN;
+            odd[w * f + 5] = 1e30;
+            let (mean_ref, inv_ref) = (&mean, &inv_std);
+            let want: Vec<f32> = odd
+                .chunks_exact(w * f)
+                .flat_map(|x| {
+                    (0..f).map(move |j| {
+                        (0..w).fold(0f32, |m, k| {
+                            m.max(((x[k * f + j] - mean_ref[j]) * inv_ref[j]).abs())
+                        })
+                    })
+                })
+                .collect();
+            let (mut got, mut got_portable) = (vec![-1f32; n * f], vec![-1f32; n * f]);
+            let mut again = vec![0f32; n * f];
+            scorer.score_and_reach(&odd, &mut again, Some(&mut got));
+            rff_kernel::<trig::Portable>(
+                rff,
+                w,
+                f,
+                &odd,
+                &mut vec![0f32; n * f],
+                Some(&mut got_portable),
+            );
+            assert_eq!(got, want, "{sampling:?} D={d}: reach");
+            assert_eq!(got_portable, want, "{sampling:?} D={d}: portable reach");
+            assert!(got[f + 5] > 1e29, "the huge value reaches far");
+            let mut plain = vec![0f32; n * f];
+            scorer.score(&odd, &mut plain);
+            assert_eq!(
+                again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{sampling:?} D={d}: scores with reach"
+            );
             assert_eq!(
                 portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

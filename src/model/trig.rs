@@ -158,7 +158,8 @@ pub(crate) trait Block: Lanes {
 /// enough of them) interleave instruction by instruction.
 pub(crate) const LANES: usize = 32;
 
-const SIGN: u32 = 0x8000_0000;
+/// The sign bit of an f32.
+pub(crate) const SIGN: u32 = 0x8000_0000;
 
 /// cos of every lane.
 #[inline(always)]
