@@ -234,6 +234,12 @@ impl Scorer {
                     assert_eq!(reach.len(), out.len(), "reach is not [B][F_part]");
                 }
                 #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    unsafe { rff_avx512(rff, self.window, self.width, windows, out, reach) };
+                    return;
+                }
+                #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     unsafe { rff_avx2(rff, self.window, self.width, windows, out, reach) };
@@ -260,6 +266,21 @@ fn rff_avx2(
     reach: Option<&mut [f32]>,
 ) {
     rff_kernel::<trig::Avx2>(rff, w, width, windows, out, reach)
+}
+
+/// [`rff_kernel`] on AVX-512 registers, the same operations as [`rff_avx2`] on twice the
+/// lanes: the same bits, half the instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rff_avx512(
+    rff: &Rff,
+    w: usize,
+    width: usize,
+    windows: &[f32],
+    out: &mut [f32],
+    reach: Option<&mut [f32]>,
+) {
+    rff_kernel::<trig::Avx512>(rff, w, width, windows, out, reach)
 }
 
 /// Scores whole windows `[B][W][width]` into `[B][width]`, block of features by block of
@@ -652,6 +673,30 @@ mod tests {
                 scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 "{sampling:?} D={d}: portable kernel"
             );
+            // and so does each SIMD kernel this CPU has, whichever `score` chose
+            #[cfg(target_arch = "x86_64")]
+            for (name, has) in [
+                ("avx2", std::is_x86_feature_detected!("avx2")),
+                ("avx512f", std::is_x86_feature_detected!("avx512f")),
+            ] {
+                if !has {
+                    eprintln!("{name} not on this CPU: its kernel is not checked here");
+                    continue;
+                }
+                let mut simd = vec![0f32; n * f];
+                // SAFETY: the CPU has the feature, checked just above.
+                unsafe {
+                    match name {
+                        "avx2" => rff_avx2(rff, w, f, &windows, &mut simd, None),
+                        _ => rff_avx512(rff, w, f, &windows, &mut simd, None),
+                    }
+                }
+                assert_eq!(
+                    portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{sampling:?} D={d}: {name} kernel"
+                );
+            }
             let c = map.feature_scale() as f32;
             let (mut z, mut theta, mut cosines) = (Vec::new(), Vec::new(), Vec::new());
             for j in 0..f {

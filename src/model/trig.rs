@@ -536,6 +536,157 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Block, Lanes, LANES};
+
+    const _: () = assert!(LANES == 32, "two 16-lane registers per Avx512");
+
+    /// [`LANES`] values in two AVX-512 registers: the same operations as [`super::Avx2`],
+    /// each the same IEEE instruction on twice the lanes (no fused multiply-adds), so the
+    /// bits are the same and the kernel issues half the instructions.
+    ///
+    /// Only AVX-512F instructions. Values of this type may only be made inside functions
+    /// entered after AVX-512F was detected at run time (`#[target_feature(enable =
+    /// "avx512f")]` ones), into which these methods inline.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512([__m512; 2]);
+
+    /// `Avx512([f(a0, b0), f(a1, b1)])`.
+    macro_rules! zip {
+        ($a:expr, $b:expr, $f:ident) => {{
+            let (a, b) = ($a.0, $b.0);
+            Avx512([$f(a[0], b[0]), $f(a[1], b[1])])
+        }};
+    }
+
+    /// `Avx512([f(a0), f(a1)])`.
+    macro_rules! each {
+        ($a:expr, |$r:ident| $e:expr) => {{
+            let a = $a.0;
+            Avx512([
+                {
+                    let $r = a[0];
+                    $e
+                },
+                {
+                    let $r = a[1];
+                    $e
+                },
+            ])
+        }};
+    }
+
+    #[inline(always)]
+    unsafe fn bits(f: impl Fn(__m512i, __m512i) -> __m512i, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_castsi512_ps(f(_mm512_castps_si512(a), _mm512_castps_si512(b))) }
+    }
+
+    // SAFETY (every `unsafe` block below): values of `Avx512` only exist with AVX-512F
+    // detected, see the type.
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            Avx512([unsafe { _mm512_set1_ps(v) }; 2])
+        }
+        #[inline(always)]
+        fn add(self, b: Self) -> Self {
+            unsafe { zip!(self, b, _mm512_add_ps) }
+        }
+        #[inline(always)]
+        fn sub(self, b: Self) -> Self {
+            unsafe { zip!(self, b, _mm512_sub_ps) }
+        }
+        #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            unsafe { zip!(self, b, _mm512_mul_ps) }
+        }
+        #[inline(always)]
+        fn min(self, b: Self) -> Self {
+            // vminps: the second operand when either is NaN, as AVX's
+            unsafe { zip!(self, b, _mm512_min_ps) }
+        }
+        #[inline(always)]
+        fn max(self, b: Self) -> Self {
+            unsafe { zip!(self, b, _mm512_max_ps) }
+        }
+        #[inline(always)]
+        fn and(self, b: Self) -> Self {
+            let (a, b) = (self.0, b.0);
+            unsafe {
+                Avx512([
+                    bits(|x, y| _mm512_and_si512(x, y), a[0], b[0]),
+                    bits(|x, y| _mm512_and_si512(x, y), a[1], b[1]),
+                ])
+            }
+        }
+        #[inline(always)]
+        fn xor(self, b: Self) -> Self {
+            let (a, b) = (self.0, b.0);
+            unsafe {
+                Avx512([
+                    bits(|x, y| _mm512_xor_si512(x, y), a[0], b[0]),
+                    bits(|x, y| _mm512_xor_si512(x, y), a[1], b[1]),
+                ])
+            }
+        }
+        #[inline(always)]
+        fn gt(self, b: Self) -> Self {
+            // ordered and quiet: false, hence 0, when either is NaN, as `>`; the mask
+            // widened to all bits set per true lane, as AVX's compare gives
+            let (a, b) = (self.0, b.0);
+            let gt = |x: __m512, y: __m512| unsafe {
+                let k = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, y);
+                _mm512_castsi512_ps(_mm512_maskz_mov_epi32(k, _mm512_set1_epi32(-1)))
+            };
+            Avx512([gt(a[0], b[0]), gt(a[1], b[1])])
+        }
+        #[inline(always)]
+        fn select(mask: Self, a: Self, b: Self) -> Self {
+            let (m, a, b) = (mask.0, a.0, b.0);
+            // the sign bit set is a negative integer
+            let pick = |m: __m512, a: __m512, b: __m512| unsafe {
+                let k = _mm512_cmplt_epi32_mask(_mm512_castps_si512(m), _mm512_setzero_si512());
+                _mm512_mask_blend_ps(k, b, a)
+            };
+            Avx512([pick(m[0], a[0], b[0]), pick(m[1], a[1], b[1])])
+        }
+        #[inline(always)]
+        fn shl<const S: i32>(self) -> Self {
+            unsafe {
+                let count = _mm_set_epi64x(0, S as i64);
+                each!(self, |r| _mm512_castsi512_ps(_mm512_sll_epi32(
+                    _mm512_castps_si512(r),
+                    count
+                )))
+            }
+        }
+    }
+
+    impl Block for Avx512 {
+        #[inline(always)]
+        fn load(a: &[f32; LANES]) -> Self {
+            let p = a.as_ptr();
+            // `a` holds LANES values, two registers' worth
+            unsafe { Avx512([_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]) }
+        }
+        #[inline(always)]
+        fn store(self, a: &mut [f32; LANES]) {
+            let p = a.as_mut_ptr();
+            // `a` holds LANES values, two registers' worth
+            unsafe {
+                _mm512_storeu_ps(p, self.0[0]);
+                _mm512_storeu_ps(p.add(16), self.0[1]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
