@@ -5,7 +5,7 @@
 //! parallel.
 
 mod common;
-use common::counter;
+use common::{counter, loopback_hostfile};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -391,18 +391,6 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
     let ids: BTreeSet<String> = frames.iter().map(|f| f.meta.id.clone().unwrap()).collect();
 
     let hosts = dir.path().join("hosts.txt");
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(), port()),
-    )
-    .unwrap();
     let hostfile = hosts.to_str().unwrap();
     for layout in ["threads", "processes"] {
         let (group, results, alerts) = (unique("g"), unique("results"), unique("alerts"));
@@ -416,6 +404,10 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
             let args = [&outputs[..], &["-w", "2"]].concat();
             vec![Served::start(&model, &brokers, &topic, &group, &args)]
         } else {
+            // Ports picked just before the processes bind them: picked earlier, a port
+            // could meanwhile become the local end of some connection (to the broker,
+            // say), and the cluster would wait forever for its peer.
+            loopback_hostfile(&hosts, 2);
             (0..2)
                 .map(|p| {
                     let p = p.to_string();
