@@ -49,7 +49,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh, jump, hold, min_error
+    /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none),
+    /// stuck (flat-line detection, true/false), stuck_min
     /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
@@ -122,6 +123,9 @@ impl EvaluateArgs {
                     jump: p.take("jump", d.jump)?,
                     hold: p.take("hold", d.hold)?,
                     min_error: p.take("min_error", telemanom_min_error)?,
+                    context_lags: p.take("context_lags", d.context_lags)?,
+                    stuck: p.take("stuck", d.stuck)?,
+                    stuck_min: p.take("stuck_min", d.stuck_min)?,
                 })
             }
             DetectorName::Ewma => {
