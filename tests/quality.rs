@@ -359,7 +359,7 @@ fn score_stream(detector: &mut dyn Detector, rows: &[f32], n: usize) -> Vec<f32>
 /// while they last (or, for a one-frame spike, in the window after it), and on clean
 /// frames of the same plant the share of frames with any of its 20 features flagged
 /// (measured: spikes 1.0, level shifts 0.90, stuck 1.0; 0.08 % of clean frames). Without
-/// stuck detection a stuck value inside the normal range is mostly missed.
+/// stuck detection a stuck value inside the normal range is missed (measured: all 44).
 #[test]
 fn forecast_catches_every_generator_kind_and_stays_quiet_on_clean_frames() {
     let n = 20;
@@ -422,7 +422,7 @@ fn forecast_catches_every_generator_kind_and_stays_quiet_on_clean_frames() {
     }
     let without = recall(&fit(false), AnomalyKind::Stuck);
     assert!(
-        without < 0.5,
+        without < 0.1,
         "stuck values caught without stuck detection: {without}"
     );
 }
