@@ -354,6 +354,63 @@ fn score_stream(detector: &mut dyn Detector, rows: &[f32], n: usize) -> Vec<f32>
     }
 }
 
+/// Features of the generator frames the per-kind tests use.
+const KIND_FEATURES: usize = 20;
+
+/// The share of frames of clean generator frames (plant 0, seed 2) on which `detector`
+/// flags any feature, scoring the windows that end every `stride` frames.
+fn clean_alert_rate(detector: &mut dyn Detector, stride: usize) -> f64 {
+    let n = KIND_FEATURES;
+    let (clean, _) = generated(5000, n, 2, 0.0, &[]);
+    let s = score_stream(detector, &clean, n);
+    let frames: Vec<&[f32]> = s.chunks(n).step_by(stride).collect();
+    let alerted = frames
+        .iter()
+        .filter(|f| f.iter().any(|&z| z >= 1.0))
+        .count();
+    let rate = alerted as f64 / frames.len() as f64;
+    eprintln!(
+        "clean windows {}: {alerted} alerted (rate {rate:.4})",
+        frames.len()
+    );
+    rate
+}
+
+/// The share of `kind` anomalies (plant 0, seed 3) that `detector` flags on their
+/// feature in a window ending while they last or, for one shorter than a window, within
+/// a window after they start, scoring the windows that end every `stride` frames.
+fn kind_recall(detector: &mut dyn Detector, kind: AnomalyKind, stride: usize) -> f64 {
+    let n = KIND_FEATURES;
+    let w = detector.needs().window;
+    let (rows, truth) = generated(5000, n, 3, 0.0005, &[kind]);
+    let s = score_stream(detector, &rows, n);
+    let total = rows.len() / n;
+    // score k is that of the window ending at row k + W - 1
+    let flagged = |row: usize, f: usize| {
+        let k = row + 1 - w;
+        k.is_multiple_of(stride) && s[k * n + f] >= 1.0
+    };
+    let scored: Vec<&Injection> = truth
+        .iter()
+        .filter(|i| i.seq as usize >= w && i.seq as usize + w + (i.len as usize) < total)
+        .collect();
+    assert!(
+        scored.len() >= 20,
+        "{kind:?}: only {} to measure",
+        scored.len()
+    );
+    let caught = scored
+        .iter()
+        .filter(|i| {
+            let start = i.seq as usize;
+            (start..start + (i.len as usize).max(w)).any(|r| flagged(r, i.feature as usize))
+        })
+        .count();
+    let r = caught as f64 / scored.len() as f64;
+    eprintln!("{kind:?}: {} injected, recall {r:.3}", scored.len());
+    r
+}
+
 /// The forecast detector with stuck detection, fitted on clean generator frames, for
 /// every kind the generator injects: the share of anomalies flagged on their feature
 /// while they last (or, for a one-frame spike, in the window after it), and on clean
@@ -362,7 +419,7 @@ fn score_stream(detector: &mut dyn Detector, rows: &[f32], n: usize) -> Vec<f32>
 /// stuck detection a stuck value inside the normal range is missed (measured: all 44).
 #[test]
 fn forecast_catches_every_generator_kind_and_stays_quiet_on_clean_frames() {
-    let n = 20;
+    let n = KIND_FEATURES;
     let (train, _) = generated(4000, n, 1, 0.0, &[]);
     let fit = |stuck| {
         let config = ForecastConfig {
@@ -372,57 +429,47 @@ fn forecast_catches_every_generator_kind_and_stays_quiet_on_clean_frames() {
         Arc::new(ForecastModel::fit(&train, n, config).unwrap())
     };
     let model = fit(true);
-    let w = model.window();
-
-    let (clean, _) = generated(5000, n, 2, 0.0, &[]);
-    let s = score_stream(&mut Forecast::new(Arc::clone(&model), 0..n), &clean, n);
-    let frames = s.len() / n;
-    let alerted = s.chunks(n).filter(|f| f.iter().any(|&z| z >= 1.0)).count();
-    let clean_rate = alerted as f64 / frames as f64;
-    eprintln!("clean frames {frames}: {alerted} alerted (rate {clean_rate:.4})");
-    assert!(
-        clean_rate <= 0.01,
-        "{alerted} of {frames} clean frames alerted"
-    );
-
-    let recall = |model: &Arc<ForecastModel>, kind: AnomalyKind| {
-        let (rows, truth) = generated(5000, n, 3, 0.0005, &[kind]);
-        let s = score_stream(&mut Forecast::new(Arc::clone(model), 0..n), &rows, n);
-        let total = rows.len() / n;
-        // score k is that of the window ending at row k + W - 1
-        let flagged = |row: usize, f: usize| s[(row + 1 - w) * n + f] >= 1.0;
-        let scored: Vec<&Injection> = truth
-            .iter()
-            .filter(|i| i.seq as usize >= w && i.seq as usize + w + (i.len as usize) < total)
-            .collect();
-        assert!(
-            scored.len() >= 20,
-            "{kind:?}: only {} to measure",
-            scored.len()
-        );
-        let caught = scored
-            .iter()
-            .filter(|i| {
-                let start = i.seq as usize;
-                (start..start + (i.len as usize).max(w)).any(|r| flagged(r, i.feature as usize))
-            })
-            .count();
-        let r = caught as f64 / scored.len() as f64;
-        eprintln!("{kind:?}: {} injected, recall {r:.3}", scored.len());
-        r
-    };
+    let detector = || Forecast::new(Arc::clone(&model), 0..n);
+    let clean = clean_alert_rate(&mut detector(), 1);
+    assert!(clean <= 0.01, "{clean} of clean frames alerted");
     for (kind, least) in [
         (AnomalyKind::SpikeUp, 0.95),
         (AnomalyKind::SpikeDown, 0.95),
         (AnomalyKind::LevelShift, 0.85),
         (AnomalyKind::Stuck, 0.95),
     ] {
-        let r = recall(&model, kind);
+        let r = kind_recall(&mut detector(), kind, 1);
         assert!(r >= least, "{kind:?}: recall {r} under {least}");
     }
-    let without = recall(&fit(false), AnomalyKind::Stuck);
+    let without = kind_recall(&mut Forecast::new(fit(false), 0..n), AnomalyKind::Stuck, 1);
     assert!(
         without < 0.1,
         "stuck values caught without stuck detection: {without}"
     );
+}
+
+/// The telemetry variant's detector as `tidewatch train --data` fits `models/telemetry`
+/// (PCA reconstruction of windows of 30, [`PcaConfig::default`]), fitted on clean
+/// generator frames and scoring a window every 10 frames as the variant does: spikes
+/// are caught (measured 0.955 up, 0.886 down), level shifts rarely (0.16: a 5σ shift of
+/// 20 frames inside a window of 30 is mostly reconstructed), and 2.0 % of clean windows
+/// of 20 features alert, over the 1 % the forecast detector keeps. Stuck values are
+/// not asserted: PCA of the window's shape misses them (measured 0 of 44), which the
+/// README states; the forecast detector's `stuck` catches them (test above).
+#[test]
+fn telemetry_pca_on_every_generator_kind() {
+    let n = KIND_FEATURES;
+    let (train, _) = generated(4000, n, 1, 0.0, &[]);
+    let model = Arc::new(PcaModel::fit(&train, n, PcaConfig::default()).unwrap());
+    let detector = || Pca::new(Arc::clone(&model), 0..n);
+    let clean = clean_alert_rate(&mut detector(), 10);
+    assert!(clean <= 0.03, "{clean} of clean windows alerted");
+    for (kind, least) in [
+        (AnomalyKind::SpikeUp, 0.85),
+        (AnomalyKind::SpikeDown, 0.8),
+        (AnomalyKind::LevelShift, 0.1),
+    ] {
+        let r = kind_recall(&mut detector(), kind, 10);
+        assert!(r >= least, "{kind:?}: recall {r} under {least}");
+    }
 }
