@@ -49,7 +49,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none),
+    /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none; default 7),
     /// stuck (flat-line detection, true/false), stuck_min
     /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
@@ -216,6 +216,19 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             .flat_map(|e| e.flat.iter().map(move |c| format!("{}:{c}", e.name)))
             .collect();
         o.insert("flat_features".into(), flat.into());
+        // label-free: how well the forecasters forecast the end of their training data
+        let holdout: Vec<f64> = result
+            .entities
+            .iter()
+            .flat_map(|e| e.holdout.iter().map(|&h| h as f64))
+            .filter(|h| h.is_finite())
+            .collect();
+        if !holdout.is_empty() {
+            o.insert(
+                "training_holdout_error".into(),
+                (holdout.iter().sum::<f64>() / holdout.len() as f64).into(),
+            );
+        }
         let entities: Vec<serde_json::Value> = result
             .entities
             .iter()

@@ -75,6 +75,9 @@ pub struct EntityResult {
     pub labels: Vec<bool>,
     /// Value columns whose training data never moved (their thresholds rest on a floor).
     pub flat: Vec<usize>,
+    /// Per value column, the forecaster's error on the held-out end of the training data
+    /// ([`crate::detect::FeatureFit::holdout`]; forecast only, NaN when not judged).
+    pub holdout: Vec<f32>,
 }
 
 /// A whole data set's evaluation.
@@ -171,6 +174,7 @@ pub fn evaluate_entity(
     let mut rows = columns(&entity.train, &all);
     rows.extend(columns(&entity.test, &all));
     let first = entity.train.rows;
+    let mut holdout = vec![];
     let (mut detector, divisor, flat): (Box<dyn Detector>, f32, Vec<usize>) = match kind {
         DetectorKind::Forecast(config) => {
             let model = ForecastModel::fit_with_context(
@@ -182,6 +186,7 @@ pub fn evaluate_entity(
             )
             .with_context(|| format!("{}: fitting the forecaster", entity.name))?;
             let flat = model.flat_features().iter().map(|&j| values[j]).collect();
+            holdout = model.features.iter().map(|f| f.holdout).collect();
             let w = model.window();
             // the test file does not continue the training file: its first row is no jump
             let detector = Forecast::new(Arc::new(model), 0..width);
@@ -217,6 +222,7 @@ pub fn evaluate_entity(
         flags,
         labels: entity.labels.clone(),
         flat,
+        holdout,
     })
 }
 
