@@ -216,18 +216,8 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             .flat_map(|e| e.flat.iter().map(move |c| format!("{}:{c}", e.name)))
             .collect();
         o.insert("flat_features".into(), flat.into());
-        // label-free: how well the forecasters forecast the end of their training data
-        let holdout: Vec<f64> = result
-            .entities
-            .iter()
-            .flat_map(|e| e.holdout.iter().map(|&h| h as f64))
-            .filter(|h| h.is_finite())
-            .collect();
-        if !holdout.is_empty() {
-            o.insert(
-                "training_holdout_error".into(),
-                (holdout.iter().sum::<f64>() / holdout.len() as f64).into(),
-            );
+        if let Some(h) = training_holdout_error(&result) {
+            o.insert("training_holdout_error".into(), h.into());
         }
         let entities: Vec<serde_json::Value> = result
             .entities
@@ -246,6 +236,18 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         write_table(&mut out, &result, seconds)?;
     }
     Ok(())
+}
+
+/// The mean of the forecasters' errors on the held-out end of their training data, over
+/// every value feature that had one: label-free, for choosing settings.
+fn training_holdout_error(result: &Evaluation) -> Option<f64> {
+    let holdout: Vec<f64> = result
+        .entities
+        .iter()
+        .flat_map(|e| e.holdout.iter().map(|&h| h as f64))
+        .filter(|h| h.is_finite())
+        .collect();
+    (!holdout.is_empty()).then(|| holdout.iter().sum::<f64>() / holdout.len() as f64)
 }
 
 fn write_scores(path: &std::path::Path, result: &Evaluation) -> anyhow::Result<()> {
@@ -318,6 +320,12 @@ fn write_table(out: &mut impl Write, result: &Evaluation, seconds: f64) -> anyho
         100.0 * p.false_alarm_rate,
         p.false_alarms_per_1000
     )?;
+    if let Some(h) = training_holdout_error(result) {
+        writeln!(
+            out,
+            "forecast error on the held-out end of the training data (label-free): {h:.4}"
+        )?;
+    }
     writeln!(out, "evaluated in {seconds:.2} s")?;
     Ok(())
 }
