@@ -229,12 +229,7 @@ fn normal_series(n: usize, seed: u64) -> Vec<f32> {
 /// The score of the window that ends at the last value of `series`, one feature, after
 /// `detector` has seen every window before it (stride 1).
 fn last_score(detector: &mut dyn Detector, series: &[f32]) -> f32 {
-    let w = detector.needs().window;
-    let windows: Vec<f32> = series.windows(w).flatten().copied().collect();
-    match detector.score(&windows) {
-        Scores::All(s) => *s.last().unwrap(),
-        Scores::Compacted(_) => unreachable!("CPU detectors keep every score"),
-    }
+    *score_stream(detector, series, 1).last().unwrap()
 }
 
 /// Every detector's score grows with the size of a departure and flags it: a value 8σ,
