@@ -208,6 +208,42 @@ fn both_layouts_give_the_same_figures() {
     );
 }
 
+/// The forecaster with the command column as context (`context_lags`) and with stuck
+/// detection (`stuck`) runs through the same protocol: its settings are reported, the
+/// command column is still not scored (one score per test row), both bursts are still
+/// found with no other event, and the training hold-out error is reported.
+#[test]
+fn forecast_with_context_and_stuck_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("telemanom");
+    telemanom(&t);
+    let scores = dir.path().join("scores.csv");
+    let a = evaluate(&[
+        "--data",
+        t.to_str().unwrap(),
+        "--param",
+        "context_lags=3",
+        "--param",
+        "stuck=true",
+        "--scores",
+        scores.to_str().unwrap(),
+    ]);
+    assert_eq!(a["config"]["context_lags"], 3, "{a}");
+    assert_eq!(a["config"]["stuck"], true, "{a}");
+    assert_eq!(a["frames"], 2 * TEST as u64);
+    assert_eq!(a["event_recall"], 1.0, "{a}");
+    assert_eq!(a["event_precision"], 1.0, "{a}");
+    let text = std::fs::read_to_string(&scores).unwrap();
+    assert_eq!(text.lines().count(), 1 + 2 * TEST);
+    // the label-free measure the default's context_lags was chosen by: the context is
+    // kept only where it forecasts the held-out end of the training data better, so the
+    // error with it is never larger than without
+    let held_out = |v: &serde_json::Value| v["training_holdout_error"].as_f64().unwrap();
+    let none = evaluate(&["--data", t.to_str().unwrap(), "--param", "context_lags=0"]);
+    assert!(held_out(&none) > 0.0, "{none}");
+    assert!(held_out(&a) <= held_out(&none), "{a} {none}");
+}
+
 /// Mistakes in the data set are errors that name the file.
 #[test]
 fn bad_data_sets_are_refused() {

@@ -10,7 +10,7 @@ use tidewatch::detect::{
     PcaConfig, PcaModel, RffOcSvm, Scores,
 };
 use tidewatch::model::{Model, Params};
-use tidewatch::sources::Injection;
+use tidewatch::sources::{AnomalyKind, Generator, GeneratorConfig, Injection};
 
 /// What one replay of the generator through the shipped default model gave.
 struct Run {
@@ -229,12 +229,7 @@ fn normal_series(n: usize, seed: u64) -> Vec<f32> {
 /// The score of the window that ends at the last value of `series`, one feature, after
 /// `detector` has seen every window before it (stride 1).
 fn last_score(detector: &mut dyn Detector, series: &[f32]) -> f32 {
-    let w = detector.needs().window;
-    let windows: Vec<f32> = series.windows(w).flatten().copied().collect();
-    match detector.score(&windows) {
-        Scores::All(s) => *s.last().unwrap(),
-        Scores::Compacted(_) => unreachable!("CPU detectors keep every score"),
-    }
+    *score_stream(detector, series, 1).last().unwrap()
 }
 
 /// Every detector's score grows with the size of a departure and flags it: a value 8σ,
@@ -314,5 +309,162 @@ fn scores_grow_with_the_size_of_a_departure() {
             peaks[0] < peaks[1] && peaks[1] < peaks[2],
             "{name}: scores of 8σ, 1e3σ, 1e30σ departures do not grow: {peaks:?}"
         );
+    }
+}
+
+/// `frames` rows of `n` generator features (plant 0) from `seed`, with anomalies of
+/// `kinds` at `rate` per frame and feature: the rows, row-major, and the injections.
+fn generated(
+    frames: usize,
+    n: usize,
+    seed: u64,
+    rate: f64,
+    kinds: &[AnomalyKind],
+) -> (Vec<f32>, Vec<Injection>) {
+    let mut g = Generator::new(GeneratorConfig {
+        n_features: n,
+        seed,
+        anomaly_rate: rate,
+        kinds: kinds.to_vec(),
+        ..GeneratorConfig::default()
+    })
+    .unwrap();
+    let (mut rows, mut truth, mut frame) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..frames {
+        frame.clear();
+        truth.extend_from_slice(g.next_into(&mut frame));
+        rows.extend_from_slice(&frame);
+    }
+    (rows, truth)
+}
+
+/// Every window (stride 1) of `rows` (`n` features) scored by `detector`: the scores
+/// `[row][feature]` of the rows that end a window (row `W - 1` on).
+fn score_stream(detector: &mut dyn Detector, rows: &[f32], n: usize) -> Vec<f32> {
+    let w = detector.needs().window;
+    let windows: Vec<f32> = rows.windows(w * n).step_by(n).flatten().copied().collect();
+    match detector.score(&windows) {
+        Scores::All(s) => s,
+        Scores::Compacted(_) => unreachable!("CPU detectors keep every score"),
+    }
+}
+
+/// Features of the generator frames the per-kind tests use.
+const KIND_FEATURES: usize = 20;
+
+/// The share of frames of clean generator frames (plant 0, seed 2) on which `detector`
+/// flags any feature, scoring the windows that end every `stride` frames.
+fn clean_alert_rate(detector: &mut dyn Detector, stride: usize) -> f64 {
+    let n = KIND_FEATURES;
+    let (clean, _) = generated(5000, n, 2, 0.0, &[]);
+    let s = score_stream(detector, &clean, n);
+    let frames: Vec<&[f32]> = s.chunks(n).step_by(stride).collect();
+    let alerted = frames
+        .iter()
+        .filter(|f| f.iter().any(|&z| z >= 1.0))
+        .count();
+    let rate = alerted as f64 / frames.len() as f64;
+    eprintln!(
+        "clean windows {}: {alerted} alerted (rate {rate:.4})",
+        frames.len()
+    );
+    rate
+}
+
+/// The share of `kind` anomalies (plant 0, seed 3) that `detector` flags on their
+/// feature in a window ending while they last or, for one shorter than a window, within
+/// a window after they start, scoring the windows that end every `stride` frames.
+fn kind_recall(detector: &mut dyn Detector, kind: AnomalyKind, stride: usize) -> f64 {
+    let n = KIND_FEATURES;
+    let w = detector.needs().window;
+    let (rows, truth) = generated(5000, n, 3, 0.0005, &[kind]);
+    let s = score_stream(detector, &rows, n);
+    let total = rows.len() / n;
+    // score k is that of the window ending at row k + W - 1
+    let flagged = |row: usize, f: usize| {
+        let k = row + 1 - w;
+        k.is_multiple_of(stride) && s[k * n + f] >= 1.0
+    };
+    let scored: Vec<&Injection> = truth
+        .iter()
+        .filter(|i| i.seq as usize >= w && i.seq as usize + w + (i.len as usize) < total)
+        .collect();
+    assert!(
+        scored.len() >= 20,
+        "{kind:?}: only {} to measure",
+        scored.len()
+    );
+    let caught = scored
+        .iter()
+        .filter(|i| {
+            let start = i.seq as usize;
+            (start..start + (i.len as usize).max(w)).any(|r| flagged(r, i.feature as usize))
+        })
+        .count();
+    let r = caught as f64 / scored.len() as f64;
+    eprintln!("{kind:?}: {} injected, recall {r:.3}", scored.len());
+    r
+}
+
+/// The forecast detector with stuck detection, fitted on clean generator frames, for
+/// every kind the generator injects: the share of anomalies flagged on their feature
+/// while they last (or, for a one-frame spike, in the window after it), and on clean
+/// frames of the same plant the share of frames with any of its 20 features flagged
+/// (measured: spikes 1.0, level shifts 0.90, stuck 1.0; 0.08 % of clean frames). Without
+/// stuck detection a stuck value inside the normal range is missed (measured: all 44).
+#[test]
+fn forecast_catches_every_generator_kind_and_stays_quiet_on_clean_frames() {
+    let n = KIND_FEATURES;
+    let (train, _) = generated(4000, n, 1, 0.0, &[]);
+    let fit = |stuck| {
+        let config = ForecastConfig {
+            stuck,
+            ..ForecastConfig::default()
+        };
+        Arc::new(ForecastModel::fit(&train, n, config).unwrap())
+    };
+    let model = fit(true);
+    let detector = || Forecast::new(Arc::clone(&model), 0..n);
+    let clean = clean_alert_rate(&mut detector(), 1);
+    assert!(clean <= 0.01, "{clean} of clean frames alerted");
+    for (kind, least) in [
+        (AnomalyKind::SpikeUp, 0.95),
+        (AnomalyKind::SpikeDown, 0.95),
+        (AnomalyKind::LevelShift, 0.85),
+        (AnomalyKind::Stuck, 0.95),
+    ] {
+        let r = kind_recall(&mut detector(), kind, 1);
+        assert!(r >= least, "{kind:?}: recall {r} under {least}");
+    }
+    let without = kind_recall(&mut Forecast::new(fit(false), 0..n), AnomalyKind::Stuck, 1);
+    assert!(
+        without < 0.1,
+        "stuck values caught without stuck detection: {without}"
+    );
+}
+
+/// The telemetry variant's detector as `tidewatch train --data` fits `models/telemetry`
+/// (PCA reconstruction of windows of 30, [`PcaConfig::default`]), fitted on clean
+/// generator frames and scoring a window every 10 frames as the variant does: spikes
+/// are caught (measured 0.955 up, 0.886 down), level shifts rarely (0.16: a 5σ shift of
+/// 20 frames inside a window of 30 is mostly reconstructed), and 2.0 % of clean windows
+/// of 20 features alert, over the 1 % the forecast detector keeps. Stuck values are
+/// not asserted: PCA of the window's shape misses them (measured 0 of 44), which the
+/// README states; the forecast detector's `stuck` catches them (test above).
+#[test]
+fn telemetry_pca_on_every_generator_kind() {
+    let n = KIND_FEATURES;
+    let (train, _) = generated(4000, n, 1, 0.0, &[]);
+    let model = Arc::new(PcaModel::fit(&train, n, PcaConfig::default()).unwrap());
+    let detector = || Pca::new(Arc::clone(&model), 0..n);
+    let clean = clean_alert_rate(&mut detector(), 10);
+    assert!(clean <= 0.03, "{clean} of clean windows alerted");
+    for (kind, least) in [
+        (AnomalyKind::SpikeUp, 0.85),
+        (AnomalyKind::SpikeDown, 0.8),
+        (AnomalyKind::LevelShift, 0.1),
+    ] {
+        let r = kind_recall(&mut detector(), kind, 10);
+        assert!(r >= least, "{kind:?}: recall {r} under {least}");
     }
 }

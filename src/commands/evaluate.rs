@@ -49,7 +49,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<usize>>,
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
-    /// z_max, ridge, history, refresh, jump, hold, min_error
+    /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none; default 7),
+    /// stuck (flat-line detection, true/false), stuck_min
     /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
@@ -122,6 +123,9 @@ impl EvaluateArgs {
                     jump: p.take("jump", d.jump)?,
                     hold: p.take("hold", d.hold)?,
                     min_error: p.take("min_error", telemanom_min_error)?,
+                    context_lags: p.take("context_lags", d.context_lags)?,
+                    stuck: p.take("stuck", d.stuck)?,
+                    stuck_min: p.take("stuck_min", d.stuck_min)?,
                 })
             }
             DetectorName::Ewma => {
@@ -212,6 +216,9 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             .flat_map(|e| e.flat.iter().map(move |c| format!("{}:{c}", e.name)))
             .collect();
         o.insert("flat_features".into(), flat.into());
+        if let Some(h) = training_holdout_error(&result) {
+            o.insert("training_holdout_error".into(), h.into());
+        }
         let entities: Vec<serde_json::Value> = result
             .entities
             .iter()
@@ -229,6 +236,18 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         write_table(&mut out, &result, seconds)?;
     }
     Ok(())
+}
+
+/// The mean of the forecasters' errors on the held-out end of their training data, over
+/// every value feature that had one: label-free, for choosing settings.
+fn training_holdout_error(result: &Evaluation) -> Option<f64> {
+    let holdout: Vec<f64> = result
+        .entities
+        .iter()
+        .flat_map(|e| e.holdout.iter().map(|&h| h as f64))
+        .filter(|h| h.is_finite())
+        .collect();
+    (!holdout.is_empty()).then(|| holdout.iter().sum::<f64>() / holdout.len() as f64)
 }
 
 fn write_scores(path: &std::path::Path, result: &Evaluation) -> anyhow::Result<()> {
@@ -301,6 +320,12 @@ fn write_table(out: &mut impl Write, result: &Evaluation, seconds: f64) -> anyho
         100.0 * p.false_alarm_rate,
         p.false_alarms_per_1000
     )?;
+    if let Some(h) = training_holdout_error(result) {
+        writeln!(
+            out,
+            "forecast error on the held-out end of the training data (label-free): {h:.4}"
+        )?;
+    }
     writeln!(out, "evaluated in {seconds:.2} s")?;
     Ok(())
 }

@@ -109,6 +109,24 @@ pub struct ForecastConfig {
     /// (unit-free); `evaluate` sets 0.05 for data in Telemanom's layout alone, since only
     /// there is the scale known.
     pub min_error: f32,
+    /// Context frames each forecast also weighs, per context column (0: none). The
+    /// context columns (SMAP's 24 command flags) are inputs of the forecaster only, never
+    /// scored: `x[t]` is forecast from its own lags and the context of frames
+    /// `t - context_lags + 1 ..= t` (a command and the value it moves arrive in the same
+    /// frame), as Telemanom's LSTM sees every column. Context columns that never change
+    /// in training get no weight. Default 7: of 1, 2, 3, 5, 7, 10 and 20, the one whose
+    /// forecasters had the smallest mean error on the held-out end of SMAP's training
+    /// data ([`FeatureFit::holdout`]: 0.0329, against 0.0462 without context), a
+    /// criterion that uses no test data and no labels.
+    pub context_lags: usize,
+    /// Stuck (flat-line) detection: also flag a feature whose value has not moved (a
+    /// change under a millionth of its training spread) for longer than it ever stood
+    /// still in training, by the pruning margin, and for at least `stuck_min` frames. Its
+    /// score is the still run's length over that bar, so it grows the longer the value
+    /// stays stuck. A feature whose training values never moved is never stuck.
+    pub stuck: bool,
+    /// The shortest still run that can be flagged as stuck, in frames.
+    pub stuck_min: usize,
 }
 
 impl Default for ForecastConfig {
@@ -131,6 +149,9 @@ impl Default for ForecastConfig {
             // false alarms on normal data (the one criterion used here): off
             hold: 0,
             min_error: 0.0,
+            context_lags: 7,
+            stuck: false,
+            stuck_min: 10,
         }
     }
 }
@@ -164,6 +185,19 @@ pub struct FeatureFit {
     /// The bar on `|x[t] - x[t-1]|` (see [`ForecastConfig::jump`]): the largest training
     /// change over `1 - prune`, at least the floor.
     pub jump: f32,
+    /// Weights of the context, frame by frame (oldest first), each frame's context
+    /// columns in order (empty without context).
+    pub context_coef: Vec<f32>,
+    /// Mean absolute forecast error over the last quarter of the training data of the
+    /// forecaster fitted on the first three quarters (its form and inputs as chosen);
+    /// NaN when the training data are too short to judge. A label-free measure of the
+    /// forecaster, for choosing settings.
+    pub holdout: f32,
+    /// A change `|x[t] - x[t-1]|` at or under this is no movement (stuck detection).
+    pub still: f32,
+    /// Still frames in a row at which the feature is flagged stuck (see
+    /// [`ForecastConfig::stuck`]); infinite when its training values never moved.
+    pub stuck_bar: f32,
 }
 
 /// A fitted forecaster per feature, shared by the detectors of its partitions.
@@ -173,11 +207,28 @@ pub struct ForecastModel {
     pub config: ForecastConfig,
     /// One fit per feature.
     pub features: Vec<FeatureFit>,
+    /// Context columns each window holds after the scored features (see
+    /// [`ForecastConfig::context_lags`]); 0 without context.
+    pub context: usize,
 }
 
 impl ForecastModel {
     /// Fits every column of `train` (row-major, `cols` columns): training data only.
     pub fn fit(train: &[f32], cols: usize, config: ForecastConfig) -> anyhow::Result<Self> {
+        Self::fit_with_context(train, cols, &[], 0, config)
+    }
+
+    /// Fits every column of `train` (row-major, `cols` columns), each forecast also
+    /// weighing the context `context` (row-major, `context_cols` columns, the same rows)
+    /// when [`ForecastConfig::context_lags`] is over 0: training data only. The
+    /// detector's windows then hold each frame's scored features, then its context.
+    pub fn fit_with_context(
+        train: &[f32],
+        cols: usize,
+        context: &[f32],
+        context_cols: usize,
+        config: ForecastConfig,
+    ) -> anyhow::Result<Self> {
         ensure!(cols > 0, "no features to fit");
         ensure!(config.lags > 0, "lags must be at least 1");
         ensure!(
@@ -207,18 +258,46 @@ impl ForecastModel {
                 2 * (config.lags + 1) + 10
             );
         }
+        ensure!(
+            rows >= config.context_lags + 2 * (config.lags + 1) + 10,
+            "{rows} training rows are too few for {} context frames",
+            config.context_lags
+        );
+        let context_cols = if config.context_lags > 0 {
+            context_cols
+        } else {
+            0
+        };
+        ensure!(
+            context.len() == rows * context_cols || context_cols == 0,
+            "the context has not the training data's {rows} rows of {context_cols} columns"
+        );
+        let context = Context::of(
+            if context_cols > 0 { context } else { &[] },
+            context_cols,
+            config.context_lags,
+        );
         let features = (0..cols)
             .map(|j| {
                 let x: Vec<f64> = (0..rows).map(|r| train[r * cols + j] as f64).collect();
-                fit_feature(&x, &config)
+                fit_feature(&x, &context, &config)
             })
             .collect();
-        Ok(ForecastModel { config, features })
+        Ok(ForecastModel {
+            config,
+            features,
+            context: context_cols,
+        })
     }
 
-    /// Frames per window: the lags and the frame forecast.
+    /// Frames per window: the lags and the frame forecast, or the context frames when
+    /// they are more.
     pub fn window(&self) -> usize {
-        self.config.lags + 1
+        if self.context > 0 {
+            (self.config.lags + 1).max(self.config.context_lags)
+        } else {
+            self.config.lags + 1
+        }
     }
 
     /// Features whose training values never moved: their threshold rests on the floor
@@ -285,15 +364,71 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Ridge least squares of `s[t]` on `s[t-q..t]` and an intercept: the weights, oldest
-/// lag first, then the intercept.
-fn regress(s: &[f64], q: usize, ridge: f64) -> Vec<f64> {
-    let dim = q + 1;
+/// The context of the training rows as the forecasts weigh it: `frames` rows ending at
+/// the forecast one, of the columns that moved in training (`active`).
+struct Context<'a> {
+    /// Row-major, `cols` columns; empty without context.
+    rows: &'a [f32],
+    cols: usize,
+    frames: usize,
+    /// The columns that are not constant over the training rows: only they get weights
+    /// (a constant column is the intercept again and would only be shrunk to 0).
+    active: Vec<usize>,
+}
+
+impl<'a> Context<'a> {
+    fn of(rows: &'a [f32], cols: usize, frames: usize) -> Context<'a> {
+        let active = (0..cols)
+            .filter(|&c| {
+                let first = rows[c];
+                rows.iter().skip(c).step_by(cols).any(|&v| v != first)
+            })
+            .collect();
+        Context {
+            rows,
+            cols,
+            frames: if cols > 0 { frames } else { 0 },
+            active,
+        }
+    }
+
+    /// The context frames that end at row `t`, oldest first (empty without context).
+    fn window(&self, t: usize) -> &'a [f32] {
+        if self.cols == 0 {
+            return &[];
+        }
+        &self.rows[(t + 1 - self.frames) * self.cols..(t + 1) * self.cols]
+    }
+
+    /// The first row whose context window is whole.
+    fn first(&self) -> usize {
+        self.frames.saturating_sub(1)
+    }
+}
+
+/// Ridge least squares of `s[t]` on `s[t-q..t]`, the context frames that end at row
+/// `t + off` of `ctx`, and an intercept: the weights of the lags (oldest first) then the
+/// intercept, and the context weights (frame by frame, every context column; 0 for the
+/// columns that never moved).
+fn regress(s: &[f64], q: usize, ctx: &Context, off: usize, ridge: f64) -> (Vec<f64>, Vec<f64>) {
+    let extra = ctx.active.len() * ctx.frames;
+    let dim = q + extra + 1;
     let mut ata = vec![0f64; dim * dim];
     let mut atb = vec![0f64; dim];
     let mut z = vec![1f64; dim];
-    for t in q..s.len() {
+    let start = q.max(ctx.first().saturating_sub(off));
+    for t in start..s.len() {
         z[..q].copy_from_slice(&s[t - q..t]);
+        if extra > 0 {
+            let w = ctx.window(t + off);
+            let mut i = q;
+            for frame in w.chunks_exact(ctx.cols) {
+                for &c in &ctx.active {
+                    z[i] = frame[c] as f64;
+                    i += 1;
+                }
+            }
+        }
         for i in 0..dim {
             atb[i] += z[i] * s[t];
             for k in 0..=i {
@@ -308,72 +443,126 @@ fn regress(s: &[f64], q: usize, ridge: f64) -> Vec<f64> {
     }
     let scale = (0..dim).map(|i| ata[i * dim + i]).sum::<f64>() / dim as f64;
     let lambda = ridge * scale.max(f64::MIN_POSITIVE);
-    for i in 0..q {
+    for i in 0..q + extra {
         ata[i * dim + i] += lambda;
     }
-    match solve_ridge(&mut ata, &mut atb, dim) {
-        Some(()) => atb,
-        // not positive definite even with the ridge (the intercept's diagonal prevents
-        // it, but never panic on data): forecast no change
-        None => vec![0.0; dim],
+    // not positive definite even with the ridge (the intercept's diagonal prevents it,
+    // but never panic on data): forecast no change
+    let solved = solve_ridge(&mut ata, &mut atb, dim).is_some();
+    let mut coef = vec![0.0; q + 1];
+    let mut context = vec![0.0; ctx.cols * ctx.frames];
+    if solved {
+        coef[..q].copy_from_slice(&atb[..q]);
+        coef[q] = atb[dim - 1];
+        for l in 0..ctx.frames {
+            for (a, &c) in ctx.active.iter().enumerate() {
+                context[l * ctx.cols + c] = atb[q + l * ctx.active.len() + a];
+            }
+        }
     }
+    (coef, context)
 }
 
-/// The forecaster of `x` in `form` (level or diff) with `p` lags.
-fn forecaster(x: &[f64], form: Form, p: usize, ridge: f64) -> (f32, Vec<f32>) {
-    let (mean, _) = mean_std(x);
-    let coef = match form {
-        Form::Diff => {
-            let d: Vec<f64> = x.windows(2).map(|w| w[1] - w[0]).collect();
-            regress(&d, p - 1, ridge)
+/// A feature's forecaster: what it forecasts from, its training mean, its lag weights
+/// and intercept, and its context weights.
+struct Forecaster {
+    form: Form,
+    mean: f32,
+    coef: Vec<f32>,
+    context: Vec<f32>,
+}
+
+impl Forecaster {
+    /// The forecaster of `x` in `form` (level or diff) with `p` lags and `ctx`.
+    fn fit(x: &[f64], form: Form, p: usize, ridge: f64, ctx: &Context) -> Forecaster {
+        let (mean, _) = mean_std(x);
+        let (coef, context) = match form {
+            Form::Diff => {
+                // d[i] = x[i + 1] - x[i]: its context ends at row i + 1
+                let d: Vec<f64> = x.windows(2).map(|w| w[1] - w[0]).collect();
+                regress(&d, p - 1, ctx, 1, ridge)
+            }
+            _ => {
+                let c: Vec<f64> = x.iter().map(|v| v - mean).collect();
+                regress(&c, p, ctx, 0, ridge)
+            }
+        };
+        let f32s = |v: Vec<f64>| v.iter().map(|&v| v as f32).collect();
+        Forecaster {
+            form,
+            mean: mean as f32,
+            coef: f32s(coef),
+            context: f32s(context),
         }
-        _ => {
-            let c: Vec<f64> = x.iter().map(|v| v - mean).collect();
-            regress(&c, p, ridge)
-        }
-    };
-    (mean as f32, coef.iter().map(|&v| v as f32).collect())
+    }
+
+    /// `|x[p] - forecast|` for a window of `p + 1` values, oldest first, and the
+    /// context frames that end with it.
+    #[inline]
+    fn residual(&self, window: &[f32], context: &[f32]) -> f32 {
+        residual(
+            window,
+            self.form,
+            self.mean,
+            &self.coef,
+            &self.context,
+            context,
+        )
+    }
 }
 
 /// Mean absolute residual of a forecaster over `x[from..]`.
-fn holdout_error(x: &[f32], from: usize, form: Form, mean: f32, coef: &[f32], p: usize) -> f64 {
+fn holdout_error(x: &[f32], from: usize, f: &Forecaster, p: usize, ctx: &Context) -> f64 {
     let n = x.len() - from;
     (from..x.len())
-        .map(|t| residual(&x[t - p..=t], form, mean, coef) as f64)
+        .map(|t| f.residual(&x[t - p..=t], ctx.window(t)) as f64)
         .sum::<f64>()
         / n.max(1) as f64
 }
 
-fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
+fn fit_feature(x: &[f64], ctx: &Context, config: &ForecastConfig) -> FeatureFit {
     let p = config.lags;
     let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let none = Context::of(&[], 0, 0);
+    // fit on the first three quarters, judge on the last: training data only
+    let cut = x.len() * 3 / 4;
+    let judged = cut >= 2 * (p + 1) + 10 + ctx.frames && x.len() - cut >= p + 10;
+    let err = |form, ctx: &Context| {
+        let f = Forecaster::fit(&x[..cut], form, p, config.ridge, ctx);
+        holdout_error(&x32, cut, &f, p, ctx)
+    };
     let form = match config.form {
+        Form::Auto if !judged => Form::Diff,
         Form::Auto => {
-            // fit on the first three quarters, judge on the last: training data only
-            let cut = x.len() * 3 / 4;
-            if cut < 2 * (p + 1) + 10 || x.len() - cut < p + 10 {
-                Form::Diff
+            if err(Form::Level, &none) < err(Form::Diff, &none) {
+                Form::Level
             } else {
-                let err = |form| {
-                    let (mean, coef) = forecaster(&x[..cut], form, p, config.ridge);
-                    holdout_error(&x32, cut, form, mean, &coef, p)
-                };
-                if err(Form::Level) < err(Form::Diff) {
-                    Form::Level
-                } else {
-                    Form::Diff
-                }
+                Form::Diff
             }
         }
         f => f,
     };
-    let (mean, coef32) = forecaster(x, form, p, config.ridge);
+    // the context is weighed only where it forecasts the held-out quarter of the
+    // training data better than the value's own lags alone: more inputs always fit the
+    // fitted rows better, not always the rows after them
+    let alone = if judged { err(form, &none) } else { f64::NAN };
+    let with = if judged && !ctx.active.is_empty() {
+        err(form, ctx)
+    } else {
+        f64::INFINITY
+    };
+    let (ctx, holdout) = if with < alone {
+        (ctx, with)
+    } else {
+        (&none, alone)
+    };
+    let f = Forecaster::fit(x, form, p, config.ridge, ctx);
     // smoothed absolute residuals over the training data, computed in f32 exactly as the
     // detector will, so that the thresholds fit the scores
     let mut smoothed = Vec::with_capacity(x.len() - p);
     let mut s = None;
-    for t in p..x32.len() {
-        let e = residual(&x32[t - p..=t], form, mean, &coef32);
+    for t in p.max(ctx.first())..x32.len() {
+        let e = f.residual(&x32[t - p..=t], ctx.window(t));
         let next = match s {
             None => e,
             Some(prev) => prev + config.alpha * (e - prev),
@@ -381,6 +570,7 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         s = Some(next);
         smoothed.push(next as f64);
     }
+    let mean = f.mean;
     let spread = quantile(x, 0.95) - quantile(x, 0.05);
     let flat = spread <= 0.0;
     // a flat feature has no spread to take a share of: its own size, at least 1
@@ -400,10 +590,15 @@ fn fit_feature(x: &[f64], config: &ForecastConfig) -> FeatureFit {
         .iter()
         .map(|&v| v as f32)
         .collect();
+    let (still, stuck_bar) = stuck_bar(x, spread, config);
     FeatureFit {
         form,
         mean,
-        coef: coef32,
+        coef: f.coef,
+        context_coef: if ctx.frames > 0 { f.context } else { vec![] },
+        holdout: holdout as f32,
+        still,
+        stuck_bar,
         low: low as f32,
         high: high as f32,
         start: s.unwrap_or(0.0),
@@ -425,27 +620,62 @@ fn thresholds(e: &[f64], floor: f64, config: &ForecastConfig) -> (f64, f64, f64)
     (low, high, eps)
 }
 
-/// `|x[p] - forecast(x[..p])|` for a window of `p + 1` values, oldest first.
+/// `|x[p] - forecast(x[..p], context)|` for a window of `p + 1` values, oldest first,
+/// and the context frames that end with it (empty, or as many as `context_coef`).
 #[inline]
-fn residual(window: &[f32], form: Form, mean: f32, coef: &[f32]) -> f32 {
+fn residual(
+    window: &[f32],
+    form: Form,
+    mean: f32,
+    coef: &[f32],
+    context_coef: &[f32],
+    context: &[f32],
+) -> f32 {
     let p = window.len() - 1;
+    let mut from_context = 0f32;
+    for (c, v) in context_coef.iter().zip(context) {
+        from_context += c * v;
+    }
     match form {
         Form::Diff => {
             // the last difference against the p - 1 before it
-            let mut f = coef[p - 1];
+            let mut f = coef[p - 1] + from_context;
             for k in 0..p - 1 {
                 f += coef[k] * (window[k + 1] - window[k]);
             }
             (window[p] - window[p - 1] - f).abs()
         }
         _ => {
-            let mut f = coef[p];
+            let mut f = coef[p] + from_context;
             for k in 0..p {
                 f += coef[k] * (window[k] - mean);
             }
             (window[p] - mean - f).abs()
         }
     }
+}
+
+/// The stuck-detection bar of a feature with training values `x` and spread `spread`
+/// (see [`ForecastConfig::stuck`]): the change at or under which it is still, and the
+/// still frames in a row that flag it.
+fn stuck_bar(x: &[f64], spread: f64, config: &ForecastConfig) -> (f32, f32) {
+    if spread <= 0.0 {
+        // it never moved in training: standing still is what it does
+        return (0.0, f32::INFINITY);
+    }
+    // a millionth of the spread: a sensor that repeats its reading, not a slow one
+    let still = spread * 1e-6;
+    let (mut run, mut longest) = (0usize, 0usize);
+    for w in x.windows(2) {
+        if (w[1] - w[0]).abs() <= still {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    let bar = (longest as f64 / (1.0 - config.prune as f64)).max(config.stuck_min as f64);
+    (still as f32, bar as f32)
 }
 
 /// Telemanom's epsilon: over `z`, the `mean + z·std` that most reduces the mean and
@@ -496,6 +726,8 @@ pub struct Forecast {
     open: Vec<bool>,
     /// Per feature: frames left to keep flagging after an event closed.
     held: Vec<usize>,
+    /// Per feature: frames in a row that it has not moved (stuck detection).
+    still: Vec<usize>,
     /// Per feature: the thresholds in force, `(low, high)`.
     bars: Vec<(f32, f32)>,
     /// Per feature: the recent smoothed residuals (dynamic thresholds only).
@@ -511,6 +743,8 @@ pub struct Forecast {
 
 impl Forecast {
     /// The detector for features `features` of `model`, starting where training ended.
+    /// A model with context ([`ForecastModel::context`] over 0) reads windows whose
+    /// frames hold the features `features`, then the model's context columns.
     ///
     /// # Panics
     /// When `features` is not within the model's.
@@ -528,6 +762,7 @@ impl Forecast {
         Forecast {
             open: vec![false; features.len()],
             held: vec![0; features.len()],
+            still: vec![0; features.len()],
             bars: fits.iter().map(|f| (f.low, f.high)).collect(),
             history: fits
                 .iter()
@@ -570,35 +805,72 @@ impl Detector for Forecast {
 
     fn score(&mut self, windows: &[f32]) -> Scores {
         let (w, width) = (self.model.window(), self.features.len());
-        let per_window = w * width;
+        // each frame: the scored features, then the context columns (inputs only)
+        let (row, context) = (width + self.model.context, self.model.context);
+        let per_window = w * row;
         let b = windows.len().checked_div(per_window).unwrap_or(0);
         assert_eq!(windows.len(), b * per_window, "batch is not whole windows");
         let config = &self.model.config;
         let alpha = config.alpha;
+        let p = config.lags;
+        let context_frames = if context > 0 { config.context_lags } else { 0 };
         let fits = &self.model.features[self.features.clone()];
         let mut scores = vec![0f32; b * width];
         let mut column = vec![0f32; w];
+        let mut ctx = vec![0f32; context_frames * context];
         for (x, out) in windows
             .chunks_exact(per_window.max(1))
             .zip(scores.chunks_exact_mut(width.max(1)))
         {
+            for (k, frame) in x[(w - context_frames) * row..]
+                .chunks_exact(row)
+                .enumerate()
+            {
+                ctx[k * context..(k + 1) * context].copy_from_slice(&frame[width..]);
+            }
+            let boundary = self.break_at == Some(self.seen);
             for (j, fit) in fits.iter().enumerate() {
                 for (k, v) in column.iter_mut().enumerate() {
-                    *v = x[k * width + j];
+                    *v = x[k * row + j];
                 }
-                let e = residual(&column, fit.form, fit.mean, &fit.coef);
+                let own = if fit.context_coef.is_empty() {
+                    &[][..]
+                } else {
+                    &ctx[..]
+                };
+                let e = residual(
+                    &column[w - 1 - p..],
+                    fit.form,
+                    fit.mean,
+                    &fit.coef,
+                    &fit.context_coef,
+                    own,
+                );
                 let s = &mut self.smoothed[j];
                 *s += alpha * (e - *s);
                 let (low, high) = self.bars[j];
                 let open = &mut self.open[j];
                 *open = if *open { *s >= low } else { *s >= high };
                 let mut z = *s / high.max(f32::MIN_POSITIVE);
-                if config.jump && self.break_at != Some(self.seen) {
-                    let step = (column[w - 1] - column[w - 2]).abs();
+                let step = (column[w - 1] - column[w - 2]).abs();
+                if config.jump && !boundary {
                     let zj = step / fit.jump.max(f32::MIN_POSITIVE);
                     // NaN-safe: a NaN step compares false and leaves z as it was
                     if zj > z {
                         z = zj;
+                    }
+                }
+                if config.stuck {
+                    let run = &mut self.still[j];
+                    // a new file starts no still run from the last one's value
+                    *run = if step <= fit.still && !boundary {
+                        *run + 1
+                    } else {
+                        0
+                    };
+                    let zs = *run as f32 / fit.stuck_bar;
+                    if zs > z {
+                        z = zs;
                     }
                 }
                 let flagged = *open || z >= 1.0;
@@ -802,6 +1074,103 @@ mod tests {
         let d = Forecast::new(m, 0..1).with_break_at(onset);
         let s = scores(&mut d.clone(), &windows(&test, w));
         assert!(s[onset] < 1.0, "a file boundary is no jump: {}", s[onset]);
+    }
+
+    /// A value driven by a context column (a command) is forecast from it: the context
+    /// gets weights, and a command's step is no residual, which it is for the value's
+    /// lags alone. A context column that never moves gets none.
+    #[test]
+    fn context_columns_are_inputs() {
+        let noise = ar1(4000, 0.0, 9);
+        // a command that switches now and then (the sign of a slow AR(1)), the value
+        // following it at once
+        let command: Vec<f32> = ar1(4000, 0.99, 5)
+            .iter()
+            .map(|&v| (v > 0.0) as u8 as f32)
+            .collect();
+        let value: Vec<f32> = (0..4000)
+            .map(|t| 5.0 * command[t] + 0.1 * noise[t])
+            .collect();
+        let ctx: Vec<f32> = command.iter().flat_map(|&c| [c, 1.0]).collect();
+        // the training thresholds, fixed: what is compared here is the forecasts
+        let config = ForecastConfig {
+            context_lags: 2,
+            history: 0,
+            ..ForecastConfig::default()
+        };
+        let with = ForecastModel::fit_with_context(&value, 1, &ctx, 2, config).unwrap();
+        assert_eq!(with.context, 2);
+        let c = &with.features[0].context_coef;
+        assert_eq!(c.len(), 4, "two frames of two columns");
+        // the constant column gets no weight, the command now-frame nearly 5
+        assert!(c[1] == 0.0 && c[3] == 0.0, "{c:?}");
+        assert!((c[2] - 5.0).abs() < 1.0, "{c:?}");
+        let without = ForecastModel::fit(&value, 1, config).unwrap();
+        assert!(without.features[0].context_coef.is_empty());
+        // the forecast errors without the command are its steps: a threshold 5 times
+        // higher
+        assert!(5.0 * with.features[0].high < without.features[0].high);
+        // the value steps by 1 while its command stays at 0: only the forecaster that
+        // knows the command sees a departure
+        let flagged = |m: ForecastModel, with_context: bool| {
+            let w = m.window();
+            let rows: Vec<f32> = (0..2000)
+                .flat_map(|t| {
+                    let v = if t >= 1000 { 1.0 } else { 0.0 } + 0.1 * noise[t];
+                    if with_context {
+                        vec![v, 0.0, 1.0]
+                    } else {
+                        vec![v]
+                    }
+                })
+                .collect();
+            let width = rows.len() / 2000;
+            let win: Vec<f32> = rows
+                .windows(w * width)
+                .step_by(width)
+                .flatten()
+                .copied()
+                .collect();
+            let s = scores(&mut Forecast::new(Arc::new(m), 0..1), &win);
+            let share = |r: Range<usize>| {
+                let n = r.len();
+                r.filter(|&row| s[row + 1 - w] >= 1.0).count() as f64 / n as f64
+            };
+            (share(w..1000), share(1100..1500))
+        };
+        let (a, b) = (flagged(with, true), flagged(without, false));
+        assert!(a.0 == 0.0 && a.1 > 0.9, "with context: {a:?}");
+        assert!(b.1 < 0.1, "without context: {b:?}");
+    }
+
+    /// A value that stops moving where its training data always moved is flagged once it
+    /// stands still for longer than the bar, its score growing with the run; a feature
+    /// whose training never moved is never stuck; off, it is not flagged.
+    #[test]
+    fn stuck_values_are_flagged_the_longer_the_higher() {
+        let train = ar1(4000, 0.5, 11);
+        let config = ForecastConfig {
+            stuck: true,
+            ..ForecastConfig::default()
+        };
+        let m = Arc::new(ForecastModel::fit(&train, 1, config).unwrap());
+        assert_eq!(m.features[0].stuck_bar, config.stuck_min as f32);
+        let w = m.window();
+        let mut test = ar1(400, 0.5, 12);
+        let held = test[200];
+        for v in &mut test[200..260] {
+            *v = held;
+        }
+        let s = scores(&mut Forecast::new(Arc::clone(&m), 0..1), &windows(&test, w));
+        let at = |row: usize| s[row + 1 - w];
+        assert!(at(205) < 1.0 && at(215) >= 1.0, "{} {}", at(205), at(215));
+        assert!(at(215) < at(235) && at(235) < at(259), "grows with the run");
+        assert!(s[..200 + 1 - w].iter().all(|&z| z < 1.0));
+        let off = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
+        let s = scores(&mut Forecast::new(off, 0..1), &windows(&test, w));
+        assert!(s[259 + 1 - w] < 1.0, "flagged without stuck detection");
+        let flat = ForecastModel::fit(&[0.5f32; 500], 1, config).unwrap();
+        assert!(flat.features[0].stuck_bar.is_infinite());
     }
 
     /// Partitions score as the whole does.

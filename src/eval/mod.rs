@@ -75,6 +75,9 @@ pub struct EntityResult {
     pub labels: Vec<bool>,
     /// Value columns whose training data never moved (their thresholds rest on a floor).
     pub flat: Vec<usize>,
+    /// Per value column, the forecaster's error on the held-out end of the training data
+    /// ([`crate::detect::FeatureFit::holdout`]; forecast only, NaN when not judged).
+    pub holdout: Vec<f32>,
 }
 
 /// A whole data set's evaluation.
@@ -89,10 +92,17 @@ pub struct Evaluation {
 /// Windows per call to the detector.
 const BATCH: usize = 1024;
 
-/// Scores the rows `first..` of `rows` (row-major, `width` columns) with `detector`,
-/// which sees every window of its length, stride 1, from the first row on (so that a
-/// stateful detector is warmed by the rows before `first`): the largest score per row.
-fn score_rows(detector: &mut dyn Detector, rows: &[f32], width: usize, first: usize) -> Vec<f32> {
+/// Scores the rows `first..` of `rows` (row-major, `width` columns, the first `scored`
+/// of them scored and the rest context) with `detector`, which sees every window of its
+/// length, stride 1, from the first row on (so that a stateful detector is warmed by the
+/// rows before `first`): the largest score per row.
+fn score_rows(
+    detector: &mut dyn Detector,
+    rows: &[f32],
+    width: usize,
+    scored: usize,
+    first: usize,
+) -> Vec<f32> {
     let w = detector.needs().window;
     let n = rows.len() / width;
     assert!(
@@ -112,7 +122,7 @@ fn score_rows(detector: &mut dyn Detector, rows: &[f32], width: usize, first: us
         };
         for (k, &end) in ends.iter().enumerate() {
             if end >= first {
-                let s = &scores[k * width..(k + 1) * width];
+                let s = &scores[k * scored..(k + 1) * scored];
                 out.push(s.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             }
         }
@@ -152,14 +162,31 @@ pub fn evaluate_entity(
         );
     }
     let train = columns(&entity.train, values);
-    let mut rows = train.clone();
-    rows.extend(columns(&entity.test, values));
+    // the columns that are not values are context: inputs of a forecaster that weighs
+    // them, never scored
+    let context: Vec<usize> = match kind {
+        DetectorKind::Forecast(c) if c.context_lags > 0 => (0..entity.train.cols)
+            .filter(|c| !values.contains(c))
+            .collect(),
+        _ => vec![],
+    };
+    let all: Vec<usize> = values.iter().chain(&context).copied().collect();
+    let mut rows = columns(&entity.train, &all);
+    rows.extend(columns(&entity.test, &all));
     let first = entity.train.rows;
+    let mut holdout = vec![];
     let (mut detector, divisor, flat): (Box<dyn Detector>, f32, Vec<usize>) = match kind {
         DetectorKind::Forecast(config) => {
-            let model = ForecastModel::fit(&train, width, *config)
-                .with_context(|| format!("{}: fitting the forecaster", entity.name))?;
+            let model = ForecastModel::fit_with_context(
+                &train,
+                width,
+                &columns(&entity.train, &context),
+                context.len(),
+                *config,
+            )
+            .with_context(|| format!("{}: fitting the forecaster", entity.name))?;
             let flat = model.flat_features().iter().map(|&j| values[j]).collect();
+            holdout = model.features.iter().map(|f| f.holdout).collect();
             let w = model.window();
             // the test file does not continue the training file: its first row is no jump
             let detector = Forecast::new(Arc::new(model), 0..width);
@@ -183,7 +210,7 @@ pub fn evaluate_entity(
         entity.name,
         detector.needs().window
     );
-    let mut scores = score_rows(detector.as_mut(), &rows, width, first);
+    let mut scores = score_rows(detector.as_mut(), &rows, all.len(), width, first);
     scores.iter_mut().for_each(|s| *s /= divisor);
     let flags: Vec<bool> = scores.iter().map(|&s| s >= 1.0).collect();
     let report = Report::of(&entity.labels, &flags, &scores);
@@ -195,6 +222,7 @@ pub fn evaluate_entity(
         flags,
         labels: entity.labels.clone(),
         flat,
+        holdout,
     })
 }
 
