@@ -240,6 +240,41 @@ impl<D: Framed> Gate<D> {
     }
 }
 
+/// `input`'s records, each handed to `each` with the settings [`Schedule`] once every
+/// change that applies to its frames has arrived ([`Gate`]); what `each` gives goes out
+/// at the record's time. The one operator that holds records for the changes of `live`:
+/// the score and threshold operators each say only what they do with a record.
+pub fn gated<'s, D, O>(
+    input: Stream<'s, D>,
+    live: Live<'s>,
+    name: &str,
+    mut each: impl FnMut(D, &Schedule, &mut dyn FnMut(O)) + 'static,
+) -> Stream<'s, O>
+where
+    D: Framed + Clone + 'static,
+    O: Clone + 'static,
+{
+    let Live { changes, initial } = live;
+    let mut gate = Gate::new(initial);
+    input.binary_frontier(changes, Pipeline, Pipeline, name, move |_cap, _info| {
+        move |(input, frontier), (changes, changed), output| {
+            gate.changes(changes);
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                for record in data.drain(..) {
+                    gate.hold(cap.clone(), record);
+                }
+            });
+            gate.release(changed, frontier, |cap, record, schedule| {
+                let mut session = output.session(cap);
+                each(record, schedule, &mut |o| session.give(o));
+            });
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use std::sync::Arc;
 
-use super::control::{Gate, Live, Schedule};
+use super::control::{gated, Live, Schedule};
 use super::{Parts, Stream};
 use crate::clock;
 use crate::controls::Knobs;
@@ -114,49 +114,28 @@ impl<'s> ScoreOps<'s> for Stream<'s, Batch> {
         stats: Arc<Stats>,
         live: Option<&Live<'s>>,
     ) -> Stream<'s, Scored> {
-        let Some(Live { changes, initial }) = live.cloned() else {
+        let Some(live) = live.cloned() else {
             return self.score(detector, stats);
         };
         let mut scorer = Scorer::new(detector, stats);
-        let mut followed = initial.version;
-        let mut gate = Gate::new(initial);
-        self.binary_frontier(
-            changes,
-            Pipeline,
-            Pipeline,
-            "ScoreLive",
-            move |_cap, _info| {
-                move |(input, frontier), (changes, changed), output| {
-                    gate.changes(changes);
-                    input.for_each(|cap, data| {
-                        let Some(cap) = cap.retain_least(0) else {
-                            return;
-                        };
-                        for b in data.drain(..) {
-                            gate.hold(cap.clone(), b);
-                        }
-                    });
-                    gate.release(changed, frontier, |cap, b, schedule| {
-                        let mut session = output.session(cap);
-                        let mut score = |b: Batch, knobs: &Arc<Knobs>| {
-                            if knobs.version != followed {
-                                scorer.detector.follow(knobs);
-                                followed = knobs.version;
-                            }
-                            session.give(scorer.score(b));
-                        };
-                        let first = b.seqs.first().map_or(0, |&s| schedule.span(s));
-                        if b.seqs.iter().all(|&s| schedule.span(s) == first) {
-                            score(b, schedule.knobs(first));
-                        } else {
-                            for (span, piece) in split_at_changes(b, schedule) {
-                                score(piece, schedule.knobs(span));
-                            }
-                        }
-                    });
+        let mut followed = live.initial.version;
+        gated(self, live, "ScoreLive", move |b, schedule, give| {
+            let mut score = |b: Batch, knobs: &Arc<Knobs>| {
+                if knobs.version != followed {
+                    scorer.detector.follow(knobs);
+                    followed = knobs.version;
                 }
-            },
-        )
+                give(scorer.score(b));
+            };
+            let first = b.seqs.first().map_or(0, |&s| schedule.span(s));
+            if b.seqs.iter().all(|&s| schedule.span(s) == first) {
+                score(b, schedule.knobs(first));
+            } else {
+                for (span, piece) in split_at_changes(b, schedule) {
+                    score(piece, schedule.knobs(span));
+                }
+            }
+        })
     }
 }
 
@@ -311,7 +290,7 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
     type Output = Stream<'s, PartHits>;
 
     fn threshold(self, threshold: impl Into<Cut<'s>>) -> Stream<'s, PartHits> {
-        let (Live { changes, initial }, fallback) = match threshold.into() {
+        let (live, fallback) = match threshold.into() {
             Cut::Fixed(t) => {
                 return self.unary(Pipeline, "Threshold", move |_cap, _info| {
                     move |input, output| {
@@ -328,35 +307,14 @@ impl<'s> ThresholdOps<'s> for Stream<'s, Scored> {
             }
             Cut::Live { changes, fallback } => (changes, fallback),
         };
-        let mut gate = Gate::new(initial);
-        self.binary_frontier(
-            changes,
-            Pipeline,
-            Pipeline,
-            "ThresholdLive",
-            move |_cap, _info| {
-                move |(input, frontier), (changes, changed), output| {
-                    gate.changes(changes);
-                    input.for_each(|cap, data| {
-                        let Some(cap) = cap.retain_least(0) else {
-                            return;
-                        };
-                        for s in data.drain(..) {
-                            gate.hold(cap.clone(), s);
-                        }
-                    });
-                    gate.release(changed, frontier, |cap, s, schedule| {
-                        let mut session = output.session(cap);
-                        let knobs_for = |seq| {
-                            let k = schedule.at(seq);
-                            let muted = (!k.muted.is_empty()).then_some(&**k);
-                            (k.threshold_or(fallback), muted)
-                        };
-                        cut_scored(s, knobs_for, true, |p| session.give(p));
-                    });
-                }
-            },
-        )
+        gated(self, live, "ThresholdLive", move |s, schedule, give| {
+            let knobs_for = |seq| {
+                let k = schedule.at(seq);
+                let muted = (!k.muted.is_empty()).then_some(&**k);
+                (k.threshold_or(fallback), muted)
+            };
+            cut_scored(s, knobs_for, true, give);
+        })
     }
 }
 
