@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::Reply;
 
@@ -31,7 +31,11 @@ pub(super) struct Ingress {
     max_inflated: usize,
     /// Numbers frames and queues them for worker 0; closed when `Ingress` is dropped.
     frames: IngestQueue,
-    decode_permits: Semaphore,
+    /// Bodies handed to the decoding threads and not yet answered, at most: bounds the
+    /// bodies held for decoding, while keeping the next body ready for each thread.
+    decode_permits: Arc<Semaphore>,
+    /// The decoding threads' queue.
+    decoders: std::sync::mpsc::Sender<DecodeJob>,
     /// Bytes of request bodies held at once (being received or decoded), taken as each
     /// chunk arrives: this bounds the memory of uploads however many clients connect, and,
     /// unlike a count of bodies, a client that trickles holds almost none of it. It is
@@ -58,13 +62,15 @@ impl Ingress {
         } else {
             IngestQueue::new(config.queue_max_size)
         };
+        let threads = config.decode_concurrency.max(1);
         let ingress = Arc::new(Ingress {
             index: Arc::new(model.feature_index()),
             policy: config.key_policy,
             max_body: config.max_body_bytes,
             max_inflated: config.max_inflated_bytes,
             frames,
-            decode_permits: Semaphore::new(config.decode_concurrency.max(1)),
+            decode_permits: Arc::new(Semaphore::new(2 * threads)),
+            decoders: spawn_decoders(threads),
             upload_bytes: Arc::new(Semaphore::new(config.upload_buffer_bytes.max(1))),
             upload_budget: config.upload_buffer_bytes.max(1),
             min_body_rate: config.min_body_rate,
@@ -183,44 +189,25 @@ where
     if ingress.is_full() {
         return Err(queue_full(ingress));
     }
-    let permit = ingress
-        .decode_permits
-        .acquire()
+    let permit = Arc::clone(&ingress.decode_permits)
+        .acquire_owned()
         .await
         .expect("the decode semaphore is never closed");
-    let queue = Arc::clone(ingress);
     let gone = Arc::new(AtomicBool::new(false));
     let _waiting = Waiting(Arc::clone(&gone));
-    // Queued from the decoding thread, not after a hop back to the async task: the frame
-    // reaches the dataflow without waiting for the runtime to poll this handler again.
-    let queued = tokio::task::spawn_blocking(move || {
-        let mut values = Vec::with_capacity(queue.index.len());
-        let (policy, max_inflated) = (queue.policy, queue.max_inflated);
-        let decoded = decode_body(&body, max_inflated, &queue.index, policy, &mut values)?;
-        let frame = Frame {
-            seq: 0,
-            meta: FrameMeta {
-                received_ms,
-                event_ms: decoded.event_ms,
-                id: decoded.id,
-                source: 0,
-                entity: decoded.entity,
-                machine_id: decoded.machine_id,
-                received_us,
-                decoded_us: clock::now_us(),
-                ..FrameMeta::default()
-            },
-            values,
-        };
-        // The handler was dropped (its client went away) while the frame was decoded:
-        // never answered, so not queued.
-        if gone.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        Ok::<_, DecodeError>(Some(queue.frames.enqueue(frame)))
-    })
-    .await;
-    drop(permit);
+    let (reply, answer) = oneshot::channel();
+    let job = DecodeJob {
+        body,
+        at: (received_ms, received_us),
+        gone,
+        ingress: Arc::clone(ingress),
+        reply,
+        _permit: permit,
+    };
+    if ingress.decoders.send(job).is_err() {
+        return Err(unavailable("shutting down"));
+    }
+    let queued = answer.await;
     let queued = match queued {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -231,8 +218,8 @@ where
             };
             return Err(error_reply(status, e.kind(), &e.to_string()));
         }
-        Err(join) => {
-            tracing::error!(error = %join, "decoding a frame panicked");
+        Err(_) => {
+            tracing::error!("decoding a frame panicked");
             return Err(error_reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -412,4 +399,89 @@ fn unavailable(detail: &str) -> warp::reply::Response {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
     resp
+}
+
+/// A body for the decoding threads, and where its answer goes.
+struct DecodeJob {
+    body: BytesMut,
+    at: (i64, u64),
+    /// Set when the handler is gone: the frame is then not queued.
+    gone: Arc<AtomicBool>,
+    ingress: Arc<Ingress>,
+    reply: oneshot::Sender<Decoding>,
+    /// Released when the job is done, not when its answer is read.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A decoding thread's answer: the body did not decode, or the frame was not queued
+/// because its handler had gone (`None`), or what the queue said.
+type Decoding = Result<Option<Result<Seq, Refusal>>, DecodeError>;
+
+/// Threads that decode bodies from one queue, each taking the next body the moment it is
+/// done with the last. Unlike a blocking task per body, no hop through the async runtime
+/// lies between two decodes, so under load a decoder never waits for a handler to be
+/// polled before it starts the next body. They end when the queue's sender (in the
+/// `Ingress`) is dropped.
+fn spawn_decoders(threads: usize) -> std::sync::mpsc::Sender<DecodeJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<DecodeJob>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..threads {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("tidewatch-decode-{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for a job, never while decoding
+                    // (in a `while let` the guard would live through the loop's body).
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = next else { return };
+                    let reply =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_job(&job)));
+                    match reply {
+                        Ok(decoding) => {
+                            let _ = job.reply.send(decoding);
+                        }
+                        // The handler sees its answer dropped and says 500; the thread
+                        // goes on with the next body.
+                        Err(_) => drop(job),
+                    }
+                }
+            })
+            .expect("spawning a decoding thread");
+    }
+    tx
+}
+
+/// Decodes a job's body and queues its frame, unless its handler has gone: a frame whose
+/// client never hears that it was accepted (and may send it again) is not queued.
+fn decode_job(job: &DecodeJob) -> Decoding {
+    let ingress = &job.ingress;
+    let (received_ms, received_us) = job.at;
+    let mut values = Vec::with_capacity(ingress.index.len());
+    let decoded = decode_body(
+        &job.body,
+        ingress.max_inflated,
+        &ingress.index,
+        ingress.policy,
+        &mut values,
+    )?;
+    let frame = Frame {
+        seq: 0,
+        meta: FrameMeta {
+            received_ms,
+            event_ms: decoded.event_ms,
+            id: decoded.id,
+            source: 0,
+            entity: decoded.entity,
+            machine_id: decoded.machine_id,
+            received_us,
+            decoded_us: clock::now_us(),
+            ..FrameMeta::default()
+        },
+        values,
+    };
+    if job.gone.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    Ok(Some(ingress.frames.enqueue(frame)))
 }

@@ -81,7 +81,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Largest body after gzip inflation: stops gzip bombs.
     pub max_inflated_bytes: usize,
-    /// Frames decoded at once at most (each holds its body and values in memory).
+    /// Threads that decode request bodies (each holds a body and its values in memory);
+    /// twice as many bodies may be handed to them at once, so that each has its next
+    /// body ready.
     pub decode_concurrency: usize,
     /// How frame keys must match the model's features.
     pub key_policy: KeyPolicy,
