@@ -222,12 +222,20 @@ impl Scorer {
         }
         match &self.kind {
             Kind::Linear { weight_t, bias } => {
-                for (x, o) in windows
-                    .chunks_exact(per_window)
-                    .zip(out.chunks_exact_mut(self.width))
-                {
-                    linear(self.window, self.width, weight_t, bias, x, o);
+                let (w, width) = (self.window, self.width);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    unsafe { linear_avx512(w, width, weight_t, bias, windows, out) };
+                    return;
                 }
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    unsafe { linear_avx2(w, width, weight_t, bias, windows, out) };
+                    return;
+                }
+                linear_kernel(w, width, weight_t, bias, windows, out)
             }
             Kind::Rff(rff) => {
                 if let Some(reach) = &reach {
@@ -421,19 +429,76 @@ fn paired<V: Block>(rff: &Rff, z: &[V], weight: &[f32], n_freq: usize, sines: &m
     acc
 }
 
+/// Features per block of the linear kernel: a block's sums stay in registers while every
+/// frame of the window is added in, so the output is written once, not once per frame.
+const LINEAR_BLOCK: usize = 64;
+
+/// Scores windows `[B][W][width]` with the linear model: `-(Σ_k w[k]·x[k] + b)` per
+/// feature, summed from 0 in frame order (the order training used), block of features by
+/// block of features. The order of the additions is the same however the loop is
+/// vectorised, so every instruction set gives the same bits.
 #[inline(always)]
-fn linear(w: usize, width: usize, weight_t: &[f32], bias: &[f32], x: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    for k in 0..w {
-        let xs = &x[k * width..(k + 1) * width];
-        let ws = &weight_t[k * width..(k + 1) * width];
-        for ((o, &xv), &wv) in out.iter_mut().zip(xs).zip(ws) {
-            *o += wv * xv;
+fn linear_kernel(
+    w: usize,
+    width: usize,
+    weight_t: &[f32],
+    bias: &[f32],
+    windows: &[f32],
+    out: &mut [f32],
+) {
+    for (x, o) in windows
+        .chunks_exact(w * width)
+        .zip(out.chunks_exact_mut(width))
+    {
+        let mut start = 0;
+        while start < width {
+            let n = LINEAR_BLOCK.min(width - start);
+            let mut acc = [0f32; LINEAR_BLOCK];
+            for k in 0..w {
+                let at = k * width + start;
+                let (xs, ws) = (&x[at..at + n], &weight_t[at..at + n]);
+                for ((a, &xv), &wv) in acc[..n].iter_mut().zip(xs).zip(ws) {
+                    *a += wv * xv;
+                }
+            }
+            for ((o, &a), &b) in o[start..start + n]
+                .iter_mut()
+                .zip(&acc[..n])
+                .zip(&bias[start..start + n])
+            {
+                *o = -(a + b);
+            }
+            start += n;
         }
     }
-    for (o, &b) in out.iter_mut().zip(bias) {
-        *o = -(*o + b);
-    }
+}
+
+/// [`linear_kernel`] on AVX registers (no fused multiply-adds: the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn linear_avx2(
+    w: usize,
+    width: usize,
+    weight_t: &[f32],
+    bias: &[f32],
+    windows: &[f32],
+    out: &mut [f32],
+) {
+    linear_kernel(w, width, weight_t, bias, windows, out)
+}
+
+/// [`linear_kernel`] on AVX-512 registers (no fused multiply-adds: the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn linear_avx512(
+    w: usize,
+    width: usize,
+    weight_t: &[f32],
+    bias: &[f32],
+    windows: &[f32],
+    out: &mut [f32],
+) {
+    linear_kernel(w, width, weight_t, bias, windows, out)
 }
 
 #[cfg(test)]
@@ -482,6 +547,69 @@ mod tests {
         let mut part = [0.0; 1];
         Scorer::new(&model, 1..2).score(&[3.0, 4.0], &mut part);
         assert_eq!(part[0], out[1]);
+    }
+
+    #[test]
+    fn linear_kernels_give_the_plain_sums_bits() {
+        // widths around the block size, odd values, several windows
+        for (w, f) in [(1, 1), (5, 63), (5, 64), (3, 130), (30, 25)] {
+            let n = 3;
+            let weight: Vec<f32> = (0..w * f)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3)
+                .collect();
+            let bias: Vec<f32> = (0..f).map(|j| j as f32 * 0.31 - 2.0).collect();
+            let model = Model {
+                meta: meta(ModelKind::Linear, w, f, 0),
+                params: Params::Linear {
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                },
+                calibration: None,
+            };
+            let windows: Vec<f32> = (0..n * w * f)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.173)
+                .collect();
+            let mut scores = vec![0f32; n * f];
+            Scorer::new(&model, 0..f).score(&windows, &mut scores);
+            // the model's weights are [F][W]; the plain sum over frames, from 0
+            let want: Vec<u32> = (0..n)
+                .flat_map(|b| (0..f).map(move |j| (b, j)))
+                .map(|(b, j)| {
+                    let mut acc = 0f32;
+                    for k in 0..w {
+                        acc += weight[j * w + k] * windows[b * w * f + k * f + j];
+                    }
+                    (-(acc + bias[j])).to_bits()
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scores), want, "W={w} F={f}");
+            let Kind::Linear { weight_t, bias: b } = &Scorer::new(&model, 0..f).kind else {
+                unreachable!("a linear model")
+            };
+            let mut portable = vec![0f32; n * f];
+            linear_kernel(w, f, weight_t, b, &windows, &mut portable);
+            assert_eq!(bits(&portable), want, "W={w} F={f}: portable kernel");
+            #[cfg(target_arch = "x86_64")]
+            for (name, has) in [
+                ("avx2", std::is_x86_feature_detected!("avx2")),
+                ("avx512f", std::is_x86_feature_detected!("avx512f")),
+            ] {
+                if !has {
+                    eprintln!("{name} not on this CPU: its kernel is not checked here");
+                    continue;
+                }
+                let mut simd = vec![0f32; n * f];
+                // SAFETY: the CPU has the feature, checked just above.
+                unsafe {
+                    match name {
+                        "avx2" => linear_avx2(w, f, weight_t, b, &windows, &mut simd),
+                        _ => linear_avx512(w, f, weight_t, b, &windows, &mut simd),
+                    }
+                }
+                assert_eq!(bits(&simd), want, "W={w} F={f}: {name} kernel");
+            }
+        }
     }
 
     #[test]
