@@ -70,6 +70,12 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
         min_error,
         ..ForecastConfig::default()
     };
+    // the recorded command spells out the floor it was given or chose, so that it means
+    // the same wherever the data directory lies
+    let args = &TrainArgs {
+        min_error: Some(min_error),
+        ..args.clone()
+    };
     let (mut pooled, mut width, mut flat) = (Vec::new(), None, Vec::new());
     for (name, path) in &files {
         let m = read_matrix(path).with_context(|| format!("entity {name}"))?;
