@@ -281,3 +281,50 @@ fn train_and_replay_flag_the_rows_evaluate_flags() {
         streamed.len()
     );
 }
+
+/// The shipped `models/forecast` (SMAP's 54 channels and a default) loads, each
+/// forecaster reading the telemetry value and the 24 command flags as context; its
+/// recorded command, run again on SMAP's training files, writes the same files.
+#[test]
+fn shipped_forecast_models_load_and_are_reproducible() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/forecast");
+    let mut names: Vec<String> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 55, "{names:?}");
+    assert!(names.iter().any(|n| n == "default"));
+    for name in &names {
+        let m = ForecastModel::load(&shipped.join(name)).unwrap();
+        assert_eq!((m.features.len(), m.context), (1, 24), "{name}");
+        assert_eq!(m.config.min_error, 0.05, "{name}");
+    }
+    let default = tidewatch::model::Model::load(&shipped.join("default")).unwrap();
+    let command = default.meta.provenance.command;
+    assert!(
+        command.starts_with("tidewatch train --kind forecast "),
+        "{command}"
+    );
+
+    let Some(smap) = common::smap() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = command.split(' ').skip(1).map(String::from).collect();
+    // the recorded paths are relative to the repository root
+    for (flag, path) in [
+        ("--data", smap.join("train")),
+        ("--out", tmp.path().join("m")),
+    ] {
+        let at = args.iter().position(|a| a == flag).unwrap() + 1;
+        args[at] = path.display().to_string();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::check(&tidewatch(&args).arg("--quiet").output().unwrap(), &command);
+    for name in &names {
+        let read = |dir: &Path| std::fs::read(dir.join(name).join(FORECAST_FILE)).unwrap();
+        assert!(
+            read(&shipped) == read(&tmp.path().join("m")),
+            "{name} differs"
+        );
+    }
+}
