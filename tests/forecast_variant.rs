@@ -280,6 +280,24 @@ fn train_and_replay_flag_the_rows_evaluate_flags() {
         "{flagged} of {} flagged",
         streamed.len()
     );
+
+    // an entity without a forecaster of its own is scored by the default (fitted on
+    // every entity's training rows): C-2's verdicts change, C-1's stay
+    std::fs::remove_dir_all(models.join("C-2")).unwrap();
+    common::check(
+        &replay("pooled").output().unwrap(),
+        "replay without C-2's model",
+    );
+    let pooled = flags(&tmp.path().join("pooled.csv"));
+    assert_eq!(pooled.len(), streamed.len());
+    let of = |m: &BTreeMap<(String, usize), bool>, e: &str| -> Vec<bool> {
+        m.iter()
+            .filter(|((n, _), _)| n == e)
+            .map(|(_, &f)| f)
+            .collect()
+    };
+    assert_eq!(of(&pooled, "C-1"), of(&streamed, "C-1"));
+    assert_ne!(of(&pooled, "C-2"), of(&streamed, "C-2"));
 }
 
 /// The shipped `models/forecast` (SMAP's 54 channels and a default) loads, each
