@@ -9,9 +9,12 @@
 //! threshold is 1 (`--threshold` overrides).
 //!
 //! Each entity's detector starts where its training data ended (the training residuals
-//! as its threshold history), so a stream that continues the training data is scored as
-//! `evaluate` scores the test file after warming on the training file; the stream cannot
-//! score its first `window - 1` frames, which `evaluate` scores with training rows.
+//! as its threshold history), so a stream that continues the training data is scored
+//! nearly as `evaluate` scores the test file after warming on the training file: the
+//! stream cannot score its first `window - 1` frames, which `evaluate` scores with
+//! windows that begin in the training rows, and those windows leave `evaluate`'s
+//! smoothed residual and threshold history slightly apart from the stream's start (see
+//! the README's parity figures).
 //!
 //! Its models are a directory of per-entity forecasters (`tidewatch train --kind forecast
 //! --data DIR`).
