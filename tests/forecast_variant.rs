@@ -216,6 +216,16 @@ fn train_and_replay_flag_the_rows_evaluate_flags() {
         assert_eq!((m.features.len(), m.context), (1, 1), "{name}");
     }
     let window = ForecastModel::load(&models.join("C-1")).unwrap().window();
+    // one file is no directory of entities: refused, not trained as something else
+    let one = tidewatch(&["train", "--kind", "forecast", "--quiet", "--out"])
+        .arg(tmp.path().join("one"))
+        .arg("--data")
+        .arg(data.join("train/C-1.npy"))
+        .output()
+        .unwrap();
+    assert!(!one.status.success());
+    let stderr = String::from_utf8_lossy(&one.stderr);
+    assert!(stderr.contains("directory of per-entity files"), "{stderr}");
 
     // `replay --dataflow forecast` of the test files, scores to `<name>.csv`
     let replay = |name: &str| {
