@@ -31,12 +31,13 @@ macro_rules! variants {
     };
 }
 
-variants! { default, ewma, telemetry, machines, rules }
+variants! { default, ewma, telemetry, forecast, machines, rules }
 
 /// Variants that run on keyed data with a model directory of their own (per-entity
 /// models of `tidewatch train --data DIR`, a rule file) and not on the generator's frames:
-/// their golden tests are in `tests/entities.rs` and `tests/rules.rs`.
-pub const PER_ENTITY: &[&str] = &[telemetry::NAME, rules::NAME];
+/// their golden tests are in `tests/entities.rs`, `tests/forecast_variant.rs` and
+/// `tests/rules.rs`.
+pub const PER_ENTITY: &[&str] = &[telemetry::NAME, forecast::NAME, rules::NAME];
 
 /// The model a run of variant `name` holds, from directory `dir`: the `machines`
 /// variant's is its record layout and classifier (see [`crate::machines::frame_model`]),

@@ -21,7 +21,7 @@ stage() { # stage name, percentile key, of the JSON on stdin
 
 echo "| variant (model) | features | frames/s | floor frames/s | share of floor | receive -> scored p50 / p99 at $rate/s (us) |"
 echo "|---|---|---|---|---|---|"
-for spec in "default default" "ewma default" "telemetry telemetry" "rules rules"; do
+for spec in "default default" "ewma default" "telemetry telemetry" "forecast forecast" "rules rules"; do
   set -- $spec
   unpaced=$("$bin" bench --dataflow "$1" --model "$2" --duration "${secs}s" --floor 2s "${common[@]}" 2>/dev/null)
   paced=$("$bin" bench --dataflow "$1" --model "$2" --duration "${secs}s" --rate "$rate" "${common[@]}" 2>/dev/null)

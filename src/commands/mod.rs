@@ -13,6 +13,7 @@ pub mod serve;
 pub mod soak;
 pub mod train;
 mod train_entities;
+mod train_forecast;
 
 use anyhow::Context;
 

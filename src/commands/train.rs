@@ -11,15 +11,42 @@ use crate::model::ModelKind;
 use crate::sources::{read_matrix, Generator, GeneratorConfig};
 use crate::train::{self, LearningRate, MatrixView, RffSampling, TrainConfig};
 
+/// What `tidewatch train` fits: a one-class SVM ([`ModelKind`]) or, from a directory of
+/// per-entity data, a forecaster per entity ([`crate::detect::ForecastModel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainKind {
+    /// Seed 001's linear OCSVM on the raw window (see [`ModelKind::Linear`]).
+    Linear,
+    /// RBF-kernel OCSVM through random Fourier features (see [`ModelKind::Rff`]).
+    Rff,
+    /// Per entity, the forecasting-residual detector `tidewatch evaluate` runs by default
+    /// (`forecast.json`), for `replay --dataflow forecast`. Needs `--data DIR`.
+    Forecast,
+}
+
+impl TrainKind {
+    /// The OCSVM kind fitted: the one named, or for `forecast` the linear one of the
+    /// `default/` entry, which only names the frames' features for the engine (the
+    /// cheapest to fit).
+    pub fn ocsvm(self) -> ModelKind {
+        match self {
+            TrainKind::Linear | TrainKind::Forecast => ModelKind::Linear,
+            TrainKind::Rff => ModelKind::Rff,
+        }
+    }
+}
+
 /// Flags of `tidewatch train`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(group(ArgGroup::new("input").required(true).args(["data", "synthetic_frames"])))]
 pub struct TrainArgs {
     /// Model kind: `linear` (seed 001's OCSVM on the raw window, flags departures in one
-    /// direction) or `rff` (RBF kernel through random Fourier features of the standardised
-    /// window, flags departures in both directions).
-    #[arg(long, value_enum, default_value_t = ModelKind::Rff)]
-    pub kind: ModelKind,
+    /// direction), `rff` (RBF kernel through random Fourier features of the standardised
+    /// window, flags departures in both directions) or `forecast` (with `--data DIR`: per
+    /// entity, the forecaster `tidewatch evaluate` runs by default, for `replay
+    /// --dataflow forecast`).
+    #[arg(long, value_enum, default_value_t = TrainKind::Rff)]
+    pub kind: TrainKind,
     /// Window length W: each feature is scored on its last W values.
     #[arg(long, default_value_t = 5)]
     pub window: usize,
@@ -85,10 +112,17 @@ pub struct TrainArgs {
     /// per-entity models (see `--values`).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// With a directory of per-entity data: each entity's PCA reconstruction model fits
-    /// the first N values of each frame (default: all; SMAP: 1, the telemetry value).
+    /// With a directory of per-entity data: each entity's PCA reconstruction model (or
+    /// forecaster) fits the first N values of each frame (default: all; SMAP: 1, the
+    /// telemetry value); a forecaster weighs the other columns as context.
     #[arg(long)]
     pub values: Option<usize>,
+    /// `--kind forecast`: the absolute floor on every threshold, in the data's units
+    /// ([`crate::detect::ForecastConfig::min_error`]). Default: as `tidewatch evaluate`
+    /// sets it, 0.05 when `DIR`'s parent holds `labeled_anomalies.csv` (Telemanom's
+    /// layout, values scaled to [-1, 1]), else 0.
+    #[arg(long)]
+    pub min_error: Option<f32>,
     /// Train on this many frames of normal data straight from the synthetic generator.
     #[arg(long)]
     pub synthetic_frames: Option<usize>,
@@ -114,7 +148,7 @@ impl TrainArgs {
     /// The training settings these flags ask for.
     pub fn config(&self, feature_names: Option<Vec<String>>) -> TrainConfig {
         TrainConfig {
-            kind: self.kind,
+            kind: self.kind.ocsvm(),
             window: self.window,
             nu: self.nu,
             learning_rate: self.learning_rate,
@@ -158,7 +192,7 @@ impl TrainArgs {
         if self.no_shuffle {
             flag("no-shuffle", String::new());
         }
-        if self.kind == ModelKind::Rff {
+        if self.kind == TrainKind::Rff {
             flag("components", self.components.to_string());
             flag("gamma", self.gamma.to_string());
             flag("rff-sampling", value_name(self.rff_sampling));
@@ -181,6 +215,9 @@ impl TrainArgs {
         }
         if let Some(values) = self.values {
             flag("values", values.to_string());
+        }
+        if let Some(min_error) = self.min_error {
+            flag("min-error", min_error.to_string());
         }
         if let Some(frames) = self.synthetic_frames {
             flag("synthetic-frames", frames.to_string());
@@ -273,8 +310,16 @@ fn load_data(args: &TrainArgs) -> anyhow::Result<Data> {
 /// Trains, saves the model to `--out` and prints a summary.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data.as_deref().filter(|d| d.is_dir()) {
+        if args.kind == TrainKind::Forecast {
+            return super::train_forecast::run(args, dir);
+        }
         return super::train_entities::run(args, dir);
     }
+    anyhow::ensure!(
+        args.kind != TrainKind::Forecast,
+        "--kind forecast trains one forecaster per entity: --data must be a directory of \
+         per-entity files"
+    );
     let started = Instant::now();
     let mut data = load_data(args)?;
     let loaded = started.elapsed();

@@ -4,7 +4,7 @@
 //! entities without their own) beside a one-class SVM in today's format, which names the
 //! frames' features for the engine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
@@ -18,7 +18,7 @@ use crate::train::{self, MatrixView};
 const EXTENSIONS: &[&str] = &[".npy.gz", ".npy", ".csv.gz", ".csv", ".jsonl.gz", ".jsonl"];
 
 /// The first `keep` of the `cols` columns of each row of `values`.
-fn columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
+pub(super) fn columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
     values
         .chunks_exact(cols)
         .flat_map(|r| &r[..keep])
@@ -26,9 +26,8 @@ fn columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Trains every entity of `dir` into `args.out` and prints a summary.
-pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
+/// The entity files of `dir` (a data file per entity, named by its stem), by name.
+pub(super) fn entity_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
         let path = entry?.path();
@@ -47,6 +46,36 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     }
     files.sort();
     ensure!(!files.is_empty(), "{}: no data files", dir.display());
+    Ok(files)
+}
+
+/// Fits the `default/` entry's one-class SVM on every entity's frames pooled (`cols`
+/// columns) and saves it to `default_dir`: it names the frames' features for the
+/// engine. Returns the command that reproduces the run.
+pub(super) fn save_default_ocsvm(
+    args: &TrainArgs,
+    dir: &Path,
+    entities: usize,
+    pooled: &[f32],
+    cols: usize,
+    default_dir: &Path,
+) -> anyhow::Result<String> {
+    let view = MatrixView::new(pooled.len() / cols, cols, pooled)?;
+    let mut ocsvm = train::train(view, &args.config(None))?;
+    ocsvm.meta.provenance.data = format!(
+        "{} ({entities} entities, pooled for the default)",
+        dir.display()
+    );
+    ocsvm.meta.provenance.seed = Some(args.seed);
+    ocsvm.meta.provenance.command = args.reproducing_command();
+    ocsvm.save(default_dir)?;
+    Ok(ocsvm.meta.provenance.command)
+}
+
+/// Trains every entity of `dir` into `args.out` and prints a summary.
+pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let files = entity_files(dir)?;
     let config = PcaConfig {
         window: args.window,
         ..PcaConfig::default()
@@ -78,16 +107,7 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     let keep = args.values.unwrap_or(cols);
     let default_dir = args.out.join(DEFAULT_ENTITY);
     PcaModel::fit(&pooled_values, keep, config)?.save(&default_dir)?;
-    let view = MatrixView::new(pooled.len() / cols, cols, &pooled)?;
-    let mut ocsvm = train::train(view, &args.config(None))?;
-    ocsvm.meta.provenance.data = format!(
-        "{} ({} entities, pooled for the default)",
-        dir.display(),
-        files.len()
-    );
-    ocsvm.meta.provenance.seed = Some(args.seed);
-    ocsvm.meta.provenance.command = args.reproducing_command();
-    ocsvm.save(&default_dir)?;
+    let command = save_default_ocsvm(args, dir, files.len(), &pooled, cols, &default_dir)?;
     println!(
         "trained {} per-entity PCA models (window {}, {keep} of {cols} values) and a default \
          in {:.1} s",
@@ -96,6 +116,6 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("saved to {}", args.out.display());
-    println!("reproduce with: {}", ocsvm.meta.provenance.command);
+    println!("reproduce with: {command}");
     Ok(())
 }

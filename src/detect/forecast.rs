@@ -19,15 +19,17 @@
 //! the verdict threshold is 1 for every feature and scores grow with the departure.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Detector, Needs, Scores};
+use crate::model::ModelError;
 
 /// What a feature's forecaster predicts from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Form {
     /// The centred values: `x[t]` from `x[t-p..t]` (mean-reverting: a departure from
@@ -55,7 +57,7 @@ impl std::str::FromStr for Form {
 }
 
 /// How a [`ForecastModel`] is fitted and scores.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForecastConfig {
     /// What the forecaster predicts from. Default [`Form::Level`]: Telemanom's LSTM
     /// forecasts values, not changes, and on SMAP the hold-out choice ([`Form::Auto`])
@@ -157,22 +159,27 @@ impl Default for ForecastConfig {
 }
 
 /// One feature's fitted forecaster and thresholds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeatureFit {
     /// What it forecasts from ([`Form::Level`] or [`Form::Diff`]).
     pub form: Form,
     /// Training mean, subtracted before the lags are weighed (level form).
+    #[serde(with = "json_f32")]
     pub mean: f32,
     /// Weights of the centred lags (level form) or of the differences (diff form),
     /// oldest first, then the intercept.
     pub coef: Vec<f32>,
     /// Epsilon: an open event stays open while the smoothed residual is at or over it.
+    #[serde(with = "json_f32")]
     pub low: f32,
     /// The bar an event must reach to open (epsilon after pruning).
+    #[serde(with = "json_f32")]
     pub high: f32,
     /// Smoothed residual at the end of the training data: where scoring starts.
+    #[serde(with = "json_f32")]
     pub start: f32,
     /// The floor under epsilon (see [`ForecastConfig::floor`]).
+    #[serde(with = "json_f32")]
     pub floor: f32,
     /// The last [`ForecastConfig::history`] smoothed training residuals, oldest first:
     /// the history a dynamic threshold starts from.
@@ -184,6 +191,7 @@ pub struct FeatureFit {
     pub flat: bool,
     /// The bar on `|x[t] - x[t-1]|` (see [`ForecastConfig::jump`]): the largest training
     /// change over `1 - prune`, at least the floor.
+    #[serde(with = "json_f32")]
     pub jump: f32,
     /// Weights of the context, frame by frame (oldest first), each frame's context
     /// columns in order (empty without context).
@@ -192,16 +200,19 @@ pub struct FeatureFit {
     /// forecaster fitted on the first three quarters (its form and inputs as chosen);
     /// NaN when the training data are too short to judge. A label-free measure of the
     /// forecaster, for choosing settings.
+    #[serde(with = "json_f32")]
     pub holdout: f32,
     /// A change `|x[t] - x[t-1]|` at or under this is no movement (stuck detection).
+    #[serde(with = "json_f32")]
     pub still: f32,
     /// Still frames in a row at which the feature is flagged stuck (see
     /// [`ForecastConfig::stuck`]); infinite when its training values never moved.
+    #[serde(with = "json_f32")]
     pub stuck_bar: f32,
 }
 
 /// A fitted forecaster per feature, shared by the detectors of its partitions.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForecastModel {
     /// The settings it was fitted with.
     pub config: ForecastConfig,
@@ -306,6 +317,186 @@ impl ForecastModel {
         (0..self.features.len())
             .filter(|&j| self.features[j].flat)
             .collect()
+    }
+}
+
+/// The file of a forecast model inside its directory (an entity's, see
+/// [`crate::model::entities`]).
+pub const FORECAST_FILE: &str = "forecast.json";
+
+impl ForecastModel {
+    /// Writes the model to `dir/`[`FORECAST_FILE`], creating `dir`. A model that
+    /// [`ForecastModel::load`] would refuse (a non-finite weight, vectors of the wrong
+    /// length) is refused here, so that no file is written that cannot be read back.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join(FORECAST_FILE);
+        self.check().map_err(|problem| ModelError::Invalid {
+            path: path.clone(),
+            problem,
+        })?;
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let text = serde_json::to_string(self).expect("a forecast model serialises");
+        std::fs::write(&path, text).map_err(io)
+    }
+
+    /// Reads and checks `dir/`[`FORECAST_FILE`]: settings a detector can run with, and
+    /// every feature's weights, threshold history and bars consistent with them and
+    /// with the context columns.
+    pub fn load(dir: &Path) -> Result<ForecastModel, ModelError> {
+        let path = dir.join(FORECAST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |problem: String| ModelError::Invalid {
+            path: path.clone(),
+            problem,
+        };
+        let model: ForecastModel = serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("not a forecast model: {e}")))?;
+        model.check().map_err(invalid)?;
+        Ok(model)
+    }
+
+    /// What is wrong with the model, if anything, in words.
+    fn check(&self) -> Result<(), String> {
+        let c = &self.config;
+        let settings = [
+            ("alpha", c.alpha),
+            ("z_min", c.z_min),
+            ("z_max", c.z_max),
+            ("z_step", c.z_step),
+            ("prune", c.prune),
+            ("floor", c.floor),
+            ("min_error", c.min_error),
+        ];
+        if let Some((name, v)) = settings.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("setting {name} is {v}"));
+        }
+        if c.lags == 0 || c.refresh == 0 || !(c.alpha > 0.0 && c.alpha <= 1.0) {
+            return Err("lags and refresh must be at least 1, alpha in (0, 1]".into());
+        }
+        if !(c.z_step > 0.0 && c.z_min <= c.z_max && (0.0..1.0).contains(&c.prune)) {
+            return Err("the z range must be non-empty and prune in [0, 1)".into());
+        }
+        if self.features.is_empty() {
+            return Err("no features".into());
+        }
+        if self.context > 0 && c.context_lags == 0 {
+            return Err(format!(
+                "{} context columns but context_lags 0",
+                self.context
+            ));
+        }
+        let context_len = self.context * c.context_lags;
+        for (j, f) in self.features.iter().enumerate() {
+            let coefs = match f.form {
+                Form::Level => c.lags + 1,
+                Form::Diff => c.lags,
+                Form::Auto => return Err(format!("feature {j}: form auto is not a fitted form")),
+            };
+            if f.coef.len() != coefs {
+                return Err(format!(
+                    "feature {j}: {} lag weights, its form and {} lags need {coefs}",
+                    f.coef.len(),
+                    c.lags
+                ));
+            }
+            if !(f.context_coef.is_empty() || f.context_coef.len() == context_len) {
+                return Err(format!(
+                    "feature {j}: {} context weights, {} columns of {} frames need {context_len}",
+                    f.context_coef.len(),
+                    self.context,
+                    c.context_lags
+                ));
+            }
+            if f.tail.len() > c.history {
+                return Err(format!(
+                    "feature {j}: a history of {} residuals, longer than {}",
+                    f.tail.len(),
+                    c.history
+                ));
+            }
+            let vectors = f.coef.iter().chain(&f.context_coef).chain(&f.tail);
+            if vectors.into_iter().any(|v| !v.is_finite()) {
+                return Err(format!("feature {j}: a weight or residual is not finite"));
+            }
+            let scalars = [
+                ("mean", f.mean),
+                ("low", f.low),
+                ("high", f.high),
+                ("start", f.start),
+                ("floor", f.floor),
+                ("jump", f.jump),
+                ("still", f.still),
+            ];
+            if let Some((name, v)) = scalars.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(format!("feature {j}: {name} is {v}"));
+            }
+            if !(0.0 <= f.low && f.low <= f.high) {
+                return Err(format!(
+                    "feature {j}: bars {} and {} are not 0 <= low <= high",
+                    f.low, f.high
+                ));
+            }
+            // infinite: a feature that never moved in training is never stuck
+            if f.stuck_bar.is_nan() || f.stuck_bar <= 0.0 {
+                return Err(format!(
+                    "feature {j}: stuck bar {} is not positive",
+                    f.stuck_bar
+                ));
+            }
+            // NaN: too little training data to judge the forecaster
+            if f.holdout.is_infinite() {
+                return Err(format!("feature {j}: hold-out error {}", f.holdout));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An f32 in JSON, infinities and NaN included: JSON has no such numbers (serde_json
+/// writes them as `null`, which does not read back), and a fit has them
+/// ([`FeatureFit::stuck_bar`] is infinite for a feature that never moved,
+/// [`FeatureFit::holdout`] NaN when not judged), so they are the strings `"inf"`,
+/// `"-inf"` and `"NaN"`. Finite values are plain numbers, which serde_json writes in
+/// the shortest form that reads back to the same f32.
+mod json_f32 {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f32(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f32),
+        Name(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Name(name) => match name.as_str() {
+                "inf" => Ok(f32::INFINITY),
+                "-inf" => Ok(f32::NEG_INFINITY),
+                "NaN" => Ok(f32::NAN),
+                _ => Err(D::Error::custom(format!(
+                    "{name:?} is not a number, \"inf\", \"-inf\" or \"NaN\""
+                ))),
+            },
+        }
     }
 }
 

@@ -37,7 +37,7 @@ mod reload;
 
 pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
-pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form};
+pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form, FORECAST_FILE};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
 pub use pca::{Pca, PcaConfig, PcaFit, PcaModel, PCA_FILE};
 pub use reload::Reloading;
