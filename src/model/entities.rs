@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Each subdirectory holds one model in a format its variant reads: today's
-//! `model.json` + `model.safetensors` ([`crate::model::Model`]) or a PCA reconstruction
-//! model, `pca.json` (`crate::detect::PcaModel::load`). A worker loads only the entities it owns
+//! `model.json` + `model.safetensors` ([`crate::model::Model`]), a PCA reconstruction
+//! model, `pca.json` (`crate::detect::PcaModel::load`), or a forecaster, `forecast.json`
+//! (`crate::detect::ForecastModel::load`). A worker loads only the entities it owns
 //! (see [`crate::ops::owner`]) and the default, so memory and start-up time grow with the
 //! entities per worker.
 
