@@ -308,6 +308,25 @@ fn train_and_replay_flag_the_rows_evaluate_flags() {
     };
     assert_eq!(of(&pooled, "C-1"), of(&streamed, "C-1"));
     assert_ne!(of(&pooled, "C-2"), of(&streamed, "C-2"));
+
+    // a forecaster of another shape (here: 5 lags, no context) in the same directory
+    // cannot read the windows cut for the others: the run is refused at start, naming it
+    let series: Vec<f32> = (0..200).map(|i| (i as f32 * 0.3).sin()).collect();
+    let config = ForecastConfig {
+        lags: 5,
+        ..ForecastConfig::default()
+    };
+    ForecastModel::fit(&series, 1, config)
+        .unwrap()
+        .save(&models.join("C-1"))
+        .unwrap();
+    let refused = replay("mixed").output().unwrap();
+    assert!(!refused.status.success(), "a directory of mixed shapes ran");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("other models of the directory") && stderr.contains("forecast.json"),
+        "{stderr}"
+    );
 }
 
 /// The shipped `models/forecast` (SMAP's 54 channels and a default) loads, each
