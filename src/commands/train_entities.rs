@@ -12,7 +12,7 @@ use anyhow::{ensure, Context};
 use super::train::TrainArgs;
 use crate::detect::{PcaConfig, PcaModel};
 use crate::model::entities::DEFAULT_ENTITY;
-use crate::sources::read_matrix;
+use crate::sources::{read_matrix, Matrix};
 use crate::train::{self, MatrixView};
 
 const EXTENSIONS: &[&str] = &[".npy.gz", ".npy", ".csv.gz", ".csv", ".jsonl.gz", ".jsonl"];
@@ -72,6 +72,33 @@ pub(super) fn save_default_ocsvm(
     Ok(ocsvm.meta.provenance.command)
 }
 
+/// Entity `name`'s training file and how many of its first columns are values
+/// (`values`, else all), checked against the column count of the entities read before
+/// (`width`, set by the first).
+pub(super) fn read_entity(
+    name: &str,
+    path: &Path,
+    values: Option<usize>,
+    width: &mut Option<usize>,
+) -> anyhow::Result<(Matrix, usize)> {
+    let m = read_matrix(path).with_context(|| format!("entity {name}"))?;
+    let keep = values.unwrap_or(m.cols);
+    ensure!(
+        (1..=m.cols).contains(&keep),
+        "{}: --values {keep} of {} columns",
+        path.display(),
+        m.cols
+    );
+    ensure!(
+        *width.get_or_insert(m.cols) == m.cols,
+        "{}: {} columns, other entities have {}",
+        path.display(),
+        m.cols,
+        width.unwrap_or(0)
+    );
+    Ok((m, keep))
+}
+
 /// Trains every entity of `dir` into `args.out` and prints a summary.
 pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -82,21 +109,7 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let (mut pooled, mut pooled_values, mut width) = (Vec::new(), Vec::new(), None);
     for (name, path) in &files {
-        let m = read_matrix(path).with_context(|| format!("entity {name}"))?;
-        let keep = args.values.unwrap_or(m.cols);
-        ensure!(
-            (1..=m.cols).contains(&keep),
-            "{}: --values {keep} of {} columns",
-            path.display(),
-            m.cols
-        );
-        ensure!(
-            *width.get_or_insert(m.cols) == m.cols,
-            "{}: {} columns, other entities have {}",
-            path.display(),
-            m.cols,
-            width.unwrap_or(0)
-        );
+        let (m, keep) = read_entity(name, path, args.values, &mut width)?;
         let x = columns(&m.values, m.cols, keep);
         let model = PcaModel::fit(&x, keep, config).with_context(|| format!("entity {name}"))?;
         model.save(&args.out.join(name))?;

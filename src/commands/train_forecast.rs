@@ -9,13 +9,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 
 use super::train::TrainArgs;
-use super::train_entities::{columns, entity_files, save_default_ocsvm};
+use super::train_entities::{columns, entity_files, read_entity, save_default_ocsvm};
 use crate::detect::{ForecastConfig, ForecastModel};
 use crate::model::entities::DEFAULT_ENTITY;
-use crate::sources::read_matrix;
 
 /// The columns after the first `keep` of each row of `values` (`cols` to a row).
 fn context_columns(values: &[f32], cols: usize, keep: usize) -> Vec<f32> {
@@ -78,21 +77,7 @@ pub fn run(args: &TrainArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let (mut pooled, mut width, mut flat) = (Vec::new(), None, Vec::new());
     for (name, path) in &files {
-        let m = read_matrix(path).with_context(|| format!("entity {name}"))?;
-        let keep = args.values.unwrap_or(m.cols);
-        ensure!(
-            (1..=m.cols).contains(&keep),
-            "{}: --values {keep} of {} columns",
-            path.display(),
-            m.cols
-        );
-        ensure!(
-            *width.get_or_insert(m.cols) == m.cols,
-            "{}: {} columns, other entities have {}",
-            path.display(),
-            m.cols,
-            width.unwrap_or(0)
-        );
+        let (m, keep) = read_entity(name, path, args.values, &mut width)?;
         let model =
             fit(&m.values, m.cols, keep, config).with_context(|| format!("entity {name}"))?;
         if !model.flat_features().is_empty() {
