@@ -334,13 +334,7 @@ impl ForecastModel {
             path: path.clone(),
             problem,
         })?;
-        let io = |source| ModelError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let text = serde_json::to_string(self).expect("a forecast model serialises");
-        std::fs::write(&path, text).map_err(io)
+        crate::model::write_json(dir, FORECAST_FILE, self)
     }
 
     /// Reads and checks `dir/`[`FORECAST_FILE`]: settings a detector can run with, and
@@ -348,17 +342,10 @@ impl ForecastModel {
     /// with the context columns.
     pub fn load(dir: &Path) -> Result<ForecastModel, ModelError> {
         let path = dir.join(FORECAST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let invalid = |problem: String| ModelError::Invalid {
-            path: path.clone(),
-            problem,
-        };
-        let model: ForecastModel = serde_json::from_str(&text)
-            .map_err(|e| invalid(format!("not a forecast model: {e}")))?;
-        model.check().map_err(invalid)?;
+        let model: ForecastModel = crate::model::read_json(dir, FORECAST_FILE, "forecast model")?;
+        model
+            .check()
+            .map_err(|problem| ModelError::Invalid { path, problem })?;
         Ok(model)
     }
 

@@ -247,30 +247,18 @@ pub const PCA_FILE: &str = "pca.json";
 impl PcaModel {
     /// Writes the model to `dir/`[`PCA_FILE`], creating `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let path = dir.join(PCA_FILE);
-        let io = |source| ModelError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let text = serde_json::to_string(self).expect("a PCA model serialises");
-        std::fs::write(&path, text).map_err(io)
+        crate::model::write_json(dir, PCA_FILE, self)
     }
 
     /// Reads and checks `dir/`[`PCA_FILE`]: every mean and component as long as the
     /// window, every threshold positive and finite.
     pub fn load(dir: &Path) -> Result<PcaModel, ModelError> {
         let path = dir.join(PCA_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
         let invalid = |problem: String| ModelError::Invalid {
             path: path.clone(),
             problem,
         };
-        let model: PcaModel =
-            serde_json::from_str(&text).map_err(|e| invalid(format!("not a PCA model: {e}")))?;
+        let model: PcaModel = crate::model::read_json(dir, PCA_FILE, "PCA model")?;
         let w = model.config.window;
         if w == 0 || model.features.is_empty() {
             return Err(invalid("no window or no features".into()));

@@ -19,6 +19,41 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
+/// Writes `value` as JSON to `dir/file`, creating `dir`: the per-entity model files
+/// (`pca.json`, `forecast.json`).
+pub(crate) fn write_json<T: Serialize>(
+    dir: &std::path::Path,
+    file: &str,
+    value: &T,
+) -> Result<(), ModelError> {
+    let path = dir.join(file);
+    let io = |source| ModelError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = serde_json::to_string(value).expect("a model serialises");
+    std::fs::write(&path, text).map_err(io)
+}
+
+/// Reads the JSON model `dir/file`, an error naming the file when it cannot be read or
+/// is not a `what`; the caller checks what it read.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &std::path::Path,
+    file: &str,
+    what: &str,
+) -> Result<T, ModelError> {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
+        path,
+        problem: format!("not a {what}: {e}"),
+    })
+}
+
 /// Why a model could not be loaded or saved; always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
