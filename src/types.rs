@@ -6,6 +6,9 @@
 //! The frame's metadata ([`FrameMeta`]) goes from the split to the merge on a stream of
 //! its own, so that no stage in between has to carry it.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// A frame's sequence number: its timely logical time.
@@ -134,11 +137,11 @@ pub struct Window {
     #[serde(default)]
     pub entity: EntityKey,
     /// `W * F_part` values, oldest frame first.
-    pub data: Vec<f32>,
+    pub data: WindowData,
 }
 
-/// Up to `INFERENCE_BATCH_SIZE` windows of one partition in one contiguous buffer
-/// `[B][W][F_part]`, scored in one call.
+/// Up to `INFERENCE_BATCH_SIZE` windows of one partition, `[B][W][F_part]`, scored in one
+/// call.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// Owning partition.
@@ -148,7 +151,7 @@ pub struct Batch {
     /// When each window's last frame was received.
     pub received_us: Vec<u64>,
     /// `B * W * F_part` values.
-    pub data: Vec<f32>,
+    pub data: WindowData,
 }
 
 impl Batch {
@@ -160,6 +163,131 @@ impl Batch {
     /// Whether the batch holds no window.
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
+    }
+}
+
+/// The values of one or more windows, time-major: `[W][F_part]` per window, window after
+/// window. Either in one buffer, or as the frames themselves (`F_part` values each),
+/// shared with the window operator's history: consecutive sliding windows hold W - 1
+/// frames in common, and sharing them, rather than copying each window out, saves
+/// copying W frames per window (about 3 % of a worker's time at W = 5, 25,000 features).
+/// Two `WindowData` are equal when they hold the same values, however held; between
+/// processes they travel as the flat values.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "Vec<f32>", into = "Vec<f32>")]
+pub enum WindowData {
+    /// Every value in one buffer.
+    Flat(Vec<f32>),
+    /// One frame per entry, oldest first within each window.
+    Frames(Vec<Arc<Vec<f32>>>),
+}
+
+impl Default for WindowData {
+    fn default() -> WindowData {
+        WindowData::Flat(Vec::new())
+    }
+}
+
+impl From<Vec<f32>> for WindowData {
+    fn from(values: Vec<f32>) -> WindowData {
+        WindowData::Flat(values)
+    }
+}
+
+impl From<WindowData> for Vec<f32> {
+    fn from(data: WindowData) -> Vec<f32> {
+        data.into_flat()
+    }
+}
+
+impl PartialEq for WindowData {
+    fn eq(&self, other: &WindowData) -> bool {
+        self.len() == other.len() && self.to_flat() == other.to_flat()
+    }
+}
+
+impl PartialEq<Vec<f32>> for WindowData {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        self.len() == other.len() && *self.to_flat() == **other
+    }
+}
+
+impl WindowData {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            WindowData::Flat(v) => v.len(),
+            WindowData::Frames(f) => f.iter().map(|r| r.len()).sum(),
+        }
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            WindowData::Flat(v) => v.is_empty(),
+            WindowData::Frames(f) => f.iter().all(|r| r.is_empty()),
+        }
+    }
+
+    /// The values in one slice: borrowed when they are in one buffer, copied out of the
+    /// frames otherwise.
+    pub fn to_flat(&self) -> Cow<'_, [f32]> {
+        match self {
+            WindowData::Flat(v) => Cow::Borrowed(v),
+            WindowData::Frames(f) => Cow::Owned(f.iter().flat_map(|r| r.iter().copied()).collect()),
+        }
+    }
+
+    /// The values in one buffer, moved out when they already are.
+    pub fn into_flat(self) -> Vec<f32> {
+        match self {
+            WindowData::Flat(v) => v,
+            frames => frames.to_flat().into_owned(),
+        }
+    }
+
+    /// Appends `other`'s windows after these. Frames stay shared when both hold frames;
+    /// otherwise the values are copied into one buffer, with room reserved for
+    /// `reserve` more values beyond `other`'s when it has to grow (a batch's remaining
+    /// windows, so that a batch of large windows is not copied again as it doubles).
+    pub fn append(&mut self, other: WindowData, reserve: usize) {
+        let holds_none = match self {
+            WindowData::Flat(v) => v.is_empty(),
+            WindowData::Frames(f) => f.is_empty(),
+        };
+        if holds_none {
+            *self = other;
+            return;
+        }
+        match (&mut *self, other) {
+            (WindowData::Frames(a), WindowData::Frames(b)) => a.extend(b),
+            (WindowData::Flat(a), b) => {
+                if a.capacity() - a.len() < b.len() {
+                    a.reserve(b.len() + reserve);
+                }
+                a.extend_from_slice(&b.to_flat());
+            }
+            (WindowData::Frames(_), b) => {
+                let mut flat = std::mem::take(self).into_flat();
+                flat.reserve(b.len() + reserve);
+                flat.extend_from_slice(&b.to_flat());
+                *self = WindowData::Flat(flat);
+            }
+        }
+    }
+
+    /// Appends window `i` of `from`, which holds `windows` windows of equal size.
+    pub fn push_window_of(&mut self, from: &WindowData, i: usize, windows: usize) {
+        match from {
+            WindowData::Flat(v) => {
+                let size = v.len().checked_div(windows).unwrap_or(0);
+                self.append(WindowData::Flat(v[i * size..(i + 1) * size].to_vec()), 0);
+            }
+            WindowData::Frames(f) => {
+                let rows = f.len().checked_div(windows).unwrap_or(0);
+                self.append(WindowData::Frames(f[i * rows..(i + 1) * rows].to_vec()), 0);
+            }
+        }
     }
 }
 
@@ -292,5 +420,50 @@ mod tests {
         };
         assert_eq!(key_of(&meta), entity_key("P-1"));
         assert_eq!(key_of(&FrameMeta::default()), NO_ENTITY);
+    }
+
+    /// Windows held as shared frames are the same values as the flat buffer: they compare
+    /// equal, travel between processes as the flat values, and a batch of them stays
+    /// shared (no copy) unless it mixes with flat windows.
+    #[test]
+    fn window_data_is_the_same_values_however_held() {
+        let a = Arc::new(vec![1.0f32, 2.0]);
+        let b = Arc::new(vec![3.0f32, 4.0]);
+        let c = Arc::new(vec![5.0f32, 6.0]);
+        let w1 = WindowData::Frames(vec![Arc::clone(&a), Arc::clone(&b)]);
+        let w2 = WindowData::Frames(vec![Arc::clone(&b), Arc::clone(&c)]);
+        assert_eq!(w1, WindowData::Flat(vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(w1, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_ne!(w1, w2);
+        assert_eq!(w1.len(), 4);
+
+        let json = serde_json::to_string(&w1).unwrap();
+        assert_eq!(json, "[1.0,2.0,3.0,4.0]");
+        let back: WindowData = serde_json::from_str(&json).unwrap();
+        assert!(matches!(back, WindowData::Flat(_)));
+        assert_eq!(back, w1);
+
+        let mut batch = WindowData::default();
+        batch.append(w1.clone(), 0);
+        batch.append(w2.clone(), 0);
+        let WindowData::Frames(frames) = &batch else {
+            panic!("a batch of shared windows was copied")
+        };
+        assert_eq!(frames.len(), 4);
+        assert!(
+            Arc::ptr_eq(&frames[1], &frames[2]),
+            "the shared frame is one"
+        );
+        assert_eq!(batch, vec![1.0, 2.0, 3.0, 4.0, 3.0, 4.0, 5.0, 6.0]);
+
+        let mut second = WindowData::default();
+        second.push_window_of(&batch, 1, 2);
+        assert_eq!(second, w2);
+        second.append(vec![7.0, 8.0, 9.0, 10.0].into(), 0);
+        assert_eq!(second, vec![3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]);
+
+        let mut flat = WindowData::from(vec![0.0, 0.0, 0.0, 0.0]);
+        flat.push_window_of(&batch, 0, 2);
+        assert_eq!(flat, vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
     }
 }

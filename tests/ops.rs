@@ -91,7 +91,13 @@ fn entities_are_windowed_apart() {
     });
     let got: Vec<(u64, u64, Vec<f32>)> = out
         .into_iter()
-        .map(|w| (w.entity, w.seq, w.data.iter().step_by(2).copied().collect()))
+        .map(|w| {
+            (
+                w.entity,
+                w.seq,
+                w.data.to_flat().iter().step_by(2).copied().collect(),
+            )
+        })
         .collect();
     // entity 10 (seqs 0, 2, 4, 6, 8): windows end at its 3rd and 5th frames
     assert_eq!(
@@ -197,7 +203,7 @@ fn batch_flushes_when_input_is_idle() {
             part: 0,
             received_us: 0,
             entity: 0,
-            data: vec![seq as f32; 6],
+            data: vec![seq as f32; 6].into(),
         };
         // one lone window: it must come out before time moves on
         input.send(window(0));
@@ -274,7 +280,7 @@ fn score_keeps_a_stateful_detector_in_order() {
             let batch = |seq: u64| Batch {
                 seqs: vec![seq],
                 received_us: vec![0],
-                data: vec![1.0],
+                data: vec![1.0].into(),
                 ..Batch::default()
             };
             vec![batch(5), batch(3)]

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::types::Compacted;
+use crate::types::{Compacted, WindowData};
 
 mod cusum;
 mod ewma;
@@ -115,7 +115,7 @@ pub enum Scores {
 /// let scores = Arc::new(Mutex::new(Vec::new()));
 /// let seen = Arc::clone(&scores);
 /// timely::example(move |scope| {
-///     let batch = Batch { part: 0, seqs: vec![1, 2], data: vec![0.0, 1.0, 1.0, 7.0], ..Batch::default() };
+///     let batch = Batch { part: 0, seqs: vec![1, 2], data: vec![0.0, 1.0, 1.0, 7.0].into(), ..Batch::default() };
 ///     Some(batch)
 ///         .to_stream(scope)
 ///         .container::<Vec<_>>()
@@ -134,6 +134,15 @@ pub trait Detector: Send {
     /// Scores a batch of windows `[B][W][F_part]` (`F_part` = the width of
     /// [`Detector::features`]), each window oldest frame first.
     fn score(&mut self, windows: &[f32]) -> Scores;
+
+    /// [`Detector::score`] of windows given as their frames: frame `k` of window `b` is
+    /// `frames[b * W + k]` (`F_part` values), as the window operator shares them
+    /// ([`WindowData::Frames`]). The default copies them into one buffer and calls
+    /// [`Detector::score`]; a detector that reads each frame where it lies saves that
+    /// copy, and must give the same scores.
+    fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
+        self.score(&frames.concat())
+    }
 
     /// Where it computes: [`Device::Cpu`] unless it runs on a GPU.
     fn device(&self) -> Device {
@@ -158,11 +167,27 @@ impl<D: Detector + ?Sized> Detector for Box<D> {
         (**self).score(windows)
     }
 
+    fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
+        (**self).score_frames(frames)
+    }
+
     fn follow(&mut self, knobs: &crate::controls::Knobs) {
         (**self).follow(knobs)
     }
 
     fn device(&self) -> Device {
         (**self).device()
+    }
+}
+
+/// Scores `data` with `detector`, through [`Detector::score_frames`] when the windows are
+/// held as shared frames, so that a detector that reads frames in place never sees a copy.
+pub fn score_data<D: Detector + ?Sized>(detector: &mut D, data: &WindowData) -> Scores {
+    match data {
+        WindowData::Flat(values) => detector.score(values),
+        WindowData::Frames(frames) => {
+            let rows: Vec<&[f32]> = frames.iter().map(|f| f.as_slice()).collect();
+            detector.score_frames(&rows)
+        }
     }
 }

@@ -76,6 +76,23 @@ impl RffOcSvm {
         self
     }
 
+    /// Scores `b` windows with `kernel` (which also gives each window's reach), then
+    /// applies the guard.
+    fn score_guarded(
+        &mut self,
+        b: usize,
+        kernel: impl FnOnce(&Scorer, &mut [f32], &mut [f32]),
+    ) -> Scores {
+        let n = b * self.scorer.width();
+        let mut scores = vec![0f32; n];
+        let mut reach = std::mem::take(&mut self.reach);
+        reach.resize(n, 0.0);
+        kernel(&self.scorer, &mut scores, &mut reach);
+        self.guard(&reach, &mut scores);
+        self.reach = reach;
+        Scores::All(scores)
+    }
+
     /// Raises the scores of windows that hold a value over [`DEPARTURE_SIGMAS`] from its
     /// training mean to the guard's score, from `reach`, each window's largest
     /// standardised distance per feature (`[B][F_part]`, computed by the kernel as it
@@ -128,6 +145,13 @@ impl Detector for LinearOcSvm {
     fn score(&mut self, windows: &[f32]) -> Scores {
         score_all(&self.scorer, windows)
     }
+
+    fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
+        let b = frames.len().checked_div(self.scorer.window()).unwrap_or(0);
+        let mut scores = vec![0f32; b * self.scorer.width()];
+        self.scorer.score_frames(frames, &mut scores);
+        Scores::All(scores)
+    }
 }
 
 impl Detector for RffOcSvm {
@@ -144,15 +168,17 @@ impl Detector for RffOcSvm {
     }
 
     fn score(&mut self, windows: &[f32]) -> Scores {
-        let n = batch_len(&self.scorer, windows) * self.scorer.width();
-        let mut scores = vec![0f32; n];
-        let mut reach = std::mem::take(&mut self.reach);
-        reach.resize(n, 0.0);
-        self.scorer
-            .score_and_reach(windows, &mut scores, Some(&mut reach));
-        self.guard(&reach, &mut scores);
-        self.reach = reach;
-        Scores::All(scores)
+        let b = batch_len(&self.scorer, windows);
+        self.score_guarded(b, |scorer, scores, reach| {
+            scorer.score_and_reach(windows, scores, Some(reach))
+        })
+    }
+
+    fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
+        let b = frames.len().checked_div(self.scorer.window()).unwrap_or(0);
+        self.score_guarded(b, |scorer, scores, reach| {
+            scorer.score_frames_and_reach(frames, scores, Some(reach))
+        })
     }
 }
 

@@ -47,6 +47,10 @@ impl Detector for Reloading {
         self.inner.score(windows)
     }
 
+    fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
+        self.inner.score_frames(frames)
+    }
+
     fn device(&self) -> Device {
         self.inner.device()
     }

@@ -205,6 +205,13 @@ impl Scorer {
         self.score_and_reach(windows, out, None)
     }
 
+    /// [`Scorer::score`] of windows given as their frames, `frame k of window b` at
+    /// `frames[b * W + k]` (`F_part` values each), read where they lie: the same scores,
+    /// bit for bit, without copying the windows into one buffer first.
+    pub fn score_frames(&self, frames: &[&[f32]], out: &mut [f32]) {
+        self.score_frames_and_reach(frames, out, None)
+    }
+
     /// [`Scorer::score`], and for the kernel model also each window's largest
     /// standardised distance per feature, `max_k |(x_k - mean) · inv_std|` (NaN values
     /// left out, 0 for none), into `reach` (`[B][F_part]`): the kernel computes every
@@ -216,8 +223,40 @@ impl Scorer {
         assert!(per_window > 0 || windows.is_empty());
         let b = windows.len().checked_div(per_window).unwrap_or(0);
         assert_eq!(windows.len(), b * per_window, "batch is not whole windows");
+        let rows = Flat {
+            values: windows,
+            w: self.window,
+            width: self.width,
+        };
+        self.score_rows(rows, b, out, reach)
+    }
+
+    /// [`Scorer::score_and_reach`] of windows given as their frames, as
+    /// [`Scorer::score_frames`] takes them.
+    pub fn score_frames_and_reach(
+        &self,
+        frames: &[&[f32]],
+        out: &mut [f32],
+        reach: Option<&mut [f32]>,
+    ) {
+        assert!(self.window > 0, "a window holds at least one frame");
+        assert_eq!(frames.len() % self.window, 0, "batch is not whole windows");
+        assert!(
+            frames.iter().all(|f| f.len() == self.width),
+            "a frame is not F_part = {} values wide",
+            self.width
+        );
+        let b = frames.len() / self.window;
+        let rows = Framed {
+            frames,
+            w: self.window,
+        };
+        self.score_rows(rows, b, out, reach)
+    }
+
+    fn score_rows<R: Rows>(&self, rows: R, b: usize, out: &mut [f32], reach: Option<&mut [f32]>) {
         assert_eq!(out.len(), b * self.width, "output is not [B][F_part]");
-        if b == 0 {
+        if b == 0 || self.width == 0 {
             return;
         }
         match &self.kind {
@@ -226,16 +265,16 @@ impl Scorer {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F, checked just above.
-                    unsafe { linear_avx512(w, width, weight_t, bias, windows, out) };
+                    unsafe { linear_avx512(w, width, weight_t, bias, rows, out) };
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
-                    unsafe { linear_avx2(w, width, weight_t, bias, windows, out) };
+                    unsafe { linear_avx2(w, width, weight_t, bias, rows, out) };
                     return;
                 }
-                linear_kernel(w, width, weight_t, bias, windows, out)
+                linear_kernel(w, width, weight_t, bias, rows, out)
             }
             Kind::Rff(rff) => {
                 if let Some(reach) = &reach {
@@ -244,18 +283,55 @@ impl Scorer {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F, checked just above.
-                    unsafe { rff_avx512(rff, self.window, self.width, windows, out, reach) };
+                    unsafe { rff_avx512(rff, self.window, self.width, rows, out, reach) };
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
-                    unsafe { rff_avx2(rff, self.window, self.width, windows, out, reach) };
+                    unsafe { rff_avx2(rff, self.window, self.width, rows, out, reach) };
                     return;
                 }
-                rff_kernel::<trig::Portable>(rff, self.window, self.width, windows, out, reach)
+                rff_kernel::<trig::Portable, R>(rff, self.window, self.width, rows, out, reach)
             }
         }
+    }
+}
+
+/// Where a kernel reads frame `k` of window `b` (`width` values): one `[B][W][width]`
+/// buffer, or the frames where they lie. The kernels do the same arithmetic in the same
+/// order on either, so both give the same bits.
+trait Rows: Copy {
+    fn row(&self, b: usize, k: usize) -> &[f32];
+}
+
+/// Windows in one buffer, `[B][W][width]`.
+#[derive(Clone, Copy)]
+struct Flat<'a> {
+    values: &'a [f32],
+    w: usize,
+    width: usize,
+}
+
+impl Rows for Flat<'_> {
+    #[inline(always)]
+    fn row(&self, b: usize, k: usize) -> &[f32] {
+        let at = (b * self.w + k) * self.width;
+        &self.values[at..at + self.width]
+    }
+}
+
+/// Windows as their frames, `[B * W]` slices of `width` values.
+#[derive(Clone, Copy)]
+struct Framed<'a> {
+    frames: &'a [&'a [f32]],
+    w: usize,
+}
+
+impl Rows for Framed<'_> {
+    #[inline(always)]
+    fn row(&self, b: usize, k: usize) -> &[f32] {
+        self.frames[b * self.w + k]
     }
 }
 
@@ -265,45 +341,44 @@ impl Scorer {
 /// round differently from the portable code and from training (see the module doc).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn rff_avx2(
+fn rff_avx2<R: Rows>(
     rff: &Rff,
     w: usize,
     width: usize,
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
     reach: Option<&mut [f32]>,
 ) {
-    rff_kernel::<trig::Avx2>(rff, w, width, windows, out, reach)
+    rff_kernel::<trig::Avx2, R>(rff, w, width, rows, out, reach)
 }
 
 /// [`rff_kernel`] on AVX-512 registers, the same operations as [`rff_avx2`] on twice the
 /// lanes: the same bits, half the instructions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn rff_avx512(
+fn rff_avx512<R: Rows>(
     rff: &Rff,
     w: usize,
     width: usize,
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
     reach: Option<&mut [f32]>,
 ) {
-    rff_kernel::<trig::Avx512>(rff, w, width, windows, out, reach)
+    rff_kernel::<trig::Avx512, R>(rff, w, width, rows, out, reach)
 }
 
 /// Scores whole windows `[B][W][width]` into `[B][width]`, block of features by block of
 /// features, every window against a block while its parameters are in L1.
 #[inline(always)]
-fn rff_kernel<V: Block>(
+fn rff_kernel<V: Block, R: Rows>(
     rff: &Rff,
     w: usize,
     width: usize,
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
     mut reach: Option<&mut [f32]>,
 ) {
     let d = rff.phase.len();
-    let per_window = w * width;
     let n_freq = rff.pairs.unwrap_or(d);
     let mut z = vec![V::splat(0.0); w];
     let mut sines = vec![V::splat(0.0); d - n_freq];
@@ -322,15 +397,11 @@ fn rff_kernel<V: Block>(
         let f0 = blk * LANES;
         let n = LANES.min(width - f0);
         let magnitude = V::splat(f32::from_bits(!trig::SIGN));
-        for (b, (x, o)) in windows
-            .chunks_exact(per_window)
-            .zip(out.chunks_exact_mut(width))
-            .enumerate()
-        {
+        for (b, o) in out.chunks_exact_mut(width).enumerate() {
             // `a.max(b)` is `b` when `a` is NaN: a NaN value does not reach anywhere
             let mut far = V::splat(0.0);
-            for (zk, row) in z.iter_mut().zip(x.chunks_exact(width)) {
-                let row = &row[f0..f0 + n];
+            for (k, zk) in z.iter_mut().enumerate() {
+                let row = &rows.row(b, k)[f0..f0 + n];
                 let xk = match <&[f32; LANES]>::try_from(row) {
                     Ok(full) => V::load(full),
                     Err(_) => {
@@ -438,25 +509,23 @@ const LINEAR_BLOCK: usize = 64;
 /// block of features. The order of the additions is the same however the loop is
 /// vectorised, so every instruction set gives the same bits.
 #[inline(always)]
-fn linear_kernel(
+fn linear_kernel<R: Rows>(
     w: usize,
     width: usize,
     weight_t: &[f32],
     bias: &[f32],
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
 ) {
-    for (x, o) in windows
-        .chunks_exact(w * width)
-        .zip(out.chunks_exact_mut(width))
-    {
+    for (b, o) in out.chunks_exact_mut(width).enumerate() {
         let mut start = 0;
         while start < width {
             let n = LINEAR_BLOCK.min(width - start);
             let mut acc = [0f32; LINEAR_BLOCK];
             for k in 0..w {
                 let at = k * width + start;
-                let (xs, ws) = (&x[at..at + n], &weight_t[at..at + n]);
+                let xs = &rows.row(b, k)[start..start + n];
+                let ws = &weight_t[at..at + n];
                 for ((a, &xv), &wv) in acc[..n].iter_mut().zip(xs).zip(ws) {
                     *a += wv * xv;
                 }
@@ -476,35 +545,44 @@ fn linear_kernel(
 /// [`linear_kernel`] on AVX registers (no fused multiply-adds: the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn linear_avx2(
+fn linear_avx2<R: Rows>(
     w: usize,
     width: usize,
     weight_t: &[f32],
     bias: &[f32],
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
 ) {
-    linear_kernel(w, width, weight_t, bias, windows, out)
+    linear_kernel(w, width, weight_t, bias, rows, out)
 }
 
 /// [`linear_kernel`] on AVX-512 registers (no fused multiply-adds: the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn linear_avx512(
+fn linear_avx512<R: Rows>(
     w: usize,
     width: usize,
     weight_t: &[f32],
     bias: &[f32],
-    windows: &[f32],
+    rows: R,
     out: &mut [f32],
 ) {
-    linear_kernel(w, width, weight_t, bias, windows, out)
+    linear_kernel(w, width, weight_t, bias, rows, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Calibration, FeatureNames, ModelKind, ModelMeta, Provenance, RffMeta};
+
+    fn flat(values: &[f32], w: usize, width: usize) -> Flat<'_> {
+        Flat { values, w, width }
+    }
+
+    /// `[B][W][F]` windows as their `B * W` frames.
+    fn frames_of(windows: &[f32], f: usize) -> Vec<&[f32]> {
+        windows.chunks_exact(f).collect()
+    }
 
     fn meta(kind: ModelKind, w: usize, f: usize, d: usize) -> ModelMeta {
         ModelMeta {
@@ -584,11 +662,14 @@ mod tests {
                 .collect();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&scores), want, "W={w} F={f}");
+            let mut framed = vec![0f32; n * f];
+            Scorer::new(&model, 0..f).score_frames(&frames_of(&windows, f), &mut framed);
+            assert_eq!(bits(&framed), want, "W={w} F={f}: windows as frames");
             let Kind::Linear { weight_t, bias: b } = &Scorer::new(&model, 0..f).kind else {
                 unreachable!("a linear model")
             };
             let mut portable = vec![0f32; n * f];
-            linear_kernel(w, f, weight_t, b, &windows, &mut portable);
+            linear_kernel(w, f, weight_t, b, flat(&windows, w, f), &mut portable);
             assert_eq!(bits(&portable), want, "W={w} F={f}: portable kernel");
             #[cfg(target_arch = "x86_64")]
             for (name, has) in [
@@ -603,8 +684,8 @@ mod tests {
                 // SAFETY: the CPU has the feature, checked just above.
                 unsafe {
                     match name {
-                        "avx2" => linear_avx2(w, f, weight_t, b, &windows, &mut simd),
-                        _ => linear_avx512(w, f, weight_t, b, &windows, &mut simd),
+                        "avx2" => linear_avx2(w, f, weight_t, b, flat(&windows, w, f), &mut simd),
+                        _ => linear_avx512(w, f, weight_t, b, flat(&windows, w, f), &mut simd),
                     }
                 }
                 assert_eq!(bits(&simd), want, "W={w} F={f}: {name} kernel");
@@ -758,7 +839,7 @@ mod tests {
                 unreachable!("an rff model")
             };
             let mut portable = vec![0f32; n * f];
-            rff_kernel::<trig::Portable>(rff, w, f, &windows, &mut portable, None);
+            rff_kernel::<trig::Portable, _>(rff, w, f, flat(&windows, w, f), &mut portable, None);
             // the guard's reach, with a NaN and a huge value in the batch: the plain
             // fold's, from both kernels, scores unchanged
             let mut odd = windows.clone();
@@ -778,11 +859,11 @@ mod tests {
             let (mut got, mut got_portable) = (vec![-1f32; n * f], vec![-1f32; n * f]);
             let mut again = vec![0f32; n * f];
             scorer.score_and_reach(&odd, &mut again, Some(&mut got));
-            rff_kernel::<trig::Portable>(
+            rff_kernel::<trig::Portable, _>(
                 rff,
                 w,
                 f,
-                &odd,
+                flat(&odd, w, f),
                 &mut vec![0f32; n * f],
                 Some(&mut got_portable),
             );
@@ -791,6 +872,19 @@ mod tests {
             assert!(got[f + 5] > 1e29, "the huge value reaches far");
             let mut plain = vec![0f32; n * f];
             scorer.score(&odd, &mut plain);
+            // windows as frames where they lie: the same scores and reach
+            let (mut framed, mut framed_reach) = (vec![0f32; n * f], vec![-1f32; n * f]);
+            scorer.score_frames_and_reach(
+                &frames_of(&odd, f),
+                &mut framed,
+                Some(&mut framed_reach),
+            );
+            assert_eq!(framed_reach, want, "{sampling:?} D={d}: reach from frames");
+            assert_eq!(
+                framed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{sampling:?} D={d}: scores from frames"
+            );
             assert_eq!(
                 again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -815,8 +909,8 @@ mod tests {
                 // SAFETY: the CPU has the feature, checked just above.
                 unsafe {
                     match name {
-                        "avx2" => rff_avx2(rff, w, f, &windows, &mut simd, None),
-                        _ => rff_avx512(rff, w, f, &windows, &mut simd, None),
+                        "avx2" => rff_avx2(rff, w, f, flat(&windows, w, f), &mut simd, None),
+                        _ => rff_avx512(rff, w, f, flat(&windows, w, f), &mut simd, None),
                     }
                 }
                 assert_eq!(

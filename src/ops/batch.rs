@@ -10,7 +10,8 @@ pub trait BatchOps<'s> {
     /// What comes out: batches, in the same shape as the input (a stream, or [`Parts`]).
     type Output;
 
-    /// Packs up to `max` windows into one contiguous [`Batch`]. A batch is sent when it is
+    /// Packs up to `max` windows into one [`Batch`] (their frames still shared where the
+    /// windows share them: [`crate::types::WindowData`]). A batch is sent when it is
     /// full or when the input has nothing more right now, so a lone frame is never held
     /// back waiting for company. Each batch is stamped with its earliest window's time.
     ///
@@ -26,7 +27,7 @@ pub trait BatchOps<'s> {
     /// let sink = Arc::clone(&sizes);
     /// timely::example(move |scope| {
     ///     (0..5u64)
-    ///         .map(|seq| Window { seq, part: 0, received_us: 0, entity: 0, data: vec![1.0, 2.0] })
+    ///         .map(|seq| Window { seq, part: 0, received_us: 0, entity: 0, data: vec![1.0, 2.0].into() })
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
     ///         .batch(2)
@@ -72,17 +73,12 @@ impl<'s> BatchOps<'s> for Stream<'s, Window> {
                             debug_assert_eq!(b.part, window.part, "one worker, one partition");
                             b.seqs.push(window.seq);
                             b.received_us.push(window.received_us);
-                            if b.data.is_empty() {
-                                // a lone window (the common case at low rates) moves in
-                                b.data = window.data;
-                            } else {
-                                if b.data.capacity() - b.data.len() < window.data.len() {
-                                    // room for the rest of the batch at once: growing by
-                                    // doubling copies a batch of large windows again and again
-                                    b.data.reserve((max - b.len() + 1) * window.data.len());
-                                }
-                                b.data.extend_from_slice(&window.data);
-                            }
+                            // frames stay shared; a lone window (the common case at
+                            // low rates) moves in; room for the rest of the batch at
+                            // once where values are copied, since growing by doubling
+                            // copies a batch of large windows again and again
+                            let rest = (max - b.len()) * window.data.len();
+                            b.data.append(window.data, rest);
                             if b.len() >= max {
                                 let (held, full) = open.take().expect("just filled");
                                 output.session(&held).give(full);

@@ -11,7 +11,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use super::{Parts, Stream};
 use crate::clock;
-use crate::detect::{Detector, Scores};
+use crate::detect::{score_data, Detector, Scores};
 use crate::stats::{Stage, Stats};
 use crate::types::{EntityKey, Frame, Scored, Slice, Timed, Window};
 
@@ -120,7 +120,7 @@ impl<'s> ScoreEntitiesOps<'s> for Stream<'s, Window> {
                                 .entry(w.entity)
                                 .or_insert_with(|| detector_for(w.entity));
                             let began = clock::now_us();
-                            let (scores, compacted) = match detector.score(&w.data) {
+                            let (scores, compacted) = match score_data(detector, &w.data) {
                                 Scores::All(scores) => (scores, None),
                                 Scores::Compacted(c) => (Vec::new(), Some(c)),
                             };

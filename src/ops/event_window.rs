@@ -164,7 +164,7 @@ impl Lane {
             part: at.part,
             received_us: at.received_us,
             entity: at.entity,
-            data,
+            data: data.into(),
         }
     }
 }
@@ -245,7 +245,7 @@ pub trait EventWindowOps<'s> {
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
     ///         .event_window(EventWindowConfig { time, buckets: 2 }, counted)
-    ///         .inspect(move |w| out.lock().unwrap().push((w.seq, w.data.clone())));
+    ///         .inspect(move |w| out.lock().unwrap().push((w.seq, w.data.to_flat().to_vec())));
     /// });
     /// let mut windows = seen.lock().unwrap().clone();
     /// windows.sort_by_key(|w| w.0);
@@ -411,10 +411,10 @@ mod tests {
                 Ok(()) => lane.close_until(lane.watermark(c).unwrap(), c, &mut out),
                 Err(_) => late.push(seq),
             }
-            steps.push(out.drain(..).map(|w| (w.seq, w.data)).collect());
+            steps.push(out.drain(..).map(|w| (w.seq, w.data.into_flat())).collect());
         }
         lane.close_until(i64::MAX, c, &mut out);
-        steps.push(out.drain(..).map(|w| (w.seq, w.data)).collect());
+        steps.push(out.drain(..).map(|w| (w.seq, w.data.into_flat())).collect());
         (steps, late)
     }
 

@@ -7,7 +7,7 @@ use super::control::{gated, Live, Schedule};
 use super::{Parts, Stream};
 use crate::clock;
 use crate::controls::Knobs;
-use crate::detect::{Detector, Scores};
+use crate::detect::{score_data, Detector, Scores};
 use crate::stats::{Stage, Stats};
 use crate::types::{Batch, Hit, PartHits, Scored, Seq};
 
@@ -49,7 +49,7 @@ pub trait ScoreOps<'s> {
     /// let scored = Arc::new(Mutex::new(Vec::new()));
     /// let sink = Arc::clone(&scored);
     /// timely::example(move |scope| {
-    ///     let batch = Batch { seqs: vec![2, 3], data: vec![1.0, 2.0, 3.0, 2.0, 3.0, 4.0], ..Batch::default() };
+    ///     let batch = Batch { seqs: vec![2, 3], data: vec![1.0, 2.0, 3.0, 2.0, 3.0, 4.0].into(), ..Batch::default() };
     ///     Some(batch)
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
@@ -172,7 +172,7 @@ impl<D: Detector> Scorer<D> {
             }
         }
         let began = clock::now_us();
-        let (scores, compacted) = match self.detector.score(&b.data) {
+        let (scores, compacted) = match score_data(&mut self.detector, &b.data) {
             Scores::All(scores) => (scores, None),
             Scores::Compacted(c) => (Vec::new(), Some(c)),
         };
@@ -195,7 +195,6 @@ impl<D: Detector> Scorer<D> {
 /// of `schedule`: only a batch that straddles a change is cut, so this allocates once
 /// per change and partition.
 fn split_at_changes(b: Batch, schedule: &Schedule) -> Vec<(usize, Batch)> {
-    let width = b.data.len().checked_div(b.seqs.len()).unwrap_or(0);
     let mut pieces: Vec<(usize, Batch)> = Vec::new();
     for (i, &seq) in b.seqs.iter().enumerate() {
         let span = schedule.span(seq);
@@ -213,9 +212,7 @@ fn split_at_changes(b: Batch, schedule: &Schedule) -> Vec<(usize, Batch)> {
         if let Some(&r) = b.received_us.get(i) {
             piece.received_us.push(r);
         }
-        piece
-            .data
-            .extend_from_slice(&b.data[i * width..(i + 1) * width]);
+        piece.data.push_window_of(&b.data, i, b.seqs.len());
     }
     pieces
 }

@@ -1,11 +1,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{Parts, Stream, Time};
-use crate::types::{EntityKey, Seq, Slice, Window, NO_ENTITY};
+use crate::types::{EntityKey, Seq, Slice, Window, WindowData, NO_ENTITY};
 
 /// Sliding windows over consecutive frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub trait WindowOps<'s> {
     ///         .to_stream(scope)
     ///         .container::<Vec<_>>()
     ///         .window(WindowConfig { size: 3, stride: 2 })
-    ///         .inspect(move |w| sink.lock().unwrap().push((w.seq, w.data.clone())));
+    ///         .inspect(move |w| sink.lock().unwrap().push((w.seq, w.data.to_flat().to_vec())));
     /// });
     /// assert_eq!(
     ///     *ends.lock().unwrap(),
@@ -118,9 +119,11 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
 }
 
 /// One entity's window state: the last (up to W) slices already closed, oldest first,
-/// and the frames closed so far (the ordinal the stride counts).
+/// and the frames closed so far (the ordinal the stride counts). Each slice's values are
+/// kept shared, so that every window it is part of refers to them rather than copying
+/// them ([`WindowData::Frames`]).
 struct Lane {
-    history: VecDeque<Slice>,
+    history: VecDeque<Arc<Vec<f32>>>,
     closed: u64,
 }
 
@@ -139,27 +142,30 @@ impl Lane {
         if self.history.len() == cfg.size {
             self.history.pop_front();
         }
-        let width = slice.values.len();
-        self.history.push_back(slice);
+        let Slice {
+            seq,
+            part,
+            received_us,
+            entity,
+            values,
+        } = slice;
+        if let Some(first) = self.history.front() {
+            assert_eq!(
+                first.len(),
+                values.len(),
+                "slices of one partition differ in width"
+            );
+        }
+        self.history.push_back(Arc::new(values));
         if self.history.len() < cfg.size || !cfg.ends_at(ordinal) {
             return None;
         }
-        let mut data = Vec::with_capacity(cfg.size * width);
-        for s in &self.history {
-            assert_eq!(
-                s.values.len(),
-                width,
-                "slices of one partition differ in width"
-            );
-            data.extend_from_slice(&s.values);
-        }
-        let last = self.history.back().expect("window is not empty");
         Some(Window {
-            seq: last.seq,
-            part: last.part,
-            received_us: last.received_us,
-            entity: last.entity,
-            data,
+            seq,
+            part,
+            received_us,
+            entity,
+            data: WindowData::Frames(self.history.iter().cloned().collect()),
         })
     }
 }

@@ -72,7 +72,8 @@ impl<'s> RulesOps<'s> for Stream<'s, Window> {
                             let evaluator = entities
                                 .entry(w.entity)
                                 .or_insert_with(|| Evaluator::new(width, config));
-                            let (hits, evidence) = evaluator.evaluate(set, w.entity, &w.data);
+                            let (hits, evidence) =
+                                evaluator.evaluate(set, w.entity, &w.data.to_flat());
                             let done = clock::now_us();
                             stats.record(Stage::Score, done - began);
                             // the frame's score: its highest feature's rule score
