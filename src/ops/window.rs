@@ -118,19 +118,76 @@ impl<'s> WindowOps<'s> for Stream<'s, Slice> {
     }
 }
 
+/// Windows of at least this many values share their frames ([`WindowData::Frames`]);
+/// smaller ones are copied into one buffer. Sharing costs an allocation per frame and per
+/// window, and a detector without [`crate::detect::Detector::score_frames`] copies the
+/// frames anyway, so below this size (16 KiB: a few microseconds of copying) the copy is
+/// the cheaper of the two; a 25,000-feature window is far above it, a telemetry entity's
+/// 30 × 25 values far below.
+const SHARED_WINDOW_VALUES: usize = 4096;
+
 /// One entity's window state: the last (up to W) slices already closed, oldest first,
-/// and the frames closed so far (the ordinal the stride counts). Each slice's values are
-/// kept shared, so that every window it is part of refers to them rather than copying
-/// them ([`WindowData::Frames`]).
+/// and the frames closed so far (the ordinal the stride counts).
 struct Lane {
-    history: VecDeque<Arc<Vec<f32>>>,
+    history: History,
     closed: u64,
+}
+
+/// A lane's last slices: owned, and copied into each window, or shared with the windows
+/// (large windows, [`SHARED_WINDOW_VALUES`]). Decided by the first slice's width.
+enum History {
+    Owned(VecDeque<Vec<f32>>),
+    Shared(VecDeque<Arc<Vec<f32>>>),
+}
+
+impl History {
+    fn len(&self) -> usize {
+        match self {
+            History::Owned(h) => h.len(),
+            History::Shared(h) => h.len(),
+        }
+    }
+
+    fn width(&self) -> Option<usize> {
+        match self {
+            History::Owned(h) => h.front().map(Vec::len),
+            History::Shared(h) => h.front().map(|f| f.len()),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            History::Owned(h) => drop(h.pop_front()),
+            History::Shared(h) => drop(h.pop_front()),
+        }
+    }
+
+    fn push_back(&mut self, values: Vec<f32>) {
+        match self {
+            History::Owned(h) => h.push_back(values),
+            History::Shared(h) => h.push_back(Arc::new(values)),
+        }
+    }
+
+    /// The window of every slice held, oldest first.
+    fn window(&self) -> WindowData {
+        match self {
+            History::Owned(h) => {
+                let mut data = Vec::with_capacity(h.iter().map(Vec::len).sum());
+                for values in h {
+                    data.extend_from_slice(values);
+                }
+                WindowData::Flat(data)
+            }
+            History::Shared(h) => WindowData::Frames(h.iter().cloned().collect()),
+        }
+    }
 }
 
 impl Lane {
     fn new(size: usize) -> Lane {
         Lane {
-            history: VecDeque::with_capacity(size),
+            history: History::Owned(VecDeque::with_capacity(size)),
             closed: 0,
         }
     }
@@ -149,14 +206,20 @@ impl Lane {
             entity,
             values,
         } = slice;
-        if let Some(first) = self.history.front() {
-            assert_eq!(
-                first.len(),
+        match self.history.width() {
+            Some(width) => assert_eq!(
+                width,
                 values.len(),
                 "slices of one partition differ in width"
-            );
+            ),
+            None if matches!(self.history, History::Owned(_))
+                && cfg.size * values.len() >= SHARED_WINDOW_VALUES =>
+            {
+                self.history = History::Shared(VecDeque::with_capacity(cfg.size));
+            }
+            None => {}
         }
-        self.history.push_back(Arc::new(values));
+        self.history.push_back(values);
         if self.history.len() < cfg.size || !cfg.ends_at(ordinal) {
             return None;
         }
@@ -165,14 +228,55 @@ impl Lane {
             part,
             received_us,
             entity,
-            data: WindowData::Frames(self.history.iter().cloned().collect()),
+            data: self.history.window(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::WindowConfig;
+    use super::*;
+
+    /// Large windows refer to the lane's frames, each frame shared by every window it is
+    /// part of; small ones are copied into one buffer. Both hold the same values.
+    #[test]
+    fn large_windows_share_their_frames() {
+        let cfg = WindowConfig { size: 3, stride: 1 };
+        let slice = |seq: u64, width: usize| Slice {
+            seq,
+            part: 0,
+            received_us: 0,
+            entity: 0,
+            values: vec![seq as f32; width],
+        };
+        let wide = SHARED_WINDOW_VALUES / 3 + 1;
+        let mut lane = Lane::new(cfg.size);
+        let windows: Vec<Window> = (0..5)
+            .filter_map(|s| lane.push(slice(s, wide), &cfg))
+            .collect();
+        assert_eq!(windows.len(), 3);
+        let frames: Vec<&Vec<Arc<Vec<f32>>>> = windows
+            .iter()
+            .map(|w| match &w.data {
+                WindowData::Frames(f) => f,
+                WindowData::Flat(_) => panic!("a large window was copied"),
+            })
+            .collect();
+        // frame 2 is the last of window 2, the middle of window 3, the first of window 4
+        assert!(Arc::ptr_eq(&frames[0][2], &frames[1][1]));
+        assert!(Arc::ptr_eq(&frames[1][1], &frames[2][0]));
+        let mut want = vec![2.0; wide];
+        want.extend(vec![3.0; wide]);
+        want.extend(vec![4.0; wide]);
+        assert_eq!(windows[2].data, want);
+
+        let mut lane = Lane::new(cfg.size);
+        let small: Vec<Window> = (0..4)
+            .filter_map(|s| lane.push(slice(s, 2), &cfg))
+            .collect();
+        assert!(matches!(small[0].data, WindowData::Flat(_)));
+        assert_eq!(small[1].data, vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+    }
 
     #[test]
     fn window_ends() {
