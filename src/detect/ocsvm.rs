@@ -125,6 +125,11 @@ fn batch_len(scorer: &Scorer, windows: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
+/// Windows in a batch given as its frames, `[B * W]`.
+fn frames_len(scorer: &Scorer, frames: &[&[f32]]) -> usize {
+    frames.len().checked_div(scorer.window()).unwrap_or(0)
+}
+
 fn features(scorer: &Scorer) -> Range<usize> {
     scorer.lo()..scorer.lo() + scorer.width()
 }
@@ -147,8 +152,7 @@ impl Detector for LinearOcSvm {
     }
 
     fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
-        let b = frames.len().checked_div(self.scorer.window()).unwrap_or(0);
-        let mut scores = vec![0f32; b * self.scorer.width()];
+        let mut scores = vec![0f32; frames_len(&self.scorer, frames) * self.scorer.width()];
         self.scorer.score_frames(frames, &mut scores);
         Scores::All(scores)
     }
@@ -175,7 +179,7 @@ impl Detector for RffOcSvm {
     }
 
     fn score_frames(&mut self, frames: &[&[f32]]) -> Scores {
-        let b = frames.len().checked_div(self.scorer.window()).unwrap_or(0);
+        let b = frames_len(&self.scorer, frames);
         self.score_guarded(b, |scorer, scores, reach| {
             scorer.score_frames_and_reach(frames, scores, Some(reach))
         })

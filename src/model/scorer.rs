@@ -575,6 +575,28 @@ mod tests {
     use super::*;
     use crate::model::{Calibration, FeatureNames, ModelKind, ModelMeta, Provenance, RffMeta};
 
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The SIMD instruction sets this CPU has, of those the kernels are compiled for; the
+    /// others are named on stderr, not checked.
+    #[cfg(target_arch = "x86_64")]
+    fn simd_sets() -> Vec<&'static str> {
+        let mut sets = Vec::new();
+        for (name, has) in [
+            ("avx2", std::is_x86_feature_detected!("avx2")),
+            ("avx512f", std::is_x86_feature_detected!("avx512f")),
+        ] {
+            if has {
+                sets.push(name);
+            } else {
+                eprintln!("{name} not on this CPU: its kernel is not checked here");
+            }
+        }
+        sets
+    }
+
     fn flat(values: &[f32], w: usize, width: usize) -> Flat<'_> {
         Flat { values, w, width }
     }
@@ -660,7 +682,6 @@ mod tests {
                     (-(acc + bias[j])).to_bits()
                 })
                 .collect();
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&scores), want, "W={w} F={f}");
             let mut framed = vec![0f32; n * f];
             Scorer::new(&model, 0..f).score_frames(&frames_of(&windows, f), &mut framed);
@@ -672,14 +693,7 @@ mod tests {
             linear_kernel(w, f, weight_t, b, flat(&windows, w, f), &mut portable);
             assert_eq!(bits(&portable), want, "W={w} F={f}: portable kernel");
             #[cfg(target_arch = "x86_64")]
-            for (name, has) in [
-                ("avx2", std::is_x86_feature_detected!("avx2")),
-                ("avx512f", std::is_x86_feature_detected!("avx512f")),
-            ] {
-                if !has {
-                    eprintln!("{name} not on this CPU: its kernel is not checked here");
-                    continue;
-                }
+            for name in simd_sets() {
                 let mut simd = vec![0f32; n * f];
                 // SAFETY: the CPU has the feature, checked just above.
                 unsafe {
@@ -881,30 +895,23 @@ mod tests {
             );
             assert_eq!(framed_reach, want, "{sampling:?} D={d}: reach from frames");
             assert_eq!(
-                framed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                bits(&framed),
+                bits(&plain),
                 "{sampling:?} D={d}: scores from frames"
             );
             assert_eq!(
-                again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                bits(&again),
+                bits(&plain),
                 "{sampling:?} D={d}: scores with reach"
             );
             assert_eq!(
-                portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                scores.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                bits(&portable),
+                bits(&scores),
                 "{sampling:?} D={d}: portable kernel"
             );
             // and so does each SIMD kernel this CPU has, whichever `score` chose
             #[cfg(target_arch = "x86_64")]
-            for (name, has) in [
-                ("avx2", std::is_x86_feature_detected!("avx2")),
-                ("avx512f", std::is_x86_feature_detected!("avx512f")),
-            ] {
-                if !has {
-                    eprintln!("{name} not on this CPU: its kernel is not checked here");
-                    continue;
-                }
+            for name in simd_sets() {
                 let mut simd = vec![0f32; n * f];
                 // SAFETY: the CPU has the feature, checked just above.
                 unsafe {
@@ -914,8 +921,8 @@ mod tests {
                     }
                 }
                 assert_eq!(
-                    portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    bits(&portable),
+                    bits(&simd),
                     "{sampling:?} D={d}: {name} kernel"
                 );
             }
