@@ -394,11 +394,17 @@ fn four_partitions_are_scored_by_two_workers_and_by_two_processes() {
     let hostfile = hosts.to_str().unwrap();
     for layout in ["threads", "processes"] {
         let (group, results, alerts) = (unique("g"), unique("results"), unique("alerts"));
+        // The random model's own threshold (0.5) flags about 99.5 % of these windows, so
+        // whether one of the 116 passed depended on how the four partitions' frames
+        // interleaved (the windows take frames in arrival order); at 1.2, about the
+        // median of a window's highest score over many interleavings, about half pass.
         let outputs = [
             "--results-kafka-topic",
             results.as_str(),
             "--alerts-kafka-topic",
             alerts.as_str(),
+            "--threshold",
+            "1.2",
         ];
         let served: Vec<Served> = if layout == "threads" {
             let args = [&outputs[..], &["-w", "2"]].concat();
