@@ -245,6 +245,9 @@ pub struct Env {
     /// Whether the variant asked for event-time windows, to refuse them in one that
     /// would ignore them.
     read_event_time: std::cell::Cell<bool>,
+    /// Whether the variant took the run's changes ([`Env::controlled_frames`]), so that
+    /// changes are refused in one that would ignore them.
+    took_changes: std::cell::Cell<bool>,
 }
 
 impl Env {
@@ -263,6 +266,7 @@ impl Env {
             source,
             read: RefCell::new(BTreeSet::new()),
             read_event_time: std::cell::Cell::new(false),
+            took_changes: std::cell::Cell::new(false),
         }
     }
 
@@ -329,13 +333,21 @@ impl Env {
     /// that scores with the run's model or cuts at its threshold reads them with
     /// [`Env::controlled_frames`] instead, to follow changes made while it runs.
     pub fn frames<'s>(&mut self, scope: Scope<'s, Time>) -> Stream<'s, Frame> {
-        self.controlled_frames(scope).0
+        self.frames_and_changes(scope).0
     }
 
     /// The input frames, and when the run's settings may change while it runs (`serve`'s
     /// admin routes), those changes, to score ([`crate::ops::ScoreOps::score_under`]) and
     /// cut ([`Env::cut`]) each frame with the settings in force for it.
     pub fn controlled_frames<'s>(
+        &mut self,
+        scope: Scope<'s, Time>,
+    ) -> (Stream<'s, Frame>, Option<Live<'s>>) {
+        self.took_changes.set(true);
+        self.frames_and_changes(scope)
+    }
+
+    fn frames_and_changes<'s>(
         &mut self,
         scope: Scope<'s, Time>,
     ) -> (Stream<'s, Frame>, Option<Live<'s>>) {
@@ -639,7 +651,14 @@ pub fn check(pipeline: &Pipeline, model: &Arc<Model>, settings: &Settings) -> an
         let mut env = Env::new(model, settings, Arc::default(), None);
         let built = worker.dataflow::<Time, _, _>(|scope| -> anyhow::Result<()> {
             build(scope, &mut env)?;
-            env.check_params()
+            env.check_params()?;
+            // A variant that reads its frames without the changes keeps the settings it
+            // started with: say so to the controls, which then refuse every change
+            // instead of answering that it was made.
+            if let (Some(c), false) = (&env.settings.controls, env.took_changes.get()) {
+                c.not_followed_by(&env.settings.pipeline.name);
+            }
+            Ok(())
         });
         for id in worker.installed_dataflows() {
             worker.drop_dataflow(id);

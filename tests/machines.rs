@@ -422,3 +422,59 @@ fn records_posted_to_the_ingest_route_alert_with_their_probability() {
     assert_eq!(v[0].meta.machine_id.as_deref(), Some("L47183"));
     assert!(!v[0].is_anomalous() && v[1].is_anomalous());
 }
+
+/// `serve --dataflow machines` keeps the threshold it started with (its verdicts are cut
+/// as records are scored, not by the run's changes), so the admin routes refuse a change
+/// with 409 `not_followed`, naming the variant, instead of answering that it was made;
+/// `/health/ready` still shows version 0, and a failing record still alerts at the
+/// model's threshold.
+#[test]
+fn admin_changes_are_refused_where_the_variant_does_not_follow_them() {
+    use common::serve::{wait_until, Client, Receiver};
+    use tidewatch::server::ModelSpec;
+    let rt = common::serve::runtime();
+    let rx = Receiver::like_client(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, verdicts) = common::serve::config(common::serve::model(1), &rx.base_url(), &dir);
+    c.model = ModelSpec::Dir(model_dir());
+    c.settings.threshold = None;
+    c.settings.pipeline = tidewatch::dataflows::pipeline("machines", &[]).unwrap();
+    c.key_policy.body = tidewatch::dataflows::body_kind("machines");
+    c.admin_token = Some("t0ken".into());
+    let server = common::serve::start(c);
+    let client = Client::new();
+    for (method, path, body) in [
+        (
+            reqwest::Method::PUT,
+            "/admin/threshold",
+            serde_json::json!({"threshold": 0.99}),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/admin/mutes",
+            serde_json::json!({"features": [0]}),
+        ),
+    ] {
+        let a = client.send(
+            client
+                .http
+                .request(method, format!("http://{}{path}", server.addr()))
+                .bearer_auth("t0ken")
+                .json(&body),
+        );
+        assert_eq!(a.status, 409, "{path}: {}", a.body);
+        assert_eq!(a.body["error"], "not_followed", "{}", a.body);
+        let detail = a.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("\"machines\""), "{path}: {detail}");
+    }
+    let ready = client.get(server.addr(), "/health/ready").body;
+    assert_eq!(ready["controls"]["version"], 0, "nothing changed: {ready}");
+    let failing = serde_json::json!({"machine_id": "L47230", "type": "L",
+        "airTemperature": 298.9, "processTemperature": 309.1, "rotationalSpeed": 2861,
+        "torque": 4.6, "toolWear": 143});
+    let a = client.enqueue(server.addr(), failing.to_string().into_bytes(), &[]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    wait_until("the verdict", || verdicts.lock().unwrap().len() == 1);
+    assert!(verdicts.lock().unwrap()[0].is_anomalous());
+    server.shutdown().unwrap();
+}

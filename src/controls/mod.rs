@@ -113,6 +113,10 @@ pub struct Mismatch(pub String);
 pub struct Controls {
     current: RwLock<Arc<Knobs>>,
     relay: Relay,
+    /// The variant running, when it does not follow changes made while it runs (it reads
+    /// its frames with `Env::frames`, not `Env::controlled_frames`): every change is then
+    /// refused, rather than accepted and silently ignored.
+    unfollowed: RwLock<Option<String>>,
 }
 
 /// Where a process sits in its cluster, for the [`Relay`].
@@ -157,7 +161,25 @@ impl Controls {
                 changed_at_ms: None,
             })),
             relay: Relay::new(shape),
+            unfollowed: RwLock::new(None),
         }
+    }
+
+    /// Says that the running variant, `variant`, does not follow changes made while it
+    /// runs: from now on every change is refused ([`Controls::validate`]).
+    pub fn not_followed_by(&self, variant: &str) {
+        *self.unfollowed.write().unwrap_or_else(|e| e.into_inner()) = Some(variant.to_string());
+    }
+
+    /// Why no change can be made while this run goes on, if none can: its variant does
+    /// not follow them.
+    pub fn fixed(&self) -> Option<Mismatch> {
+        let variant = self.unfollowed.read().unwrap_or_else(|e| e.into_inner());
+        variant.as_ref().map(|v| {
+            Mismatch(format!(
+                "variant {v:?} does not follow changes made while it runs (it keeps the settings it started with); restart it with the new --model or --threshold"
+            ))
+        })
     }
 
     /// The settings in force on this process.
@@ -179,6 +201,9 @@ impl Controls {
     /// [`Change::Model`] (which blocks for as long as loading takes): the model, if any,
     /// or why the change cannot be made.
     pub fn validate(&self, change: &Change) -> Result<Option<Arc<Model>>, Mismatch> {
+        if let Some(why) = self.fixed() {
+            return Err(why);
+        }
         let current = self.current();
         match change {
             Change::Model { path } => {

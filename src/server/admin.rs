@@ -167,6 +167,13 @@ async fn apply(
             "the pipeline stopped before the change was made".into(),
         )
     };
+    if let Some(why) = controls.fixed() {
+        return Err(Refused(
+            StatusCode::CONFLICT,
+            "not_followed",
+            why.to_string(),
+        ));
+    }
     let asked = change.clone();
     let answer = tokio::task::spawn_blocking(move || controls.make(asked))
         .await
