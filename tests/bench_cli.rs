@@ -382,3 +382,167 @@ fn floor_is_measured_in_the_same_run_and_shares_are_ratios_of_it() {
     assert!(plain.get("floor_frames_per_second").is_none(), "{plain}");
     assert!(plain.get("share_of_floor").is_none(), "{plain}");
 }
+
+/// Writes `n` JSONL records of the test model's features, each line
+/// `{"seq": i, "data": {"feature_0": ..., ...}}` as `replay --input` reads them, and
+/// returns the lines' lengths (without the newline).
+fn write_jsonl(path: &Path, n: usize) -> Vec<u64> {
+    let mut text = String::new();
+    let mut lengths = Vec::new();
+    for i in 0..n {
+        let data: Vec<String> = (0..FEATURES)
+            .map(|j| {
+                format!(
+                    "\"feature_{j}\":{}",
+                    ((i * 31 + j * 7) % 100) as f32 / 100.0
+                )
+            })
+            .collect();
+        let line = format!("{{\"seq\": {i}, \"data\": {{{}}}}}", data.join(","));
+        lengths.push(line.len() as u64);
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+    lengths
+}
+
+/// Runs `tidewatch bench <args>` in `dir`, expecting it to fail; returns stderr.
+fn bench_fails(dir: &Path, args: &[&str]) -> String {
+    let out = common::tidewatch(dir)
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "bench {args:?} succeeded: {stderr}");
+    stderr
+}
+
+/// `--input`: the ring is the file's lines as written (plain JSON, decoded while timed),
+/// all of them by default or the first --ring; the report names the file; over HTTP the
+/// lines are the bodies; the floor decodes the same lines.
+#[test]
+fn input_file_is_the_ring_and_the_report_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_in(dir.path());
+    let model = model.to_str().unwrap();
+    let path = dir.path().join("frames.jsonl");
+    let lengths = write_jsonl(&path, 12);
+    let input = path.to_str().unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec!["--model", model, "--input", input, "--json"];
+        args.extend_from_slice(extra);
+        let out = bench(dir.path(), &args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+
+    // 30 frames: the 12 records twice and the first 6 again.
+    let r = run(&["--frames", "30", "--floor", "100ms"]);
+    assert_eq!(r["mode"], "in-process", "{r}");
+    assert_eq!(r["input"], input, "{r}");
+    assert_eq!(u(&r, "ring"), 12, "every record by default: {r}");
+    assert_eq!(u(&r, "frames"), 30, "{r}");
+    assert_eq!(u(&r, "frames_scored"), 30 - (WINDOW as u64 - 1), "{r}");
+    let taken: u64 = (0..30).map(|k| lengths[k % 12]).sum();
+    assert_eq!(
+        u(&r, "wire_bytes"),
+        taken,
+        "the file's lines, as written: {r}"
+    );
+    let mean = lengths.iter().sum::<u64>() as f64 / 12.0;
+    assert!(close(f(&r, "mean_frame_bytes"), mean), "{r}");
+    assert!(close(f(&r, "mean_json_bytes"), mean), "plain JSON: {r}");
+    assert!(f(&r, "floor_frames_per_second") > 0.0, "{r}");
+
+    // --ring takes the first records; over HTTP they are the bodies, all accepted.
+    let r = run(&["--frames", "10", "--ring", "5", "--http", "-w", "2"]);
+    assert_eq!(r["mode"], "http", "{r}");
+    assert_eq!(r["input"], input, "{r}");
+    assert_eq!(u(&r, "ring"), 5, "{r}");
+    assert_eq!(u(&r, "frames"), 10, "{r}");
+    assert_eq!(r["http"]["statuses"]["202"], 10, "all accepted: {r}");
+    let sent: u64 = 2 * lengths[..5].iter().sum::<u64>();
+    assert_eq!(u(&r["http"], "sent_bytes"), sent, "{r}");
+
+    // Without --input the report says so.
+    let r = json_report(dir.path(), &[]);
+    assert!(r["input"].is_null(), "{r}");
+    assert!(r.as_object().unwrap().contains_key("input"), "{r}");
+}
+
+/// A file with a record that does not fit the model is refused before timing, naming
+/// the file and line; `--missing-features zero` (as in `replay`) accepts a record with
+/// features missing; other formats and --kafka are refused with the reason.
+#[test]
+fn input_file_with_a_bad_record_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_in(dir.path());
+    let model = model.to_str().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    write_jsonl(&bad, 4);
+    let mut text = std::fs::read_to_string(&bad).unwrap();
+    // line 3 is not JSON
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(2, "{\"seq\": 2, \"data\": {\"feature_0\": 0.5,");
+    text = lines.join("\n") + "\n";
+    std::fs::write(&bad, &text).unwrap();
+    let err = bench_fails(
+        dir.path(),
+        &[
+            "--model",
+            model,
+            "--input",
+            bad.to_str().unwrap(),
+            "--frames",
+            "5",
+        ],
+    );
+    assert!(err.contains("bad.jsonl:3"), "names the line: {err}");
+    assert!(err.contains("does not decode"), "{err}");
+
+    // a record with one feature: refused by default (naming its line), scored with zeros
+    // for the others under --missing-features zero
+    let short = dir.path().join("short.jsonl");
+    write_jsonl(&short, 6);
+    let mut text = std::fs::read_to_string(&short).unwrap();
+    text.push_str("{\"seq\": 6, \"data\": {\"feature_0\": 0.5}}\n");
+    std::fs::write(&short, &text).unwrap();
+    let short = short.to_str().unwrap();
+    let err = bench_fails(
+        dir.path(),
+        &["--model", model, "--input", short, "--frames", "5"],
+    );
+    assert!(err.contains("short.jsonl:7"), "{err}");
+    let out = bench(
+        dir.path(),
+        &[
+            "--model",
+            model,
+            "--input",
+            short,
+            "--frames",
+            "14",
+            "--missing-features",
+            "zero",
+            "--json",
+        ],
+    );
+    let r: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(u(&r, "ring"), 7, "{r}");
+    assert_eq!(u(&r, "frames"), 14, "{r}");
+
+    let csv = dir.path().join("frames.csv");
+    std::fs::write(&csv, "feature_0\n0.5\n").unwrap();
+    let err = bench_fails(
+        dir.path(),
+        &["--model", model, "--input", csv.to_str().unwrap()],
+    );
+    assert!(err.contains("only JSONL") && err.contains("CSV"), "{err}");
+
+    let err = bench_fails(
+        dir.path(),
+        &["--model", model, "--input", short, "--kafka", "127.0.0.1:9"],
+    );
+    assert!(err.contains("cannot be used with"), "{err}");
+}

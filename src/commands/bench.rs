@@ -15,10 +15,18 @@
 //!
 //! Encoding is not measured: the ring is encoded before the clock starts, by the same
 //! encoder as `loadgen` ([`crate::load::FrameEncoder`]).
+//!
+//! With `--input FILE` (JSONL), the ring is the file's records instead, each line kept as
+//! written (plain JSON) and decoded in the measured loop as a generated frame is: the
+//! work `replay --input FILE` does, apart from reading the file. Every record is decoded
+//! once before the clock starts, and a record that does not fit the model stops the run
+//! with its file and line. In process and with `--http` (the load generator posts the
+//! lines as bodies); not with `--kafka`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,12 +49,17 @@ use crate::runtime::{
 use crate::server::{self, ModelSpec, ServeConfig};
 use crate::sinks::webhook::WebhookConfig;
 use crate::sources::ring::{RingCounters, RingSource};
-use crate::sources::{decode_frame, inflate_if_gzip, FrameSource, KeyPolicy};
+use crate::sources::{
+    decode_frame, inflate_if_gzip, BodyKind, FrameSource, KeyPolicy, MissingKeys, UnknownKeys,
+};
 use crate::stats::StageSummary;
 use crate::types::FrameResult;
 
 /// How long a run lasts when neither --frames nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// Generated frames in the ring when --ring is not given.
+const DEFAULT_RING: usize = 64;
 
 /// RSS is read from `/proc` on every this-many-th verdict: often enough to see the
 /// steady state, rarely enough to cost nothing next to scoring a frame.
@@ -69,10 +82,28 @@ pub struct BenchArgs {
     /// features, which is the default.
     #[arg(long)]
     pub features: Option<usize>,
-    /// Distinct frames encoded before timing starts and sent round and round. Where the
-    /// ring wraps the series jump, which the model may flag.
-    #[arg(long, default_value_t = 64)]
-    pub ring: usize,
+    /// Distinct frames sent round and round: this many generated frames, encoded before
+    /// timing starts (default 64), or with --input the file's first this-many records
+    /// (default: every record of the file, all held in memory). Where the ring wraps the
+    /// series jump, which the model may flag.
+    #[arg(long)]
+    pub ring: Option<usize>,
+    /// Frames from this JSONL file (`.jsonl` or `.json`, optionally `.gz`; CSV and NPY
+    /// are refused) instead of the generator: each line is one body, kept as written
+    /// (plain JSON), and decoded while timed as generated frames are, the work
+    /// `replay --input FILE` does apart from reading the file. Every record is decoded
+    /// once before timing starts; one that does not fit the model stops the run, naming
+    /// its line. With --http the lines are the request bodies (serve's body limit is
+    /// raised to the longest line).
+    #[arg(long, value_name = "FILE", conflicts_with = "kafka")]
+    pub input: Option<PathBuf>,
+    /// What to do with keys that name no model feature (as `replay`, with its default).
+    #[arg(long, value_enum, default_value = "reject")]
+    pub unknown_features: UnknownKeys,
+    /// What to do with model features missing from a frame (as `replay`, with its
+    /// default).
+    #[arg(long, value_enum, default_value = "reject")]
+    pub missing_features: MissingKeys,
     /// Open loop: offer this many frames per second, evenly spaced, instead of as many
     /// as the dataflow takes; the receive → verdict latency then excludes waiting
     /// behind the source.
@@ -170,8 +201,10 @@ pub struct BenchReport {
     pub batch_size: usize,
     /// Where scoring ran: `cpu`, or `cuda (<GPU name>)`.
     pub device: String,
-    /// Distinct pre-encoded frames cycled.
+    /// Distinct frames cycled (generated and encoded beforehand, or the file's records).
     pub ring: usize,
+    /// The file whose records were cycled (`--input`), or `None` for generated frames.
+    pub input: Option<String>,
     /// Offered frames per second (open loop), or `None` for as fast as taken.
     pub offered_rate: Option<f64>,
     /// Frames that entered the dataflow.
@@ -186,12 +219,13 @@ pub struct BenchReport {
     pub frames_per_second: f64,
     /// Feature values per second: `frames_per_second × features`.
     pub features_per_second: f64,
-    /// gzip bytes of the frames taken in (HTTP: frames accepted × the ring's mean
-    /// frame size; refused requests are not counted).
+    /// Bytes of the frames taken in, as on the wire: gzip for generated frames, the
+    /// lines as written with --input (HTTP: frames accepted × the ring's mean frame size;
+    /// refused requests are not counted).
     pub wire_bytes: u64,
     /// `wire_bytes / seconds`, in MB (10^6 bytes) per second.
     pub wire_mb_per_second: f64,
-    /// Mean gzip size of a frame of the ring, bytes.
+    /// Mean size of a frame of the ring as sent (gzip, or the file's line), bytes.
     pub mean_frame_bytes: f64,
     /// Mean inflated (JSON) size of a frame of the ring, bytes.
     pub mean_json_bytes: f64,
@@ -296,8 +330,14 @@ pub struct AlertFigures {
 
 /// Runs `tidewatch bench` and prints its report (process 0 only).
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.ring == 0 {
+    if args.ring == Some(0) {
         bail!("--ring must be at least 1");
+    }
+    if args.input.is_some() && crate::dataflows::reads_records(&args.pipeline.dataflow) {
+        bail!(
+            "bench --input reads frames, and the {} variant reads records: time it with `replay --input`",
+            args.pipeline.dataflow
+        );
     }
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number of frames per second");
@@ -343,13 +383,50 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let ring = FrameEncoder::new(args.synthetic.config(features))?.ring(args.ring);
-    let ring_facts = RingFacts::measure(&ring, &model)?;
+    // As `replay` matches a file's keys (its flags and defaults); the body is a frame,
+    // as it is for every variant that `--input` accepts.
+    let policy = KeyPolicy {
+        unknown: args.unknown_features,
+        missing: args.missing_features,
+        body: BodyKind::Frame,
+    };
+    let index = model.feature_index();
+    let (ring, ring_facts) = match &args.input {
+        Some(path) => {
+            let records =
+                crate::sources::file::jsonl_records(path, args.ring).context("bench --input")?;
+            if records.is_empty() {
+                bail!("{}: no records (every line is blank)", path.display());
+            }
+            let lines: Vec<usize> = records.iter().map(|r| r.line).collect();
+            let ring: Vec<Encoded> = records
+                .into_iter()
+                .map(|r| (Bytes::from(r.body), 0))
+                .collect();
+            let facts = RingFacts::measure(&ring, &index, policy, |i| {
+                format!("{}:{}", path.display(), lines[i])
+            })
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}\n(bench --input refuses a file with a record that does not decode against the model: a run over partly bad input would time less work than the file holds)"
+                )
+            })?;
+            (ring, facts)
+        }
+        None => {
+            let ring = FrameEncoder::new(args.synthetic.config(features))?
+                .ring(args.ring.unwrap_or(DEFAULT_RING));
+            let facts = RingFacts::measure(&ring, &index, policy, |i| format!("frame {i}"))
+                .context("the generated frames do not decode against the model")?;
+            (ring, facts)
+        }
+    };
+    let ring_len = ring.len();
     let floor = |ring: &[Encoded]| -> anyhow::Result<Option<f64>> {
         let Some(d) = args.floor else { return Ok(None) };
         let bodies: Vec<Bytes> = ring.iter().map(|(b, _)| b.clone()).collect();
         let threads = args.cluster.threads.max(1);
-        super::floor::frames_per_second(&bodies, &model.feature_index(), threads, d).map(Some)
+        super::floor::frames_per_second(&bodies, &index, policy, threads, d).map(Some)
     };
     let floor_before = floor(&ring)?;
     let ring_after = args.floor.map(|_| ring.clone());
@@ -364,11 +441,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut report = if let Some(brokers) = &args.kafka {
         run_kafka(args, brokers, &model, settings, ring, Arc::clone(&probe))?
     } else if args.http {
-        let mean_wire = ring_facts.mean_wire;
-        run_http(args, &model, settings, ring, mean_wire, Arc::clone(&probe))?
+        let facts = &ring_facts;
+        run_http(
+            args,
+            &model,
+            settings,
+            policy,
+            ring,
+            facts,
+            Arc::clone(&probe),
+        )?
     } else {
-        run_in_process(args, &model, settings, ring, Arc::clone(&probe))?
+        run_in_process(args, &model, settings, policy, ring, Arc::clone(&probe))?
     };
+    report.ring = ring_len;
+    report.input = args.input.as_ref().map(|p| p.display().to_string());
     report.minor_faults_per_frame = faults_before
         .zip(minor_faults())
         .map(|(a, b)| b.saturating_sub(a) as f64 / report.frames.max(1) as f64);
@@ -403,28 +490,39 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Sizes of the ring's frames; decoding each once also checks, before the clock
-/// starts, that the frames fit the model (else every frame would be rejected).
+/// starts, that the frames fit the model (else frames would be rejected while timed,
+/// and the run would time less work than it says).
 struct RingFacts {
     mean_wire: f64,
     mean_json: f64,
+    /// The largest frame as sent, bytes.
+    max_wire: usize,
 }
 
 impl RingFacts {
-    fn measure(ring: &[Encoded], model: &Model) -> anyhow::Result<RingFacts> {
-        let index = model.feature_index();
-        let (mut wire, mut json) = (0usize, 0usize);
+    /// Decodes every frame of `ring` as the run will, keys matched as `policy` says; the
+    /// first that fails is the error, named by `origin(position)`.
+    fn measure(
+        ring: &[Encoded],
+        index: &crate::model::FeatureIndex,
+        policy: KeyPolicy,
+        origin: impl Fn(usize) -> String,
+    ) -> anyhow::Result<RingFacts> {
+        let (mut wire, mut json, mut max_wire) = (0usize, 0usize, 0usize);
         let mut values = Vec::new();
-        for (body, _) in ring {
-            let inflated = inflate_if_gzip(body, crate::sources::ring::MAX_INFLATED)?;
-            decode_frame(&inflated, &index, KeyPolicy::default(), &mut values)
-                .context("the generated frames do not decode against the model")?;
+        for (i, (body, _)) in ring.iter().enumerate() {
+            let inflated = inflate_if_gzip(body, crate::sources::ring::MAX_INFLATED)
+                .with_context(|| origin(i))?;
+            decode_frame(&inflated, index, policy, &mut values).with_context(|| origin(i))?;
             wire += body.len();
             json += inflated.len();
+            max_wire = max_wire.max(body.len());
         }
         let n = ring.len().max(1) as f64;
         Ok(RingFacts {
             mean_wire: wire as f64 / n,
             mean_json: json as f64 / n,
+            max_wire,
         })
     }
 }
@@ -541,7 +639,8 @@ fn base_report(
         dataflow: args.pipeline.dataflow.clone(),
         batch_size: args.batch_size,
         device: String::new(),
-        ring: args.ring,
+        ring: 0,
+        input: None,
         offered_rate: args.rate,
         frames: 0,
         frames_scored: 0,
@@ -598,12 +697,20 @@ impl BenchReport {
             ),
             (
                 "wire input",
-                format!(
-                    "{:.1} MB/s gzip ({:.0} KB per frame, {:.0} KB of JSON)",
-                    self.wire_mb_per_second,
-                    self.mean_frame_bytes / 1e3,
-                    self.mean_json_bytes / 1e3
-                ),
+                match &self.input {
+                    None => format!(
+                        "{:.1} MB/s gzip ({:.0} KB per frame, {:.0} KB of JSON)",
+                        self.wire_mb_per_second,
+                        self.mean_frame_bytes / 1e3,
+                        self.mean_json_bytes / 1e3
+                    ),
+                    Some(_) => format!(
+                        "{:.1} MB/s of the file's lines ({:.0} KB per frame, {:.0} KB of JSON)",
+                        self.wire_mb_per_second,
+                        self.mean_frame_bytes / 1e3,
+                        self.mean_json_bytes / 1e3
+                    ),
+                },
             ),
         ];
         if let (Some(f), Some(share)) = (self.floor_frames_per_second, self.share_of_floor) {
@@ -697,8 +804,12 @@ impl BenchReport {
         let rate = self
             .offered_rate
             .map_or("unpaced".to_string(), |r| format!("offered {r} frames/s"));
+        let input = self
+            .input
+            .as_ref()
+            .map_or(String::new(), |p| format!("  input {p}\n"));
         let mut out = format!(
-            "tidewatch bench ({}, {rate}): {} features, window {}, {} worker(s) ({} thread(s) × {} process(es)), dataflow {}, batch {}, ring {}\n  model {}\n  device {}\n",
+            "tidewatch bench ({}, {rate}): {} features, window {}, {} worker(s) ({} thread(s) × {} process(es)), dataflow {}, batch {}, ring {}\n{input}  model {}\n  device {}\n",
             self.mode,
             self.features,
             self.window,
@@ -740,6 +851,7 @@ fn run_in_process(
     args: &BenchArgs,
     model: &Arc<Model>,
     settings: Settings,
+    policy: KeyPolicy,
     ring: Vec<Encoded>,
     probe: Arc<Probe>,
 ) -> anyhow::Result<BenchReport> {
@@ -758,6 +870,7 @@ fn run_in_process(
             Ok(Some(Box::new(RingSource::new(
                 Arc::clone(&ring),
                 index.clone(),
+                policy,
                 (slot.index as u64, readers as u64),
                 limit,
                 duration,
@@ -786,14 +899,20 @@ fn run_http(
     args: &BenchArgs,
     model: &Arc<Model>,
     settings: Settings,
+    policy: KeyPolicy,
     ring: Vec<Encoded>,
-    ring_mean_wire: f64,
+    facts: &RingFacts,
     probe: Arc<Probe>,
 ) -> anyhow::Result<BenchReport> {
     let (limit, duration) = limits(args);
+    let ring_mean_wire = facts.mean_wire;
     let mut config = ServeConfig::new(ModelSpec::Loaded(Arc::clone(model)));
     config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.settings = settings;
+    config.key_policy = policy;
+    // A file's plain JSON lines may be longer than serve's default limit (1 MiB) allows a
+    // body: refusing them would time nothing.
+    config.max_body_bytes = config.max_body_bytes.max(facts.max_wire);
     config.cluster = args.cluster.clone();
     config.queue_max_size = args.queue_max_size;
     // The receiver shares the load generator's runtime; serve brings its own.
@@ -991,7 +1110,10 @@ mod tests {
             frames: Some(20),
             duration: None,
             features: None,
-            ring: 3,
+            ring: Some(3),
+            input: None,
+            unknown_features: UnknownKeys::Reject,
+            missing_features: MissingKeys::Reject,
             rate: None,
             floor: None,
             soak: None,

@@ -1,5 +1,6 @@
 //! The floor of a frame's cost on this machine, for `bench --floor`: the same client
-//! frames through the same decoder (`decode_body`: libdeflate, then the JSON fast path)
+//! frames (or, with `bench --input`, the same lines of the file) through the same decoder
+//! (`decode_body`: libdeflate for gzip, then the JSON fast path)
 //! and one linear pass over the values, in a plain loop on `threads` threads, with no
 //! dataflow, channels or sinks. A run's frames/s divided by the floor measured in the
 //! same run is a ratio that the machine's noise (up to 1.6× between runs here) mostly
@@ -14,10 +15,12 @@ use crate::sources::ring::MAX_INFLATED;
 use crate::sources::{decode_body, KeyPolicy};
 
 /// Frames per second of the plain loop on `threads` threads for `duration`, each thread
-/// taking every `threads`-th frame of `ring` in turn.
+/// taking every `threads`-th frame of `ring` in turn, its keys matched to `index` as
+/// `policy` says (as the run being compared with matches them).
 pub fn frames_per_second(
     ring: &[Bytes],
     index: &FeatureIndex,
+    policy: KeyPolicy,
     threads: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
@@ -27,7 +30,7 @@ pub fn frames_per_second(
     let deadline = started + duration;
     let counts = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| s.spawn(move || one_thread(ring, index, t, threads, deadline)))
+            .map(|t| s.spawn(move || one_thread(ring, index, policy, t, threads, deadline)))
             .collect();
         handles
             .into_iter()
@@ -41,6 +44,7 @@ pub fn frames_per_second(
 fn one_thread(
     ring: &[Bytes],
     index: &FeatureIndex,
+    policy: KeyPolicy,
     first: usize,
     step: usize,
     deadline: Instant,
@@ -54,7 +58,7 @@ fn one_thread(
             &ring[k % ring.len()],
             MAX_INFLATED,
             index,
-            KeyPolicy::default(),
+            policy,
             &mut values,
         )?;
         // The linear score: what the cheapest detector adds per value.
@@ -85,10 +89,24 @@ mod tests {
             .map(|(b, _)| b)
             .collect();
         let index = FeatureIndex::numbered(64);
-        let fps = frames_per_second(&ring, &index, 2, Duration::from_millis(50)).unwrap();
+        let fps = frames_per_second(
+            &ring,
+            &index,
+            KeyPolicy::default(),
+            2,
+            Duration::from_millis(50),
+        )
+        .unwrap();
         assert!(fps > 0.0);
         // frames that do not fit the model are an error, not a fast floor
         let wrong = FeatureIndex::numbered(63);
-        assert!(frames_per_second(&ring, &wrong, 1, Duration::from_millis(10)).is_err());
+        assert!(frames_per_second(
+            &ring,
+            &wrong,
+            KeyPolicy::default(),
+            1,
+            Duration::from_millis(10)
+        )
+        .is_err());
     }
 }

@@ -195,6 +195,59 @@ fn next_line(
     }
 }
 
+/// One record of a JSONL file as it is written there, for `bench --input`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Its 1-based line number.
+    pub line: usize,
+    /// The line without its line ending: the bytes a client would send as a body.
+    pub body: Vec<u8>,
+}
+
+/// The records of a JSONL file (`.jsonl` or `.json`, optionally `.gz`) as they are
+/// written, the first `limit` of them (all with `None`), not decoded: non-blank lines,
+/// as [`open`] reads them. Any other format is refused, naming the one that is read.
+pub fn jsonl_records(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<RawRecord>> {
+    let name = path.display().to_string();
+    let format = if path.is_dir() {
+        None
+    } else {
+        Some(format_of(path)?)
+    };
+    let gz = match format {
+        Some((Format::Jsonl, gz)) => gz,
+        other => bail!(
+            "{name}: only JSONL files are read (.jsonl or .json, optionally .gz: one frame object per line), not {}",
+            match other {
+                None => "a directory",
+                Some((Format::Csv, _)) => "CSV",
+                Some(_) => "NPY",
+            }
+        ),
+    };
+    let mut reader = open_reader(path, gz)?;
+    let (mut buf, mut line) = (Vec::new(), 0);
+    let mut records = Vec::new();
+    while limit.is_none_or(|n| records.len() < n) {
+        let Some(at) = next_line(&mut reader, &mut buf, &mut line)
+            .with_context(|| format!("{name}:{}: cannot read", line + 1))?
+        else {
+            break;
+        };
+        let end = buf.len()
+            - buf
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+        records.push(RawRecord {
+            line: at,
+            body: buf[..end].to_vec(),
+        });
+    }
+    Ok(records)
+}
+
 /// The lines of a text file, read in turn by one or several workers: each takes the next
 /// record (and inflates it, for `.gz`) under the lock and parses it outside, so that the
 /// parsing, which costs far more than reading, spreads over the workers.
@@ -1165,6 +1218,44 @@ mod tests {
         assert!(csv_fields(r#""open"#).is_err());
         assert!(csv_fields(r#""a"b"#).is_err());
         assert_eq!(csv_quote("a,b"), "\"a,b\"");
+    }
+
+    /// `bench --input`'s records: non-blank lines as written, without their line ending,
+    /// numbered by line; `limit` takes the first ones; other formats are refused by name.
+    #[test]
+    fn jsonl_records_are_the_lines_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"a\":1}\r\n\n  \n{\"b\":2}\nnot json\n").unwrap();
+        let records = jsonl_records(&path, None).unwrap();
+        let got: Vec<(usize, &[u8])> = records.iter().map(|r| (r.line, &r.body[..])).collect();
+        assert_eq!(
+            got,
+            [
+                (1, &b"{\"a\":1}"[..]),
+                (4, &b"{\"b\":2}"[..]),
+                (5, &b"not json"[..])
+            ]
+        );
+        assert_eq!(jsonl_records(&path, Some(2)).unwrap().len(), 2);
+
+        let gz = dir.path().join("r.jsonl.gz");
+        let mut w = flate2::write::GzEncoder::new(
+            File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        w.write_all(b"{\"a\":1}\n").unwrap();
+        w.finish().unwrap();
+        assert_eq!(jsonl_records(&gz, None).unwrap()[0].body, b"{\"a\":1}");
+
+        for (name, kind) in [("r.csv", "CSV"), ("r.npy", "NPY")] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "x\n").unwrap();
+            let e = jsonl_records(&p, None).unwrap_err().to_string();
+            assert!(e.contains("only JSONL") && e.contains(kind), "{e}");
+        }
+        let e = jsonl_records(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A ring of frames encoded as seed 001's client sends them, cycled by `bench`: each
-//! frame is inflated and decoded as it is handed out, the per-frame work `serve` does on
-//! its HTTP threads, with no sockets in the way.
+//! A ring of frames encoded as seed 001's client sends them (or, with `bench --input`, a
+//! file's JSONL lines as they are written), cycled by `bench`: each frame is inflated (if
+//! gzip) and decoded as it is handed out, the per-frame work `serve` does on its HTTP
+//! threads, with no sockets in the way.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct RingCounters {
 pub struct RingSource {
     ring: Arc<Vec<Bytes>>,
     index: FeatureIndex,
+    policy: KeyPolicy,
     /// Ring positions this worker hands out: `first`, `first + step`, ...
     first: u64,
     step: u64,
@@ -43,10 +45,12 @@ pub struct RingSource {
 impl RingSource {
     /// A reader of `ring` handing out positions `first, first + step, ...` (`deal` is
     /// `(first, step)`: reader i of n takes `(i, n)`) until `limit` frames of the whole
-    /// ring were dealt or `duration` has passed since its first pull.
+    /// ring were dealt or `duration` has passed since its first pull. Frame keys must
+    /// match `index` as `policy` says.
     pub fn new(
         ring: Arc<Vec<Bytes>>,
         index: FeatureIndex,
+        policy: KeyPolicy,
         deal: (u64, u64),
         limit: Option<u64>,
         duration: Option<Duration>,
@@ -55,6 +59,7 @@ impl RingSource {
         RingSource {
             ring,
             index,
+            policy,
             first: deal.0,
             step: deal.1.max(1),
             handed_out: 0,
@@ -94,13 +99,7 @@ impl FrameSource for RingSource {
             .wire_bytes
             .fetch_add(body.len() as u64, Relaxed);
         let mut values = Vec::with_capacity(self.index.len());
-        let decoded = decode_body(
-            body,
-            MAX_INFLATED,
-            &self.index,
-            KeyPolicy::default(),
-            &mut values,
-        );
+        let decoded = decode_body(body, MAX_INFLATED, &self.index, self.policy, &mut values);
         match decoded {
             Ok(d) => Pull::Frame(Frame {
                 seq: 0,
@@ -142,6 +141,7 @@ mod tests {
         let mut source = RingSource {
             ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
             index: FeatureIndex::numbered(10),
+            policy: KeyPolicy::default(),
             first: 0,
             step: 1,
             handed_out: 0,
@@ -185,6 +185,7 @@ mod tests {
             let mut source = RingSource {
                 ring: Arc::clone(&ring),
                 index: FeatureIndex::numbered(4),
+                policy: KeyPolicy::default(),
                 first,
                 step: 2,
                 handed_out: 0,
@@ -216,6 +217,7 @@ mod tests {
         let mut source = RingSource {
             ring: Arc::new(ring.into_iter().map(|(b, _)| b).collect()),
             index: FeatureIndex::numbered(2),
+            policy: KeyPolicy::default(),
             first: 0,
             step: 1,
             handed_out: 0,
