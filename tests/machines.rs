@@ -367,15 +367,10 @@ fn predict_answers_one_record_over_http() {
 #[test]
 fn records_posted_to_the_ingest_route_alert_with_their_probability() {
     use common::serve::{wait_until, Client, Receiver};
-    use tidewatch::server::ModelSpec;
     let rt = common::serve::runtime();
     let rx = Receiver::like_client(&rt);
     let dir = tempfile::tempdir().unwrap();
-    let (mut c, verdicts) = common::serve::config(common::serve::model(1), &rx.base_url(), &dir);
-    c.model = ModelSpec::Dir(model_dir());
-    c.settings.threshold = None;
-    c.settings.pipeline = tidewatch::dataflows::pipeline("machines", &[]).unwrap();
-    c.key_policy.body = tidewatch::dataflows::body_kind("machines");
+    let (c, verdicts) = machines_serve_config(&rx, &dir);
     let server = common::serve::start(c);
     let client = Client::new();
     let normal = serde_json::json!({"machine_id": "L47183", "type": "L", "sensor_data": {
@@ -431,15 +426,10 @@ fn records_posted_to_the_ingest_route_alert_with_their_probability() {
 #[test]
 fn admin_changes_are_refused_where_the_variant_does_not_follow_them() {
     use common::serve::{wait_until, Client, Receiver};
-    use tidewatch::server::ModelSpec;
     let rt = common::serve::runtime();
     let rx = Receiver::like_client(&rt);
     let dir = tempfile::tempdir().unwrap();
-    let (mut c, verdicts) = common::serve::config(common::serve::model(1), &rx.base_url(), &dir);
-    c.model = ModelSpec::Dir(model_dir());
-    c.settings.threshold = None;
-    c.settings.pipeline = tidewatch::dataflows::pipeline("machines", &[]).unwrap();
-    c.key_policy.body = tidewatch::dataflows::body_kind("machines");
+    let (mut c, verdicts) = machines_serve_config(&rx, &dir);
     c.admin_token = Some("t0ken".into());
     let server = common::serve::start(c);
     let client = Client::new();
@@ -477,4 +467,18 @@ fn admin_changes_are_refused_where_the_variant_does_not_follow_them() {
     wait_until("the verdict", || verdicts.lock().unwrap().len() == 1);
     assert!(verdicts.lock().unwrap()[0].is_anomalous());
     server.shutdown().unwrap();
+}
+
+/// `serve --dataflow machines` with the shipped model and its own threshold, alerting to
+/// `rx`, its verdicts collected.
+fn machines_serve_config(
+    rx: &common::serve::Receiver,
+    dir: &tempfile::TempDir,
+) -> (tidewatch::server::ServeConfig, common::serve::Verdicts) {
+    let (mut c, verdicts) = common::serve::config(common::serve::model(1), &rx.base_url(), dir);
+    c.model = tidewatch::server::ModelSpec::Dir(model_dir());
+    c.settings.threshold = None;
+    c.settings.pipeline = tidewatch::dataflows::pipeline("machines", &[]).unwrap();
+    c.key_policy.body = tidewatch::dataflows::body_kind("machines");
+    (c, verdicts)
 }

@@ -697,20 +697,17 @@ impl BenchReport {
             ),
             (
                 "wire input",
-                match &self.input {
-                    None => format!(
-                        "{:.1} MB/s gzip ({:.0} KB per frame, {:.0} KB of JSON)",
-                        self.wire_mb_per_second,
-                        self.mean_frame_bytes / 1e3,
-                        self.mean_json_bytes / 1e3
-                    ),
-                    Some(_) => format!(
-                        "{:.1} MB/s of the file's lines ({:.0} KB per frame, {:.0} KB of JSON)",
-                        self.wire_mb_per_second,
-                        self.mean_frame_bytes / 1e3,
-                        self.mean_json_bytes / 1e3
-                    ),
-                },
+                format!(
+                    "{:.1} MB/s {} ({:.0} KB per frame, {:.0} KB of JSON)",
+                    self.wire_mb_per_second,
+                    if self.input.is_some() {
+                        "of the file's lines"
+                    } else {
+                        "gzip"
+                    },
+                    self.mean_frame_bytes / 1e3,
+                    self.mean_json_bytes / 1e3
+                ),
             ),
         ];
         if let (Some(f), Some(share)) = (self.floor_frames_per_second, self.share_of_floor) {

@@ -213,11 +213,15 @@ fn next_line(
             return Ok(None);
         }
         *line += 1;
-        // Blank lines (a trailing newline, an editor's padding) are not records.
-        if !buf.iter().all(u8::is_ascii_whitespace) {
+        if !is_blank(buf) {
             return Ok(Some(*line));
         }
     }
+}
+
+/// Blank lines (a trailing newline, an editor's padding) are not records.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// One record of a JSONL file as it is written there, for `bench --input`.
@@ -392,7 +396,7 @@ impl MappedLines {
             let end = memchr::memchr(b'\n', &l.map[start..]).map_or(len, |i| start + i + 1);
             l.pos = end;
             l.line += 1;
-            if !l.map[start..end].iter().all(u8::is_ascii_whitespace) {
+            if !is_blank(&l.map[start..end]) {
                 let seq = l.records;
                 l.records += 1;
                 return Some((seq, l.line, start..end));
