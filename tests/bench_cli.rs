@@ -545,4 +545,20 @@ fn input_file_with_a_bad_record_is_refused_with_its_line() {
         &["--model", model, "--input", short, "--kafka", "127.0.0.1:9"],
     );
     assert!(err.contains("cannot be used with"), "{err}");
+
+    // The generator's flags would change nothing with --input: refused, not ignored.
+    for flag in [
+        &["--seed", "3"][..],
+        &["--kinds", "spike_up"],
+        &["--anomaly-rate", "0.01"],
+        &["--features", "8"],
+    ] {
+        let mut args = vec!["--model", model, "--input", short, "--frames", "5"];
+        args.extend_from_slice(flag);
+        let err = bench_fails(dir.path(), &args);
+        assert!(
+            err.contains("cannot be used with") && err.contains(flag[0]),
+            "{flag:?}: {err}"
+        );
+    }
 }

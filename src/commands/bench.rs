@@ -94,8 +94,16 @@ pub struct BenchArgs {
     /// `replay --input FILE` does apart from reading the file. Every record is decoded
     /// once before timing starts; one that does not fit the model stops the run, naming
     /// its line. With --http the lines are the request bodies (serve's body limit is
-    /// raised to the longest line).
-    #[arg(long, value_name = "FILE", conflicts_with = "kafka")]
+    /// raised to the longest line). The generator's flags (--features, --seed,
+    /// --kinds, ...) are refused with it: they would change nothing.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "kafka", "features", "plant_seed", "seed", "anomaly_rate", "spike_sigma",
+            "shift_sigma", "anomaly_len", "kinds",
+        ]
+    )]
     pub input: Option<PathBuf>,
     /// What to do with keys that name no model feature (as `replay`, with its default).
     #[arg(long, value_enum, default_value = "reject")]
