@@ -194,6 +194,13 @@ fn both_layouts_give_the_same_figures() {
     let pca = evaluate(&["--data", t.to_str().unwrap(), "--detector", "pca"]);
     assert_eq!(pca["detector"], "pca");
     assert_eq!(pca["event_recall"], 1.0, "{pca}");
+    // nor is the burst near any window seen before it
+    let near = evaluate(&["--data", t.to_str().unwrap(), "--detector", "neighbour"]);
+    assert_eq!(near["detector"], "neighbour");
+    let floor = near["config"]["min_distance"].as_f64().unwrap();
+    assert!((floor - 0.05).abs() < 1e-6, "Telemanom's floor: {near}");
+    assert_eq!(near["event_recall"], 1.0, "{near}");
+    assert_eq!(near["event_fp"], 0, "{near}");
     let ewma = evaluate(&["--data", t.to_str().unwrap(), "--detector", "ewma"]);
     assert_eq!(ewma["detector"], "ewma");
     assert!(

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use tidewatch::detect::{
-    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Pca,
-    PcaConfig, PcaModel, RffOcSvm, Scores,
+    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel,
+    Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, RffOcSvm, Scores,
 };
 use tidewatch::model::{Model, Params};
 use tidewatch::sources::{AnomalyKind, Generator, GeneratorConfig, Injection};
@@ -255,6 +255,7 @@ fn scores_grow_with_the_size_of_a_departure() {
     let (m0, s0) = (means[0], 1.0 / inv_std[0]);
     let forecast = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
     let pca = Arc::new(PcaModel::fit(&train, 1, PcaConfig::default()).unwrap());
+    let near = Arc::new(NeighbourModel::fit(&train, 1, NeighbourConfig::default()).unwrap());
     type Make<'a> = Box<dyn Fn() -> (Box<dyn Detector>, f32) + 'a>;
     let detectors: Vec<(&str, Make)> = vec![
         (
@@ -271,6 +272,10 @@ fn scores_grow_with_the_size_of_a_departure() {
         (
             "pca",
             Box::new(|| (Box::new(Pca::new(pca.clone(), 0..1)) as _, 1.0)),
+        ),
+        (
+            "neighbour",
+            Box::new(|| (Box::new(Neighbour::new(near.clone(), 0..1)) as _, 1.0)),
         ),
         (
             "ewma",

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig, PcaConfig};
+use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig, NeighbourConfig, PcaConfig};
 use crate::eval::data::Layout;
 use crate::eval::{self, DetectorKind, Evaluation};
 
@@ -26,6 +26,9 @@ pub enum DetectorName {
     Cusum,
     /// PCA reconstruction error of each feature's windows.
     Pca,
+    /// Each window's distance to its nearest earlier window (training data or the test
+    /// stream's own), over the largest such distance within the training data.
+    Neighbour,
 }
 
 /// `tidewatch evaluate` flags.
@@ -51,7 +54,7 @@ pub struct EvaluateArgs {
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
     /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none; default 7),
     /// stuck (flat-line detection, true/false), stuck_min
-    /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor.
+    /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor; neighbour: window, floor, memory, min_distance (default as forecast's min_error).
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -170,6 +173,26 @@ impl EvaluateArgs {
                     variance: p.take("variance", d.variance)?,
                     floor: p.take("floor", d.floor)?,
                 })
+            }
+            DetectorName::Neighbour => {
+                let d = NeighbourConfig::default();
+                let config = NeighbourConfig {
+                    window: p.take("window", d.window)?,
+                    floor: p.take("floor", d.floor)?,
+                    memory: p.take("memory", d.memory)?,
+                    // Telemanom's absolute floor, as the forecaster's min_error
+                    min_distance: p.take(
+                        "min_distance",
+                        match layout {
+                            Layout::Telemanom => 0.05,
+                            Layout::Generic => d.min_distance,
+                        },
+                    )?,
+                };
+                if config.window == 0 {
+                    bail!("--param window must be at least 1");
+                }
+                DetectorKind::Neighbour(config)
             }
         };
         p.done()?;

@@ -16,6 +16,9 @@
 //!   baseline; needs no trained model, accumulates small persistent shifts.
 //! - [`Pca`]: reconstruction error of each feature's windows from the principal
 //!   components of its training windows ([`PcaModel`]), for seed 003's autoencoder.
+//! - [`Neighbour`]: each window's distance to its nearest earlier window, of the
+//!   training data or of the stream itself ([`NeighbourModel`]), over the largest such
+//!   distance within the training data.
 //! - [`Reloading`]: the model's one-class SVM, rebuilt between batches when an operator
 //!   swaps the model at run time ([`crate::controls`]).
 //! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
@@ -31,6 +34,7 @@ mod cusum;
 mod ewma;
 mod forecast;
 pub mod gpu;
+mod neighbour;
 mod ocsvm;
 mod pca;
 mod reload;
@@ -38,9 +42,38 @@ mod reload;
 pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form, FORECAST_FILE};
+pub use neighbour::{Neighbour, NeighbourConfig, NeighbourFit, NeighbourModel};
 pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
 pub use pca::{Pca, PcaConfig, PcaFit, PcaModel, PCA_FILE};
 pub use reload::Reloading;
+
+/// Fits each column of `train` (row-major, `cols` columns) with `fit`, for a detector
+/// of windows of `window` values, after checking that the data are whole rows and hold
+/// at least two windows.
+fn fit_columns<F>(
+    train: &[f32],
+    cols: usize,
+    window: usize,
+    fit: impl Fn(&[f32]) -> F,
+) -> anyhow::Result<Vec<F>> {
+    anyhow::ensure!(cols > 0, "no features to fit");
+    anyhow::ensure!(window > 0, "the window must hold at least one value");
+    let rows = train.len() / cols;
+    anyhow::ensure!(
+        rows * cols == train.len(),
+        "training data is not whole rows"
+    );
+    anyhow::ensure!(
+        rows >= 2 * window,
+        "{rows} training rows are too few for windows of {window}"
+    );
+    Ok((0..cols)
+        .map(|j| {
+            let x: Vec<f32> = (0..rows).map(|r| train[r * cols + j]).collect();
+            fit(&x)
+        })
+        .collect())
+}
 
 /// Where scoring runs (`DEFAULT_DEVICE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]

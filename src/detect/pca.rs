@@ -214,28 +214,11 @@ fn fit_feature(x: &[f32], config: &PcaConfig) -> PcaFit {
 impl PcaModel {
     /// Fits every column of `train` (row-major, `cols` columns).
     pub fn fit(train: &[f32], cols: usize, config: PcaConfig) -> anyhow::Result<PcaModel> {
-        ensure!(cols > 0, "no features to fit");
-        ensure!(config.window > 0, "the window must hold at least one value");
         ensure!(
             config.variance > 0.0 && config.variance <= 1.0,
             "variance must be in (0, 1]"
         );
-        let rows = train.len() / cols;
-        ensure!(
-            rows * cols == train.len(),
-            "training data is not whole rows"
-        );
-        ensure!(
-            rows >= 2 * config.window,
-            "{rows} training rows are too few for windows of {}",
-            config.window
-        );
-        let features = (0..cols)
-            .map(|j| {
-                let x: Vec<f32> = (0..rows).map(|r| train[r * cols + j]).collect();
-                fit_feature(&x, &config)
-            })
-            .collect();
+        let features = super::fit_columns(train, cols, config.window, |x| fit_feature(x, &config))?;
         Ok(PcaModel { config, features })
     }
 }

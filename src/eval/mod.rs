@@ -17,8 +17,8 @@ use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 use crate::detect::{
-    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel, Pca,
-    PcaConfig, PcaModel, Scores,
+    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel,
+    Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, Scores,
 };
 use data::{DataSet, Entity};
 use metrics::{pr_auc, roc_auc, Report, Tally};
@@ -41,6 +41,9 @@ pub enum DetectorKind {
     Cusum(CusumConfig),
     /// PCA reconstruction error ([`Pca`]), fitted on the training data.
     Pca(PcaConfig),
+    /// Nearest-neighbour distance ([`Neighbour`]) to the training windows and the test
+    /// stream's earlier ones.
+    Neighbour(NeighbourConfig),
 }
 
 impl DetectorKind {
@@ -54,6 +57,7 @@ impl DetectorKind {
             }),
             DetectorKind::Cusum(c) => json!({ "detector": "cusum", "config": c }),
             DetectorKind::Pca(c) => json!({ "detector": "pca", "config": c }),
+            DetectorKind::Neighbour(c) => json!({ "detector": "neighbour", "config": c }),
         }
     }
 }
@@ -202,6 +206,19 @@ pub fn evaluate_entity(
             let model = PcaModel::fit(&train, width, *config)
                 .with_context(|| format!("{}: fitting PCA", entity.name))?;
             (Box::new(Pca::new(Arc::new(model), 0..width)), 1.0, vec![])
+        }
+        DetectorKind::Neighbour(config) => {
+            let model = NeighbourModel::fit(&train, width, *config)
+                .with_context(|| format!("{}: fitting the neighbour references", entity.name))?;
+            let flat = (model.features.iter().enumerate())
+                .filter(|(_, f)| f.train.iter().all(|&v| v == f.train[0]))
+                .map(|(j, _)| values[j])
+                .collect();
+            // The stream starts with the training rows, which are the references already,
+            // and the test file does not continue the training file: the first window
+            // compared is the test's first, and its first `window - 1` rows score 0.
+            let detector = Neighbour::new(Arc::new(model), 0..width).starting_at(first);
+            (Box::new(detector), 1.0, flat)
         }
     };
     ensure!(
