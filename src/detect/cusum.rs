@@ -133,13 +133,7 @@ impl Detector for Cusum {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scores(d: &mut Cusum, windows: &[f32]) -> Vec<f32> {
-        match d.score(windows) {
-            Scores::All(s) => s,
-            Scores::Compacted(_) => unreachable!("the CPU keeps every score"),
-        }
-    }
+    use crate::detect::cpu_scores as scores;
 
     /// ±1 alternating: a z of about 1 each way, which the slack of 0.5 and the
     /// alternation keep from accumulating.

@@ -132,13 +132,7 @@ impl Detector for Ewma {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scores(d: &mut Ewma, windows: &[f32]) -> Vec<f32> {
-        match d.score(windows) {
-            Scores::All(s) => s,
-            Scores::Compacted(_) => unreachable!("the CPU keeps every score"),
-        }
-    }
+    use crate::detect::cpu_scores as scores;
 
     /// Quiet while warming up, small on the usual wobble, large on a jump; the state
     /// carries over from one batch to the next.

@@ -1089,13 +1089,7 @@ impl Detector for Forecast {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scores(d: &mut Forecast, windows: &[f32]) -> Vec<f32> {
-        match d.score(windows) {
-            Scores::All(s) => s,
-            Scores::Compacted(_) => unreachable!("the CPU keeps every score"),
-        }
-    }
+    use crate::detect::cpu_scores as scores;
 
     /// Windows of `w` frames, stride 1, over one feature.
     fn windows(x: &[f32], w: usize) -> Vec<f32> {

@@ -75,6 +75,15 @@ fn fit_columns<F>(
         .collect())
 }
 
+/// Every score of one batch from a CPU detector (tests of the detectors here).
+#[cfg(test)]
+fn cpu_scores(detector: &mut dyn Detector, windows: &[f32]) -> Vec<f32> {
+    match detector.score(windows) {
+        Scores::All(s) => s,
+        Scores::Compacted(_) => unreachable!("the CPU keeps every score"),
+    }
+}
+
 /// Where scoring runs (`DEFAULT_DEVICE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -17,12 +17,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Detector, Needs, Scores};
 
 /// How a [`NeighbourModel`] is fitted and run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct NeighbourConfig {
     /// Values per window (seed 003's windows of 30, as [`super::PcaConfig`]'s).
     pub window: usize,
@@ -48,7 +48,7 @@ impl Default for NeighbourConfig {
 }
 
 /// One feature's training values and threshold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NeighbourFit {
     /// The training values, in order: every window of them is a reference.
     pub train: Vec<f32>,
@@ -59,7 +59,7 @@ pub struct NeighbourFit {
 }
 
 /// Fitted nearest-neighbour references per feature.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NeighbourModel {
     /// The settings it was fitted with.
     pub config: NeighbourConfig,
@@ -273,13 +273,7 @@ impl Detector for Neighbour {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn all(d: &mut Neighbour, windows: &[f32]) -> Vec<f32> {
-        match d.score(windows) {
-            Scores::All(s) => s,
-            Scores::Compacted(_) => unreachable!(),
-        }
-    }
+    use crate::detect::cpu_scores as all;
 
     /// Training windows never alert (the threshold is their largest distance); a kink
     /// alerts and a bigger one scores higher; a flat feature gets a floor, not 0.
