@@ -155,6 +155,22 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if w.recovered > 0 {
+        // Without this line a run would seem to send more alerts than it found
+        // anomalous frames.
+        println!(
+            "  {} of these alerts were an earlier demo's, found undelivered in its outbox {}",
+            w.recovered,
+            args.outbox_dir.display()
+        );
+    }
+    if w.left_in_outbox > 0 {
+        println!(
+            "  {} alerts not delivered stay in {} for the next demo",
+            w.left_in_outbox,
+            args.outbox_dir.display()
+        );
+    }
     if args.alerts.mode == super::AlertMode::Incident {
         let i = report.run.incidents;
         println!(
