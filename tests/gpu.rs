@@ -1,7 +1,8 @@
 //! GPU scoring (feature `gpu`): the kernels compile with NVRTC; the GPU scorer gives the
 //! CPU scorer's scores and anomalies for the linear and the kernel models (one cosine per
 //! component, and cosine-sine pairs), for batch sizes 1..256 and odd feature counts; and
-//! the whole dataflow on the GPU gives the CPU's verdicts.
+//! the whole dataflow on the GPU gives the CPU's verdicts. The kernel model's departure
+//! guard gives the CPU detector's scores for values far outside the training data.
 //!
 //! Without a usable GPU (or NVRTC, for the compile test) each test says so on stderr,
 //! `skipped: no usable CUDA device (<why>)`, and returns.
@@ -358,6 +359,82 @@ fn paired_rff_parity_with_cpu() {
             0..f,
             &BATCHES,
         );
+    }
+}
+
+/// The kernel model's departure guard on the GPU: values far outside the training data
+/// (1e30, -1e6, 40σ), where the cosines wrap, get the CPU detector's guarded scores, so
+/// the GPU flags every such window as the CPU does and its scores still grow with the
+/// departure; a NaN reaches nowhere on either. Without the guard the GPU's scores of
+/// these windows are the kernel's wrapped noise.
+#[test]
+fn departures_too_large_for_the_kernel_are_flagged_as_on_the_cpu() {
+    if !gpu_or_skip("departures_too_large_for_the_kernel_are_flagged_as_on_the_cpu") {
+        return;
+    }
+    let (f, w, b) = (1001, 5, 64);
+    for (name, model) in [
+        ("rff", random_rff_model(f, w, 21)),
+        ("paired rff", paired_rff_model(f, w, 32, 22)),
+    ] {
+        let mut windows = values(&mut Lcg(23), b * w * f, 1.0);
+        // window i, feature j gets a departure in its last frame, of a size by i
+        let far = [1e30f32, -1e6, 40.0, f32::NAN, 12.0];
+        for bi in 0..b {
+            for j in (bi % 7..f).step_by(97) {
+                windows[(bi * w + w - 1) * f + j] = far[(bi + j) % far.len()];
+            }
+        }
+        let threshold = 0.5;
+        let mut cpu = tidewatch::detect::RffOcSvm::new(&model, 0..f)
+            .unwrap()
+            .with_threshold(threshold);
+        let Scores::All(want) = cpu.score(&windows) else {
+            panic!("the CPU detector gives every score")
+        };
+        let mut gpu = GpuScorer::new(&model, 0..f, threshold)
+            .unwrap()
+            .with_departure_guard();
+        let mut got = vec![f32::NAN; b * f];
+        gpu.score(&windows, &mut got).unwrap();
+        let tol = tolerances(&Scorer::new(&model, 0..f), &windows);
+        let mut guarded = 0;
+        for (i, (&c, &g)) in want.iter().zip(&got).enumerate() {
+            let x = windows[((i / f) * w + w - 1) * f + i % f];
+            if x.abs() >= 1e6 {
+                guarded += 1;
+                assert!(
+                    c >= threshold && g >= threshold,
+                    "{name} {i}: {x} gives CPU {c} GPU {g}"
+                );
+                assert_eq!(c.to_bits(), g.to_bits(), "{name} {i}: the guard's score");
+            } else if c.is_nan() {
+                assert!(g.is_nan(), "{name} {i}: CPU NaN GPU {g}");
+            } else {
+                let diff = (f64::from(c) - f64::from(g)).abs();
+                assert!(
+                    diff <= tol[i].max(f64::from(c.abs()) * 1e-6),
+                    "{name} {i}: CPU {c} GPU {g}"
+                );
+            }
+        }
+        assert!(guarded > 100, "{name}: {guarded} guarded windows");
+        // the anomalies brought back are the guarded ones too
+        let hits = gpu.score_compacted(&windows).unwrap();
+        let flagged: std::collections::HashSet<usize> = hits
+            .hits
+            .iter()
+            .map(|&(wi, fi, _)| wi as usize * f + fi as usize)
+            .collect();
+        for (i, &c) in want.iter().enumerate() {
+            let x = windows[((i / f) * w + w - 1) * f + i % f];
+            if x.abs() >= 1e6 {
+                assert!(
+                    flagged.contains(&i),
+                    "{name} {i}: {x} (CPU {c}) not brought back"
+                );
+            }
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form, FORECAST_FILE};
 pub use neighbour::{Neighbour, NeighbourConfig, NeighbourFit, NeighbourModel};
-pub use ocsvm::{ocsvm, LinearOcSvm, RffOcSvm};
+pub use ocsvm::{guard_floor, ocsvm, LinearOcSvm, RffOcSvm, DEPARTURE_SIGMAS};
 pub use pca::{Pca, PcaConfig, PcaFit, PcaModel, PCA_FILE};
 pub use reload::Reloading;
 

@@ -98,9 +98,10 @@ impl RffOcSvm {
     /// standardised distance per feature (`[B][F_part]`, computed by the kernel as it
     /// scored them: [`Scorer::score_and_reach`]).
     fn guard(&self, reach: &[f32], scores: &mut [f32]) {
-        let floor = self.threshold.abs().max(f32::MIN_POSITIVE);
+        let floor = guard_floor(self.threshold);
         for (s, &z) in scores.iter_mut().zip(reach) {
             if z > DEPARTURE_SIGMAS {
+                // the GPU kernel (tw_score_rff) computes this in the same operations
                 let g = floor * (z / DEPARTURE_SIGMAS);
                 if g > *s || s.is_nan() {
                     *s = g;
@@ -108,6 +109,12 @@ impl RffOcSvm {
             }
         }
     }
+}
+
+/// The departure guard's score at [`DEPARTURE_SIGMAS`]: the verdict `threshold`'s size
+/// (a threshold of 0 still gives a positive score, so a guarded window is flagged).
+pub fn guard_floor(threshold: f32) -> f32 {
+    threshold.abs().max(f32::MIN_POSITIVE)
 }
 
 /// Every score of a batch from the CPU scorer.

@@ -13,6 +13,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{self, CompileError, CompileOptions};
 
 use super::{GpuInfo, KERNELS};
+use crate::detect::{guard_floor, DEPARTURE_SIGMAS};
 use crate::model::{Folded, Model, Scorer, FOLDED_BLOCK};
 use crate::types::Compacted;
 
@@ -318,6 +319,9 @@ pub struct GpuScorer {
     width: usize,
     window: usize,
     threshold: f32,
+    /// The departure guard's floor ([`guard_floor`]) for an RFF
+    /// model, 0 for none: see [`GpuScorer::with_departure_guard`].
+    guard_floor: f32,
     params: Params,
     block: usize,
     /// Windows the buffers below hold.
@@ -424,6 +428,7 @@ impl GpuScorer {
             width,
             window,
             threshold,
+            guard_floor: 0.0,
             params,
             block,
             capacity: 0,
@@ -438,6 +443,18 @@ impl GpuScorer {
             hit_index_host: None,
             hit_score_host: None,
         })
+    }
+
+    /// Scores an RFF model's windows as [`crate::detect::RffOcSvm`] does, with its
+    /// departure guard (a value past [`DEPARTURE_SIGMAS`] from its training mean gets at
+    /// least the guard's score, relative to this scorer's threshold), rather than as the
+    /// plain [`Scorer`]. Without it the cosines wrap and a 1e30σ spike can go unflagged.
+    /// A linear model has no guard.
+    pub fn with_departure_guard(mut self) -> GpuScorer {
+        if matches!(self.params, Params::Rff { .. }) {
+            self.guard_floor = guard_floor(self.threshold);
+        }
+        self
     }
 
     /// Global index of the first feature scored.
@@ -701,7 +718,9 @@ impl GpuScorer {
                 l.arg(components)
                     .arg(pairs)
                     .arg(&store)
-                    .arg(&self.threshold);
+                    .arg(&self.threshold)
+                    .arg(&self.guard_floor)
+                    .arg(&DEPARTURE_SIGMAS);
                 l.arg(scores).arg(&write_scores);
                 l.arg(&mut self.count_dev)
                     .arg(hit_index)

@@ -162,8 +162,9 @@ extern "C" __global__ void tw_score_rff(
     const float* __restrict__ phase, const float* __restrict__ weight,
     const float* __restrict__ bias, unsigned batch, unsigned window, unsigned width,
     unsigned components, unsigned pairs, int store_sines, float threshold,
-    float* __restrict__ scores, int write_scores, unsigned* __restrict__ count,
-    unsigned* __restrict__ hit_index, float* __restrict__ hit_score, unsigned capacity) {
+    float guard_floor, float guard_sigmas, float* __restrict__ scores, int write_scores,
+    unsigned* __restrict__ count, unsigned* __restrict__ hit_index,
+    float* __restrict__ hit_score, unsigned capacity) {
     extern __shared__ float tw_shared[];
     unsigned f = blockIdx.x * blockDim.x + threadIdx.x;
     bool valid = f < width;
@@ -177,8 +178,12 @@ extern "C" __global__ void tw_score_rff(
             float m = mean[f];
             float s = inv_std[f];
             const float* a = weight + (size_t)(f / 32u) * components * 32u + (f % 32u);
+            // the window's largest |z| (a NaN reaches nowhere), for the departure guard
+            float far = 0.0f;
             for (unsigned k = 0; k < window; ++k) {
-                z[k * stride] = tw_mul(tw_sub(xb[(size_t)k * width + f], m), s);
+                float zk = tw_mul(tw_sub(xb[(size_t)k * width + f], m), s);
+                z[k * stride] = zk;
+                far = tw_max(tw_float(tw_bits(zk) & ~TW_SIGN), far);
             }
             float acc = 0.0f;
             if (pairs == 0u) {
@@ -222,6 +227,15 @@ extern "C" __global__ void tw_score_rff(
                 }
             }
             score = -tw_add(acc, bias[f]);
+            // RffOcSvm's departure guard (src/detect/ocsvm.rs), in its operations: the
+            // cosines wrap far from the training data, so a value past guard_sigmas gets
+            // at least guard_floor * far / guard_sigmas. guard_floor 0: no guard.
+            if (guard_floor > 0.0f && far > guard_sigmas) {
+                float g = tw_mul(guard_floor, __fdiv_rn(far, guard_sigmas));
+                if (g > score || score != score) {
+                    score = g;
+                }
+            }
         }
         tw_emit(valid, score, b * width + f, threshold, scores, write_scores, count,
                 hit_index, hit_score, capacity);

@@ -160,7 +160,7 @@ impl GpuOcSvm {
     /// The detector for features `range` of `model`, keeping the scores `>= threshold`.
     pub fn new(model: &Model, range: Range<usize>, threshold: f32) -> anyhow::Result<GpuOcSvm> {
         Ok(GpuOcSvm {
-            scorer: GpuScorer::new(model, range, threshold)?,
+            scorer: GpuScorer::new(model, range, threshold)?.with_departure_guard(),
         })
     }
 }
