@@ -55,8 +55,8 @@ fn parse(stdout: &str) -> Printed {
             p.alerts_received = before(rest, "received");
             p.refused = before(rest, "refused");
             p.dead_lettered = before(rest, "dead-lettered");
-        } else if line.contains("were an earlier demo's") {
-            p.earlier = Some(before(line.trim_start(), "of these alerts"));
+        } else if line.contains("of an earlier demo were found undelivered") {
+            p.earlier = Some(before(line.trim_start(), "alerts of an earlier demo"));
         }
     }
     p
@@ -116,7 +116,8 @@ fn alerts_an_earlier_demo_left_are_delivered_and_counted_apart() {
             seq: Some(seq),
             incident: None,
         };
-        log.stage(event, None, 0).unwrap();
+        // stored now: an alert older than the retry limit would be given up on at once
+        log.stage(event, None, tidewatch::clock::unix_ms()).unwrap();
     }
     log.commit().unwrap();
     drop(log);

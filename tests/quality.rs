@@ -5,11 +5,14 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 
+use tidewatch::controls::Knobs;
 use tidewatch::detect::{
-    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel,
-    Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, RffOcSvm, Scores,
+    guard_floor, Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig,
+    ForecastModel, Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, Reloading,
+    RffOcSvm, Scores, DEPARTURE_SIGMAS,
 };
 use tidewatch::model::{Model, Params};
+use tidewatch::server::Device;
 use tidewatch::sources::{AnomalyKind, Generator, GeneratorConfig, Injection};
 
 /// What one replay of the generator through the shipped default model gave.
@@ -230,6 +233,56 @@ fn normal_series(n: usize, seed: u64) -> Vec<f32> {
 /// `detector` has seen every window before it (stride 1).
 fn last_score(detector: &mut dyn Detector, series: &[f32]) -> f32 {
     *score_stream(detector, series, 1).last().unwrap()
+}
+
+/// The departure guard's score is relative to the threshold in force: after an operator
+/// raises the threshold at run time (`PUT /admin/threshold`), a value 11σ out still gets
+/// the guard's score at the new threshold, so it is still flagged. It kept the start-up
+/// threshold's before, and went unflagged.
+#[test]
+fn a_threshold_change_moves_the_departure_guard_with_it() {
+    let model = Arc::new(Model::load(&Model::resolve("default")).expect("the default model"));
+    let Params::Rff { mean, inv_std, .. } = &model.params else {
+        panic!("the default model is a kernel model");
+    };
+    let (m0, is0) = (mean[0], inv_std[0]);
+    let w = model.window();
+    // one window of feature 0: at its mean, then 11σ out in the last frame
+    let mut window = vec![m0; w];
+    window[w - 1] = m0 + 11.0 / is0;
+    let z = (window[w - 1] - m0) * is0;
+    assert!(z > DEPARTURE_SIGMAS);
+    let knobs = Knobs {
+        version: 0,
+        model: Arc::clone(&model),
+        model_version: 0,
+        model_path: None,
+        reloaded_at_ms: None,
+        threshold: None,
+        muted: Arc::default(),
+        changed_at_ms: None,
+    };
+    let score = |d: &mut Reloading| match d.score(&window) {
+        Scores::All(s) => s[0],
+        Scores::Compacted(_) => unreachable!("the CPU gives every score"),
+    };
+    let mut detector = Reloading::new(&knobs, Device::Cpu, 0..1).unwrap();
+    let start = model.meta.threshold;
+    assert!(score(&mut detector) >= guard_floor(start) * (z / DEPARTURE_SIGMAS));
+    let raised = 50.0 * start.abs().max(1.0);
+    let changed = Knobs {
+        version: 1,
+        threshold: Some(raised),
+        ..knobs
+    };
+    detector.follow(&changed);
+    let s = score(&mut detector);
+    assert_eq!(
+        s,
+        guard_floor(raised) * (z / DEPARTURE_SIGMAS),
+        "the guard's score at the new threshold {raised}"
+    );
+    assert!(s >= raised, "an 11σ departure is still flagged");
 }
 
 /// Every detector's score grows with the size of a departure and flags it: a value 8σ,

@@ -159,7 +159,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         // Without this line a run would seem to send more alerts than it found
         // anomalous frames.
         println!(
-            "  {} of these alerts were an earlier demo's, found undelivered in its outbox {}",
+            "  {} alerts of an earlier demo were found undelivered in the outbox {}; they are counted above with this run's",
             w.recovered,
             args.outbox_dir.display()
         );

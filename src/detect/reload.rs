@@ -6,13 +6,14 @@ use std::ops::Range;
 use super::{Detector, Device, Needs, Scores};
 use crate::controls::Knobs;
 
-/// A [`super::ocsvm`] detector that follows the model (and, on the GPU, the threshold it
-/// compacts at) of the run's settings ([`Detector::follow`]): the score operator hands
-/// it each change before the first window it applies to.
+/// A [`super::ocsvm`] detector that follows the model and the threshold of the run's
+/// settings ([`Detector::follow`]): the score operator hands it each change before the
+/// first window it applies to. The threshold matters to the detector itself: the GPU
+/// compacts at it, and the kernel model's departure guard scores relative to it.
 pub struct Reloading {
     device: Device,
     range: Range<usize>,
-    /// The threshold the inner detector was built with (the GPU compacts at it).
+    /// The threshold the inner detector was built with.
     threshold: f32,
     inner: Box<dyn Detector>,
     /// The model the inner detector was built from.
@@ -55,11 +56,13 @@ impl Detector for Reloading {
         self.inner.device()
     }
 
-    /// Rebuilds the inner detector if the model changed, or on the GPU the threshold.
+    /// Rebuilds the inner detector if the model or the threshold changed (on the CPU a
+    /// rebuild folds the model's weights again: milliseconds, once per change).
     fn follow(&mut self, knobs: &Knobs) {
         let threshold = knobs.threshold_or(None);
+        // by bits: a NaN threshold would otherwise rebuild before every batch
         let rebuild = knobs.model_version != self.model_version
-            || (self.device == Device::Cuda && threshold != self.threshold);
+            || threshold.to_bits() != self.threshold.to_bits();
         if !rebuild {
             return;
         }
