@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 
-use tidewatch::controls::Knobs;
+use tidewatch::controls::{Change, Controls, Shape};
 use tidewatch::detect::{
     guard_floor, Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig,
     ForecastModel, Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, Reloading,
@@ -252,16 +252,7 @@ fn a_threshold_change_moves_the_departure_guard_with_it() {
     window[w - 1] = m0 + 11.0 / is0;
     let z = (window[w - 1] - m0) * is0;
     assert!(z > DEPARTURE_SIGMAS);
-    let knobs = Knobs {
-        version: 0,
-        model: Arc::clone(&model),
-        model_version: 0,
-        model_path: None,
-        reloaded_at_ms: None,
-        threshold: None,
-        muted: Arc::default(),
-        changed_at_ms: None,
-    };
+    let knobs = Controls::new(Arc::clone(&model), None, None, Shape::default()).current();
     let score = |d: &mut Reloading| match d.score(&window) {
         Scores::All(s) => s[0],
         Scores::Compacted(_) => unreachable!("the CPU gives every score"),
@@ -270,12 +261,7 @@ fn a_threshold_change_moves_the_departure_guard_with_it() {
     let start = model.meta.threshold;
     assert!(score(&mut detector) >= guard_floor(start) * (z / DEPARTURE_SIGMAS));
     let raised = 50.0 * start.abs().max(1.0);
-    let changed = Knobs {
-        version: 1,
-        threshold: Some(raised),
-        ..knobs
-    };
-    detector.follow(&changed);
+    detector.follow(&knobs.after(&Change::Threshold(Some(raised)), None));
     let s = score(&mut detector);
     assert_eq!(
         s,
