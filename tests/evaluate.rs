@@ -201,6 +201,13 @@ fn both_layouts_give_the_same_figures() {
     assert!((floor - 0.05).abs() < 1e-6, "Telemanom's floor: {near}");
     assert_eq!(near["event_recall"], 1.0, "{near}");
     assert_eq!(near["event_fp"], 0, "{near}");
+    // the burst's values and their spread leave the ranges of the training data
+    let envelope = evaluate(&["--data", t.to_str().unwrap(), "--detector", "envelope"]);
+    assert_eq!(envelope["detector"], "envelope");
+    let floor = envelope["config"]["min_change"].as_f64().unwrap();
+    assert!((floor - 0.05).abs() < 1e-6, "Telemanom's floor: {envelope}");
+    assert_eq!(envelope["event_recall"], 1.0, "{envelope}");
+    assert_eq!(envelope["event_fp"], 0, "{envelope}");
     let ewma = evaluate(&["--data", t.to_str().unwrap(), "--detector", "ewma"]);
     assert_eq!(ewma["detector"], "ewma");
     assert!(

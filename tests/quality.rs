@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tidewatch::controls::{Change, Controls, Shape};
 use tidewatch::detect::{
-    guard_floor, Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig,
-    ForecastModel, Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, Reloading,
-    RffOcSvm, Scores, DEPARTURE_SIGMAS,
+    guard_floor, Cusum, CusumConfig, Detector, Envelope, EnvelopeConfig, EnvelopeModel, Ewma,
+    EwmaConfig, Forecast, ForecastConfig, ForecastModel, Neighbour, NeighbourConfig,
+    NeighbourModel, Pca, PcaConfig, PcaModel, Reloading, RffOcSvm, Scores, DEPARTURE_SIGMAS,
 };
 use tidewatch::model::{Model, Params};
 use tidewatch::server::Device;
@@ -295,6 +295,7 @@ fn scores_grow_with_the_size_of_a_departure() {
     let forecast = Arc::new(ForecastModel::fit(&train, 1, ForecastConfig::default()).unwrap());
     let pca = Arc::new(PcaModel::fit(&train, 1, PcaConfig::default()).unwrap());
     let near = Arc::new(NeighbourModel::fit(&train, 1, NeighbourConfig::default()).unwrap());
+    let envelope = Arc::new(EnvelopeModel::fit(&train, 1, EnvelopeConfig::default()).unwrap());
     type Make<'a> = Box<dyn Fn() -> (Box<dyn Detector>, f32) + 'a>;
     let detectors: Vec<(&str, Make)> = vec![
         (
@@ -315,6 +316,10 @@ fn scores_grow_with_the_size_of_a_departure() {
         (
             "neighbour",
             Box::new(|| (Box::new(Neighbour::new(near.clone(), 0..1)) as _, 1.0)),
+        ),
+        (
+            "envelope",
+            Box::new(|| (Box::new(Envelope::new(envelope.clone(), 0..1)) as _, 1.0)),
         ),
         (
             "ewma",

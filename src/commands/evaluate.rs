@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::detect::{CusumConfig, EwmaConfig, ForecastConfig, NeighbourConfig, PcaConfig};
+use crate::detect::{
+    CusumConfig, EnvelopeConfig, EwmaConfig, ForecastConfig, NeighbourConfig, PcaConfig,
+};
 use crate::eval::data::Layout;
 use crate::eval::{self, DetectorKind, Evaluation};
 
@@ -29,6 +31,9 @@ pub enum DetectorName {
     /// Each window's distance to its nearest earlier window (training data or the test
     /// stream's own), over the largest such distance within the training data.
     Neighbour,
+    /// The mean and spread of the last 1, 3, 10, 30 and 100 values against the range
+    /// they have had so far (training data and the test stream's own).
+    Envelope,
 }
 
 /// `tidewatch evaluate` flags.
@@ -54,7 +59,7 @@ pub struct EvaluateArgs {
     /// A detector setting, `KEY=VALUE`; forecast: form (auto, level, diff), lags, alpha, prune, floor, z_min,
     /// z_max, ridge, history, refresh, jump, hold, min_error, context_lags (context frames weighed, 0: none; default 7),
     /// stuck (flat-line detection, true/false), stuck_min
-    /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor; neighbour: window, floor, memory, min_distance (default as forecast's min_error).
+    /// (default 0.05 for Telemanom's layout, whose values are scaled to [-1, 1], else 0); ewma: alpha, warmup, z; cusum: alpha, k, h, warmup; pca: window, variance, floor; neighbour: window, floor, memory, min_distance (default as forecast's min_error); envelope: window, floor, min_change (default as forecast's min_error).
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
     /// Entities evaluated at once (default: the available cores).
@@ -193,6 +198,25 @@ impl EvaluateArgs {
                     bail!("--param window must be at least 1");
                 }
                 DetectorKind::Neighbour(config)
+            }
+            DetectorName::Envelope => {
+                let d = EnvelopeConfig::default();
+                let config = EnvelopeConfig {
+                    window: p.take("window", d.window)?,
+                    floor: p.take("floor", d.floor)?,
+                    // Telemanom's absolute floor, as the forecaster's min_error
+                    min_change: p.take(
+                        "min_change",
+                        match layout {
+                            Layout::Telemanom => 0.05,
+                            Layout::Generic => d.min_change,
+                        },
+                    )?,
+                };
+                if config.window == 0 {
+                    bail!("--param window must be at least 1");
+                }
+                DetectorKind::Envelope(config)
             }
         };
         p.done()?;

@@ -19,6 +19,9 @@
 //! - [`Neighbour`]: each window's distance to its nearest earlier window, of the
 //!   training data or of the stream itself ([`NeighbourModel`]), over the largest such
 //!   distance within the training data.
+//! - [`Envelope`]: the mean and spread of each feature's last 1, 3, 10, 30 and 100
+//!   values against the range they have had so far, in the training data or earlier in
+//!   the stream ([`EnvelopeModel`]): drifts and regime changes whose values stay in range.
 //! - [`Reloading`]: the model's one-class SVM, rebuilt between batches when an operator
 //!   swaps the model at run time ([`crate::controls`]).
 //! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
@@ -31,6 +34,7 @@ use serde::Serialize;
 use crate::types::{Compacted, WindowData};
 
 mod cusum;
+mod envelope;
 mod ewma;
 mod forecast;
 pub mod gpu;
@@ -40,6 +44,7 @@ mod pca;
 mod reload;
 
 pub use cusum::{Cusum, CusumConfig};
+pub use envelope::{Bounds, Envelope, EnvelopeConfig, EnvelopeFit, EnvelopeModel};
 pub use ewma::{Ewma, EwmaConfig};
 pub use forecast::{FeatureFit, Forecast, ForecastConfig, ForecastModel, Form, FORECAST_FILE};
 pub use neighbour::{Neighbour, NeighbourConfig, NeighbourFit, NeighbourModel};

@@ -114,7 +114,7 @@ fn nearest(query: &[f32], series: &[f32], ends: Range<usize>, mut best: f32) -> 
 /// [`super::Pca`]'s 5th-to-95th-percentile spread: telemetry channels sit on a few
 /// levels and visit some of them rarely, and a window is compared with windows, so
 /// every level the training data reached counts.
-fn range_unit(x: &[f32]) -> f32 {
+pub(super) fn range_unit(x: &[f32]) -> f32 {
     let (lo, hi) = x
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {

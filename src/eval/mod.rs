@@ -17,8 +17,9 @@ use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 use crate::detect::{
-    Cusum, CusumConfig, Detector, Ewma, EwmaConfig, Forecast, ForecastConfig, ForecastModel,
-    Neighbour, NeighbourConfig, NeighbourModel, Pca, PcaConfig, PcaModel, Scores,
+    Cusum, CusumConfig, Detector, Envelope, EnvelopeConfig, EnvelopeModel, Ewma, EwmaConfig,
+    Forecast, ForecastConfig, ForecastModel, Neighbour, NeighbourConfig, NeighbourModel, Pca,
+    PcaConfig, PcaModel, Scores,
 };
 use data::{DataSet, Entity};
 use metrics::{pr_auc, roc_auc, Report, Tally};
@@ -44,6 +45,9 @@ pub enum DetectorKind {
     /// Nearest-neighbour distance ([`Neighbour`]) to the training windows and the test
     /// stream's earlier ones.
     Neighbour(NeighbourConfig),
+    /// Rolling statistics' distance outside the range they had in the training data and
+    /// earlier in the test stream ([`Envelope`]).
+    Envelope(EnvelopeConfig),
 }
 
 impl DetectorKind {
@@ -58,6 +62,7 @@ impl DetectorKind {
             DetectorKind::Cusum(c) => json!({ "detector": "cusum", "config": c }),
             DetectorKind::Pca(c) => json!({ "detector": "pca", "config": c }),
             DetectorKind::Neighbour(c) => json!({ "detector": "neighbour", "config": c }),
+            DetectorKind::Envelope(c) => json!({ "detector": "envelope", "config": c }),
         }
     }
 }
@@ -218,6 +223,18 @@ pub fn evaluate_entity(
             // and the test file does not continue the training file: the first window
             // compared is the test's first, and its first `window - 1` rows score 0.
             let detector = Neighbour::new(Arc::new(model), 0..width).starting_at(first);
+            (Box::new(detector), 1.0, flat)
+        }
+        DetectorKind::Envelope(config) => {
+            let model = EnvelopeModel::fit(&train, width, *config)
+                .with_context(|| format!("{}: fitting the envelopes", entity.name))?;
+            let flat = (model.features.iter().enumerate())
+                .filter(|(_, f)| f.flat)
+                .map(|(j, _)| values[j])
+                .collect();
+            // The stream starts with the training rows, whose ranges the model holds, and
+            // the test file does not continue them: only test rows make a test statistic.
+            let detector = Envelope::new(Arc::new(model), 0..width).starting_at_row(first);
             (Box::new(detector), 1.0, flat)
         }
     };
