@@ -31,8 +31,8 @@ pub enum DetectorName {
     /// Each window's distance to its nearest earlier window (training data or the test
     /// stream's own), over the largest such distance within the training data.
     Neighbour,
-    /// The mean and spread of the last 1, 3, 10, 30 and 100 values against the range
-    /// they have had so far (training data and the test stream's own).
+    /// The mean, spread and roughness of the last 1, 3, 10, 30 and 100 values against
+    /// the range they have had so far (training data and the test stream's own).
     Envelope,
 }
 

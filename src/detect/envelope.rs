@@ -1,13 +1,15 @@
-//! Envelope of rolling statistics: a feature is as anomalous as the mean or the
-//! standard deviation of its last K values lies outside the range those statistics
-//! have had so far, at every scale K of a 1-3-10 ladder up to `window` (1, 3, 10, 30,
-//! 100 by default).
+//! Envelope of rolling statistics: a feature is as anomalous as the mean, the standard
+//! deviation or the roughness (mean absolute change from value to value) of its last K
+//! values lies outside the range those statistics have had so far, at every scale K of
+//! a 1-3-10 ladder up to `window` (1, 3, 10, 30, 100 by default).
 //!
 //! - At K = 1 the statistic is the value itself: a value past every value seen is a
 //!   spike or a level out of range. At K = 100 a mean or a spread never seen is a slow
 //!   drift or a change of regime whose values each stay in range (a channel that
 //!   settles at a level it only ever passed through, an oscillation that stops), which
-//!   a window of 30 compared shape by shape does not see.
+//!   a window of 30 compared shape by shape does not see; a roughness never seen is a
+//!   signal that moves faster, slower or noisier than it did, at the same level and
+//!   spread.
 //! - "So far" is the training data's range of each statistic, widened by the stream's
 //!   own statistics of windows that end at least K values before (they do not overlap
 //!   the one scored): a new regime alerts when it comes and, once seen, not again, as
@@ -67,42 +69,57 @@ impl EnvelopeConfig {
     }
 }
 
-/// The range of a rolling mean and standard deviation.
+/// The statistics of one window: mean, standard deviation, roughness.
+type Stats = [f64; 3];
+
+/// The least and greatest of each of a window's [`Stats`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Bounds {
-    /// Least and greatest mean.
-    pub mean: (f64, f64),
-    /// Least and greatest standard deviation.
-    pub std: (f64, f64),
+    /// Least of each statistic.
+    pub lo: [f64; 3],
+    /// Greatest of each statistic.
+    pub hi: [f64; 3],
 }
 
 impl Bounds {
     const EMPTY: Bounds = Bounds {
-        mean: (f64::INFINITY, f64::NEG_INFINITY),
-        std: (f64::INFINITY, f64::NEG_INFINITY),
+        lo: [f64::INFINITY; 3],
+        hi: [f64::NEG_INFINITY; 3],
     };
 
-    fn widen(&mut self, (mean, std): (f64, f64)) {
-        self.mean = (self.mean.0.min(mean), self.mean.1.max(mean));
-        self.std = (self.std.0.min(std), self.std.1.max(std));
+    /// Takes `stats` in (a NaN widens nothing: `min` and `max` keep the other side).
+    fn widen(&mut self, stats: Stats) {
+        for (q, v) in stats.into_iter().enumerate() {
+            self.lo[q] = self.lo[q].min(v);
+            self.hi[q] = self.hi[q].max(v);
+        }
     }
 
-    /// How far `(mean, std)` lies outside, 0 inside.
-    fn outside(&self, (mean, std): (f64, f64)) -> f64 {
-        (mean - self.mean.1)
-            .max(self.mean.0 - mean)
-            .max(std - self.std.1)
-            .max(self.std.0 - std)
-            .max(0.0)
+    /// How far `stats` lie outside, 0 inside.
+    fn outside(&self, stats: Stats) -> f64 {
+        (stats.iter().enumerate())
+            .map(|(q, &v)| (v - self.hi[q]).max(self.lo[q] - v))
+            .fold(0.0, f64::max)
     }
 }
 
-/// Mean and standard deviation of `x` (two passes: exact for the few values of a scale).
-fn moments(x: &[f32]) -> (f64, f64) {
+/// Mean, standard deviation and roughness (the mean absolute difference of consecutive
+/// values; 0 for one value) of `x`, in two passes: exact for the few values of a scale.
+fn stats(x: &[f32]) -> Stats {
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean, var.sqrt())
+    let rough = match x.len() {
+        0 | 1 => 0.0,
+        len => {
+            let moved: f64 = x
+                .windows(2)
+                .map(|p| (p[1] as f64 - p[0] as f64).abs())
+                .sum();
+            moved / (len - 1) as f64
+        }
+    };
+    [mean, var.sqrt(), rough]
 }
 
 /// One feature's ranges per scale and its bar.
@@ -133,8 +150,8 @@ fn fit_feature(x: &[f32], config: &EnvelopeConfig, scales: &[usize]) -> Envelope
         .map(|&k| {
             let mut b = Bounds::EMPTY;
             for w in x.windows(k) {
-                let m = moments(w);
-                if m.0.is_finite() && m.1.is_finite() {
+                let m = stats(w);
+                if m.iter().all(|v| v.is_finite()) {
                     b.widen(m);
                 }
             }
@@ -181,12 +198,14 @@ impl EnvelopeModel {
 #[derive(Clone, Debug)]
 struct Scale {
     bounds: Bounds,
-    pending: VecDeque<(f64, f64)>,
+    pending: VecDeque<Stats>,
 }
 
 /// The detector of an [`EnvelopeModel`]'s features `features`: stateful (the ranges
 /// widen with the stream); scores each window's last value by the largest distance of a
-/// rolling statistic outside its range, over the feature's bar (1: alert).
+/// rolling statistic outside its range, over the feature's bar (1: alert). Under 1, a
+/// window the stream has seen before scores `t / (1 + t)`, where `t` is its distance
+/// outside the training ranges over the bar, so scores still rank such windows.
 #[derive(Clone, Debug)]
 pub struct Envelope {
     model: Arc<EnvelopeModel>,
@@ -280,8 +299,15 @@ impl Detector for Envelope {
                 for (k, v) in column.iter_mut().enumerate() {
                     *v = x[k * width + j];
                 }
-                let mut far = 0f64;
-                for (&k, scale) in self.model.scales.iter().zip(scales.iter_mut()) {
+                // how far outside the ranges so far, and outside the training ranges
+                let (mut far, mut known) = (0f64, 0f64);
+                for ((&k, scale), trained) in self
+                    .model
+                    .scales
+                    .iter()
+                    .zip(scales.iter_mut())
+                    .zip(&fit.bounds)
+                {
                     // only values of this stream's part after `start` count
                     if seen < k {
                         continue;
@@ -291,17 +317,25 @@ impl Detector for Envelope {
                         let old = scale.pending.pop_front().expect("k pending");
                         scale.bounds.widen(old);
                     }
-                    let m = moments(&column[w - k..]);
-                    if m.0.is_finite() && m.1.is_finite() {
+                    let m = stats(&column[w - k..]);
+                    if m.iter().all(|v| v.is_finite()) {
                         far = far.max(scale.bounds.outside(m));
+                        known = known.max(trained.outside(m));
                         scale.pending.push_back(m);
                     } else {
                         // a non-finite value is as far as can be, and widens nothing
                         far = f64::INFINITY;
-                        scale.pending.push_back((f64::NAN, f64::NAN));
+                        scale.pending.push_back([f64::NAN; 3]);
                     }
                 }
-                let score = (far / fit.bar as f64) as f32;
+                let mut score = (far / fit.bar as f64) as f32;
+                let t = (known / fit.bar as f64) as f32;
+                if score < 1.0 {
+                    // under the alert, rank what the stream has seen before by how far
+                    // it lies outside the training ranges (t / (1 + t) stays under 1):
+                    // a familiar regime that training never had is not normal either
+                    score = score.max(t / (1.0 + t));
+                }
                 out[j] = if score.is_finite() { score } else { f32::MAX };
             }
         }
@@ -383,6 +417,11 @@ mod tests {
         assert!(flagged(71..271) >= 30, "first time: {:?}", &s[71..271]);
         assert_eq!(flagged(271..471), 0, "normal again");
         assert_eq!(flagged(471..671), 0, "second time: {:?}", &s[471..671]);
+        // under the alert, the regime the training data never had still ranks above
+        // normal rows, which score 0
+        let most = s[471..671].iter().copied().fold(0f32, f32::max);
+        assert!(most > 0.5 && most < 1.0, "{most}");
+        assert!(s[301..471].iter().all(|&v| v == 0.0), "{:?}", &s[301..471]);
     }
 
     /// From `starting_at_row`, windows before score 0 and the rows before take no part:
@@ -405,6 +444,20 @@ mod tests {
             "the scale of 30 has started"
         );
         assert_eq!(d.state[0][0].pending.len(), 1);
+    }
+
+    /// A signal that jitters where it moved smoothly, at the same level and within its
+    /// range and spread, alerts on its roughness.
+    #[test]
+    fn a_rougher_signal_alerts() {
+        let smooth: Vec<f32> = (0..2000).map(|t| (t as f32 * 0.05).sin()).collect();
+        let m = Arc::new(EnvelopeModel::fit(&smooth, 1, CONFIG).unwrap());
+        let jitter: Vec<f32> = (0..300)
+            .map(|t| 0.8 * (t as f32 * 0.05).sin() + if t % 2 == 0 { 0.1 } else { -0.1 })
+            .collect();
+        assert!(jitter.iter().all(|v| v.abs() < 0.95));
+        let s = all(&mut Envelope::new(m, 0..1), &windows_of(&jitter, 30));
+        assert!(s.iter().filter(|&&v| v >= 1.0).count() > 10, "{s:?}");
     }
 
     #[test]

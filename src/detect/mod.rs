@@ -19,9 +19,10 @@
 //! - [`Neighbour`]: each window's distance to its nearest earlier window, of the
 //!   training data or of the stream itself ([`NeighbourModel`]), over the largest such
 //!   distance within the training data.
-//! - [`Envelope`]: the mean and spread of each feature's last 1, 3, 10, 30 and 100
-//!   values against the range they have had so far, in the training data or earlier in
-//!   the stream ([`EnvelopeModel`]): drifts and regime changes whose values stay in range.
+//! - [`Envelope`]: the mean, spread and roughness of each feature's last 1, 3, 10, 30
+//!   and 100 values against the range they have had so far, in the training data or
+//!   earlier in the stream ([`EnvelopeModel`]): drifts and regime changes whose values
+//!   stay in range.
 //! - [`Reloading`]: the model's one-class SVM, rebuilt between batches when an operator
 //!   swaps the model at run time ([`crate::controls`]).
 //! - [`Forecast`]: per-feature linear forecasting residuals, EWMA-smoothed, with
