@@ -69,6 +69,9 @@ impl EnvelopeConfig {
     }
 }
 
+/// The largest score under an alert: the f32 just under 1.
+const UNDER_ONE: f32 = 1.0 - f32::EPSILON / 2.0;
+
 /// The statistics of one window: mean, standard deviation, roughness.
 type Stats = [f64; 3];
 
@@ -127,7 +130,9 @@ fn stats(x: &[f32]) -> Stats {
 pub struct EnvelopeFit {
     /// Per scale (as [`EnvelopeConfig::scales`]), the training data's ranges.
     pub bounds: Vec<Bounds>,
-    /// The distance outside a range at which the feature alerts.
+    /// The distance outside a range at which the feature alerts: `floor` of the
+    /// training range, or for a feature whose training values never moved, of the size
+    /// of its value (at least 1); at least `min_change`.
     pub bar: f32,
     /// Whether the training values never moved.
     pub flat: bool,
@@ -176,6 +181,11 @@ impl EnvelopeModel {
         anyhow::ensure!(
             config.floor >= 0.0 && config.min_change >= 0.0,
             "the floor and the least change must be at least 0"
+        );
+        // an infinite value would make the bar infinite, and every departure score 0
+        anyhow::ensure!(
+            train.iter().all(|v| v.is_finite()),
+            "training data hold a value that is not finite"
         );
         let scales = config.scales();
         let features = super::fit_columns(train, cols, config.window, |x| {
@@ -256,7 +266,10 @@ impl Envelope {
     /// rows before it: windows before score 0, and values before `first` take no part
     /// (when the stream replays the training data first, as `evaluate` does, and the
     /// test rows do not continue them).
+    ///
+    /// `first` must be at least `window - 1`, as the stream's first window ends there.
     pub fn starting_at_row(mut self, first: usize) -> Envelope {
+        debug_assert!(first + 1 >= self.model.config.window, "first row {first}");
         self.start = (first + 1).saturating_sub(self.model.config.window);
         self.before = 0;
         self
@@ -329,12 +342,19 @@ impl Detector for Envelope {
                     }
                 }
                 let mut score = (far / fit.bar as f64) as f32;
-                let t = (known / fit.bar as f64) as f32;
                 if score < 1.0 {
                     // under the alert, rank what the stream has seen before by how far
-                    // it lies outside the training ranges (t / (1 + t) stays under 1):
-                    // a familiar regime that training never had is not normal either
-                    score = score.max(t / (1.0 + t));
+                    // it lies outside the training ranges: t / (1 + t) with t = known /
+                    // bar, in f64 and kept under 1 (in f32 it rounds to 1, an alert,
+                    // from t = 2^24 on): a familiar regime that training never had is
+                    // not normal either
+                    let bar = fit.bar as f64;
+                    let under = if known.is_finite() {
+                        (known / (known + bar)) as f32
+                    } else {
+                        1.0
+                    };
+                    score = score.max(under.min(UNDER_ONE));
                 }
                 out[j] = if score.is_finite() { score } else { f32::MAX };
             }
@@ -384,7 +404,7 @@ mod tests {
         let mut d = Envelope::new(Arc::clone(&m), 0..1);
         assert!(all(&mut d, &windows_of(&x, 30)).iter().all(|&s| s == 0.0));
         let mut peaks = Vec::new();
-        for spike in [0.5f32, 2.0, 1e30, f32::NAN] {
+        for spike in [0.5f32, 2.0, 1e30, f32::INFINITY] {
             let mut d = Envelope::new(Arc::clone(&m), 0..1);
             let mut w = x[100..130].to_vec();
             w[29] = 1.0 + spike;
@@ -394,11 +414,14 @@ mod tests {
         }
         assert!(peaks.windows(2).all(|p| p[0] < p[1]), "{peaks:?}");
         assert_eq!(peaks[3], f32::MAX);
+        let mut w = x[100..130].to_vec();
+        w[29] = f32::NAN;
+        assert_eq!(all(&mut Envelope::new(m, 0..1), &w)[0], f32::MAX);
     }
 
     /// A value that settles inside the training range (every value in range, its mean
-    /// and spread never seen) alerts from its first value until its own statistics of a
-    /// whole window before have widened the range; when the same regime comes again it
+    /// and spread never seen) alerts at its first value and on most windows until its
+    /// own statistics of a whole window before have widened the range; when the same regime comes again it
     /// is in the stream's own range and passes.
     #[test]
     fn a_regime_inside_the_range_alerts_once() {
@@ -458,6 +481,82 @@ mod tests {
         assert!(jitter.iter().all(|v| v.abs() < 0.95));
         let s = all(&mut Envelope::new(m, 0..1), &windows_of(&jitter, 30));
         assert!(s.iter().filter(|&&v| v >= 1.0).count() > 10, "{s:?}");
+    }
+
+    /// The detector against a direct computation from its definition: at each test row,
+    /// every scale's statistics of the last K test values against the training range
+    /// widened by every test window that ends K or more values before.
+    #[test]
+    fn scores_match_the_definition() {
+        let x: Vec<f32> = (0..200)
+            .map(|t| (t as f32 * 0.3).sin() + if t % 17 == 0 { 0.3 } else { 0.0 })
+            .collect();
+        let m = EnvelopeModel::fit(&x, 1, CONFIG).unwrap();
+        let test: Vec<f32> = (0..200)
+            .map(|t| 1.3 * (t as f32 * 0.11).cos() + (t / 50) as f32 * 0.2)
+            .collect();
+        let stream: Vec<f32> = x.iter().chain(&test).copied().collect();
+        let d = Envelope::new(Arc::new(m.clone()), 0..1).starting_at_row(200);
+        let s = all(&mut d.clone(), &windows_of(&stream, 30));
+        let f = &m.features[0];
+        let (mut alerts, mut under) = (0, 0);
+        for n in 1..=test.len() {
+            let (mut far, mut known) = (0f64, 0f64);
+            for (&k, trained) in m.scales.iter().zip(&f.bounds) {
+                if n < k {
+                    continue;
+                }
+                let now = stats(&test[n - k..n]);
+                let mut b = *trained;
+                for end in k - 1..n.saturating_sub(k) {
+                    b.widen(stats(&test[end + 1 - k..=end]));
+                }
+                far = far.max(b.outside(now));
+                known = known.max(trained.outside(now));
+            }
+            let bar = f.bar as f64;
+            let mut want = (far / bar) as f32;
+            if want < 1.0 {
+                want = want.max((known / (known + bar)) as f32);
+                under += usize::from(want > 0.0);
+            } else {
+                alerts += 1;
+            }
+            // the window ending at test row n - 1 is stream row 199 + n
+            assert_eq!(s[199 + n + 1 - 30], want, "test row {}", n - 1);
+        }
+        assert!(alerts > 10 && under > 10, "{alerts} alerts, {under} under");
+        // the same in batches of 7 windows
+        let mut d = d;
+        let batched: Vec<f32> = windows_of(&stream, 30)
+            .chunks(7 * 30)
+            .flat_map(|b| all(&mut d, b))
+            .collect();
+        assert_eq!(batched, s);
+    }
+
+    /// Far outside the training ranges, a familiar regime still scores under 1, and
+    /// higher the farther it is, up to values whose distance overflows.
+    #[test]
+    fn a_familiar_regime_never_alerts_however_far() {
+        let x = sine(600);
+        let m = Arc::new(EnvelopeModel::fit(&x, 1, CONFIG).unwrap());
+        let mut last = Vec::new();
+        for level in [5.0f32, 1e7, 1e30, f32::MAX] {
+            let stream = vec![level; 300];
+            let s = all(
+                &mut Envelope::new(Arc::clone(&m), 0..1),
+                &windows_of(&stream, 30),
+            );
+            assert!(s[0] >= 1.0, "{level}: its first window alerts");
+            let tail = s[100];
+            assert!(tail > 0.0 && tail < 1.0, "{level}: {tail}");
+            last.push(tail);
+        }
+        assert!(last.windows(2).all(|p| p[0] <= p[1]), "{last:?}");
+        assert!(last[0] < last[1], "{last:?}");
+        let inf = [1.0f32, f32::INFINITY];
+        assert!(EnvelopeModel::fit(&inf.repeat(100), 1, CONFIG).is_err());
     }
 
     #[test]
