@@ -324,7 +324,9 @@ fn alert_receiver_down_then_up_gets_the_alert_after_retries() {
     wait_until("the alert", || receiver.alerts().len() == 1);
     let stats = server.shutdown().unwrap().webhook.unwrap();
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
-    assert!(stats.attempts >= 3, "{stats:?}");
+    // attempts are counted as they start: the first had failed before the second
+    // began, and the second may be the one the receiver, starting meanwhile, accepts
+    assert!(stats.attempts >= 2, "{stats:?}");
     assert!(dead_letters(&dir).is_empty());
 }
 
