@@ -98,6 +98,17 @@ impl Params {
     }
 }
 
+/// The default absolute floor on a departure (the forecaster's `min_error`,
+/// `neighbour`'s `min_distance`, `envelope`'s `min_change`) for data in `layout`:
+/// Telemanom's data are scaled to [-1, 1], where its minimum error of 0.05 means
+/// something; in the generic layout (unit-free) the detector's own `generic`.
+fn least_departure(layout: Layout, generic: f32) -> f32 {
+    match layout {
+        Layout::Telemanom => 0.05,
+        Layout::Generic => generic,
+    }
+}
+
 impl EvaluateArgs {
     /// The detector and settings these flags name, for a data set in `layout`.
     pub fn kind(&self, layout: Layout) -> anyhow::Result<DetectorKind> {
@@ -110,12 +121,7 @@ impl EvaluateArgs {
         let kind = match self.detector {
             DetectorName::Forecast => {
                 let d = ForecastConfig::default();
-                // Telemanom's data are scaled to [-1, 1]: its absolute minimum error
-                // (0.05) means something there alone
-                let telemanom_min_error = match layout {
-                    Layout::Telemanom => 0.05,
-                    Layout::Generic => d.min_error,
-                };
+                let telemanom_min_error = least_departure(layout, d.min_error);
                 DetectorKind::Forecast(ForecastConfig {
                     form: p.take("form", d.form)?,
                     lags: p.take("lags", d.lags)?,
@@ -185,14 +191,8 @@ impl EvaluateArgs {
                     window: p.take("window", d.window)?,
                     floor: p.take("floor", d.floor)?,
                     memory: p.take("memory", d.memory)?,
-                    // Telemanom's absolute floor, as the forecaster's min_error
-                    min_distance: p.take(
-                        "min_distance",
-                        match layout {
-                            Layout::Telemanom => 0.05,
-                            Layout::Generic => d.min_distance,
-                        },
-                    )?,
+                    min_distance: p
+                        .take("min_distance", least_departure(layout, d.min_distance))?,
                 };
                 if config.window == 0 {
                     bail!("--param window must be at least 1");
@@ -204,14 +204,7 @@ impl EvaluateArgs {
                 let config = EnvelopeConfig {
                     window: p.take("window", d.window)?,
                     floor: p.take("floor", d.floor)?,
-                    // Telemanom's absolute floor, as the forecaster's min_error
-                    min_change: p.take(
-                        "min_change",
-                        match layout {
-                            Layout::Telemanom => 0.05,
-                            Layout::Generic => d.min_change,
-                        },
-                    )?,
+                    min_change: p.take("min_change", least_departure(layout, d.min_change))?,
                 };
                 if config.window == 0 {
                     bail!("--param window must be at least 1");
